@@ -1,0 +1,81 @@
+"""Who this process is, and whether a lease owner's process still exists."""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import lru_cache
+
+from .checkpoint import Owner
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _start_time(pid: int) -> int:
+    """Clock ticks since boot at which ``pid`` started (field 22 of /proc/PID/stat), or 0."""
+    stat = _read(f"/proc/{pid}/stat")
+    if not stat:
+        return 0
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return 0
+
+
+@lru_cache(maxsize=1)
+def _machine() -> tuple[str, str, str]:
+    try:
+        pidns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pidns = ""
+    return socket.gethostname(), _read("/proc/sys/kernel/random/boot_id"), pidns
+
+
+def current_owner() -> Owner:
+    """This process as a lease owner, with the pod's identity when the manifest passes it."""
+    host, boot_id, pidns = _machine()
+    pid = os.getpid()
+    env = os.environ
+    return Owner(
+        host=host,
+        pid=pid,
+        boot_id=boot_id,
+        pidns=pidns,
+        start_time=_start_time(pid),
+        pod=env.get("RESTARTABLE_POD_NAME", env.get("POD_NAME", "")),
+        pod_uid=env.get("RESTARTABLE_POD_UID", env.get("POD_UID", "")),
+        node=env.get("RESTARTABLE_NODE_NAME", env.get("NODE_NAME", "")),
+    )
+
+
+def owner_is_dead(owner: Owner) -> bool:
+    """True only when ``owner`` provably no longer exists.
+
+    That needs the same boot and the same pid namespace (so the pid means the same
+    process here) and then either no such pid or a pid with another start time
+    (pids are reused, and in a container the job is often pid 1). Anything we cannot
+    check counts as alive: the lease then expires by the store's clock instead.
+    """
+    host, boot_id, pidns = _machine()
+    if not owner.boot_id or owner.boot_id != boot_id or not owner.pidns or owner.pidns != pidns:
+        return False
+    if owner.host != host:
+        return False
+    if owner.pid == os.getpid() and owner.start_time == _start_time(os.getpid()):
+        return False
+    started = _start_time(owner.pid)
+    if started == 0:
+        return not os.path.exists(f"/proc/{owner.pid}")
+    if owner.start_time and started != owner.start_time:
+        return True
+    # A zombie (exited, not yet reaped) has finished its work: treat it as dead.
+    stat = _read(f"/proc/{owner.pid}/stat")
+    return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] == "Z"

@@ -1,0 +1,314 @@
+"""The checkpoint record and its JSON codec.
+
+A checkpoint belongs to one run of a job, the pair ``(job, run)``. It is written
+whole and atomically by a store; nothing in it is pickled. The codec is JSON with
+tagged values, so a record round-trips tuples, datetimes, dates, decimals, UUIDs
+and bytes (keyset positions keep their types)::
+
+    {"$tuple": [...]}   {"$datetime": "2026-11-27T10:00:00+00:00"}   {"$date": "2026-11-27"}
+    {"$decimal": "1.50"}   {"$uuid": "..."}   {"$bytes": "<base64>"}   {"$dict": {...}}
+
+A plain dict whose keys start with ``$`` is wrapped in ``{"$dict": ...}`` so it can
+never be mistaken for a tag. NaN and infinities are refused, as are non-string keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import json
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from decimal import Decimal
+from typing import Any
+
+from .errors import CheckpointCorrupt, StateNotSerializable
+
+__all__ = [
+    "FORMAT_VERSION",
+    "STATUSES",
+    "Owner",
+    "Checkpoint",
+    "HistoryEntry",
+    "encode_value",
+    "decode_value",
+    "dumps",
+    "loads",
+    "encode_record",
+    "decode_record",
+]
+
+FORMAT_VERSION = 1
+
+RUNNING, INTERRUPTED, FAILED, COMPLETED = "running", "interrupted", "failed", "completed"
+STATUSES = (RUNNING, INTERRUPTED, FAILED, COMPLETED)
+
+
+class _Unencodable(Exception):
+    def __init__(self, path: str, value: object):
+        super().__init__(path)
+        self.path = path
+        self.value = value
+
+
+def encode_value(value: Any, path: str = "$") -> Any:
+    """Turn ``value`` into plain JSON data with tagged values. Raises on anything else."""
+    # Exact type checks first: they are the common case and bool is a subclass of int.
+    t = type(value)
+    if value is None or t is str or t is bool or t is int:
+        return value
+    if t is float:
+        if value != value or value in (float("inf"), float("-inf")):
+            raise _Unencodable(path, value)
+        return value
+    if t is list:
+        return [encode_value(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if t is dict:
+        out = {}
+        for k, v in value.items():
+            if type(k) is not str:
+                raise _Unencodable(f"{path}[{k!r}]", k)
+            out[k] = encode_value(v, f"{path}[{k!r}]")
+        if any(k.startswith("$") for k in out):
+            return {"$dict": out}
+        return out
+    if t is tuple:
+        return {"$tuple": [encode_value(v, f"{path}[{i}]") for i, v in enumerate(value)]}
+    if t is _dt.datetime:
+        return {"$datetime": value.isoformat()}
+    if t is _dt.date:
+        return {"$date": value.isoformat()}
+    if t is Decimal:
+        if not value.is_finite():
+            raise _Unencodable(path, value)
+        return {"$decimal": str(value)}
+    if t is uuid.UUID:
+        return {"$uuid": str(value)}
+    if t is bytes:
+        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    raise _Unencodable(path, value)
+
+
+def _decode_tag(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1:
+        (tag, v), = obj.items()
+        if tag == "$tuple":
+            return tuple(v)
+        if tag == "$datetime":
+            return _dt.datetime.fromisoformat(v)
+        if tag == "$date":
+            return _dt.date.fromisoformat(v)
+        if tag == "$decimal":
+            return Decimal(v)
+        if tag == "$uuid":
+            return uuid.UUID(v)
+        if tag == "$bytes":
+            return base64.b64decode(v.encode("ascii"), validate=True)
+        if tag == "$dict":
+            return v
+    if any(k.startswith("$") for k in obj):
+        raise ValueError(f"unknown tag in {sorted(obj)!r}")
+    return obj
+
+
+def decode_value(data: Any) -> Any:
+    """The inverse of :func:`encode_value` for already-parsed JSON data."""
+    return json.loads(json.dumps(data), object_hook=_decode_tag)
+
+
+def dumps(value: Any, *, what: str = "value") -> str:
+    """Canonical JSON text of ``value`` (sorted keys, no spaces) with tagged values.
+
+    Raises :class:`StateNotSerializable` naming the key path of the first bad value.
+    """
+    try:
+        data = encode_value(value)
+    except _Unencodable as exc:
+        raise StateNotSerializable(
+            f"{what} at {exc.path} is a {type(exc.value).__name__} ({exc.value!r:.60}), which a JSON "
+            "checkpoint cannot hold: store str, int, float, bool, None, list, dict (str keys), tuple, "
+            "datetime, date, Decimal, UUID or bytes"
+        ) from None
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
+def loads(text: str | bytes) -> Any:
+    """Parse canonical JSON text written by :func:`dumps`. Raises ``ValueError`` when malformed."""
+    return json.loads(text, object_hook=_decode_tag)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who holds a run's lease: the process, and the pod when Kubernetes names one.
+
+    ``boot_id`` and ``pidns`` tell whether ``pid`` can be checked from here: a pid
+    means the same process only on the same boot and in the same pid namespace,
+    and ``start_time`` (clock ticks since boot) tells a reused pid apart.
+    """
+
+    host: str
+    pid: int
+    boot_id: str = ""
+    pidns: str = ""
+    start_time: int = 0
+    pod: str = ""
+    pod_uid: str = ""
+    node: str = ""
+
+    def describe(self) -> str:
+        where = f"pod {self.pod} on {self.node or self.host}" if self.pod else f"host {self.host}"
+        return f"pid {self.pid} on {where}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v not in ("", 0) or k in ("host", "pid")}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Owner:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One saved checkpoint of a run, as ``show`` lists them (newest first)."""
+
+    at: float
+    epoch: int
+    status: str
+    done: int
+    failed: int = 0
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Everything saved for one run of a job, written atomically as one record.
+
+    ``positions`` maps each cursor name to ``{"offset": items done, "finished": bool}``
+    plus cursor-specific keys (a keyset source adds ``"key"``). ``fingerprints`` maps
+    cursor names to the fingerprint of their input. ``epoch`` is the fencing token:
+    every save is a compare-and-set on it. ``lease_expires`` and ``heartbeat`` are
+    times on the store's clock (Unix seconds); ``lease_expires`` is None when no
+    runner holds the lease.
+    """
+
+    job: str
+    run: str
+    epoch: int
+    status: str = RUNNING
+    positions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+    done: int = 0
+    failed: int = 0
+    owner: Owner | None = None
+    started: float = 0.0
+    updated: float = 0.0
+    heartbeat: float = 0.0
+    lease_expires: float | None = None
+    fingerprints: dict[str, Any] = field(default_factory=dict)
+    version: int = FORMAT_VERSION
+
+    def replace(self, **changes: Any) -> Checkpoint:
+        return replace(self, **changes)
+
+    @property
+    def finished(self) -> bool:
+        return self.status == COMPLETED
+
+    def history_entry(self) -> HistoryEntry:
+        return HistoryEntry(at=self.updated, epoch=self.epoch, status=self.status, done=self.done, failed=self.failed)
+
+
+def _record_data(rec: Checkpoint) -> dict[str, Any]:
+    data = {
+        "version": rec.version,
+        "job": rec.job,
+        "run": rec.run,
+        "epoch": rec.epoch,
+        "status": rec.status,
+        "positions": rec.positions,
+        "state": rec.state,
+        "done": rec.done,
+        "failed": rec.failed,
+        "owner": rec.owner.to_dict() if rec.owner else None,
+        "started": rec.started,
+        "updated": rec.updated,
+        "heartbeat": rec.heartbeat,
+        "lease_expires": rec.lease_expires,
+        "fingerprints": rec.fingerprints,
+    }
+    return data
+
+
+def encode_record(rec: Checkpoint) -> str:
+    """The record as canonical JSON text. Raises :class:`StateNotSerializable`."""
+    data = _record_data(rec)
+    try:
+        encoded = encode_value(data)
+    except _Unencodable as exc:
+        path = exc.path.replace("$['state']", "job.state", 1)
+        raise StateNotSerializable(
+            f"job {rec.job!r} run {rec.run!r}: {path} is a {type(exc.value).__name__} "
+            f"({exc.value!r:.60}), which a JSON checkpoint cannot hold: store str, int, float, bool, "
+            "None, list, dict with str keys, tuple, datetime, date, Decimal, UUID or bytes"
+        ) from None
+    return json.dumps(encoded, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "job": (str,),
+    "run": (str,),
+    "epoch": (int,),
+    "status": (str,),
+    "positions": (dict,),
+    "state": (dict,),
+    "done": (int,),
+    "failed": (int,),
+    "started": (int, float),
+    "updated": (int, float),
+    "heartbeat": (int, float),
+    "fingerprints": (dict,),
+}
+
+
+def decode_record(text: str | bytes, *, where: str = "checkpoint") -> Checkpoint:
+    """Parse and validate a record. Raises :class:`CheckpointCorrupt` naming what is wrong."""
+    try:
+        data = loads(text)
+    except (ValueError, UnicodeDecodeError, TypeError) as exc:
+        raise CheckpointCorrupt(f"{where} is not valid checkpoint JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointCorrupt(f"{where} is not a JSON object")
+    version = data.get("version")
+    if version != FORMAT_VERSION:
+        if isinstance(version, int) and version > FORMAT_VERSION:
+            raise CheckpointCorrupt(
+                f"{where} has format version {version}, newer than this restartable understands "
+                f"({FORMAT_VERSION}): upgrade restartable"
+            )
+        raise CheckpointCorrupt(f"{where} has an unknown format version {version!r}")
+    for key, types in _TYPES.items():
+        value = data.get(key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise CheckpointCorrupt(f"{where}: field {key!r} is missing or has the wrong type")
+    if data["status"] not in STATUSES:
+        raise CheckpointCorrupt(f"{where}: unknown status {data['status']!r}")
+    lease = data.get("lease_expires")
+    owner = data.get("owner")
+    try:
+        return Checkpoint(
+            job=data["job"],
+            run=data["run"],
+            epoch=data["epoch"],
+            status=data["status"],
+            positions=data["positions"],
+            state=data["state"],
+            done=data["done"],
+            failed=data["failed"],
+            owner=Owner.from_dict(owner) if isinstance(owner, dict) else None,
+            started=float(data["started"]),
+            updated=float(data["updated"]),
+            heartbeat=float(data["heartbeat"]),
+            lease_expires=float(lease) if isinstance(lease, (int, float)) else None,
+            fingerprints=data["fingerprints"],
+        )
+    except (TypeError, ValueError) as exc:
+        raise CheckpointCorrupt(f"{where}: {exc}") from None

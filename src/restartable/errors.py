@@ -1,0 +1,171 @@
+"""Errors and control-flow signals.
+
+Every error a user can cause derives from :class:`RestartableError` and carries
+the exit code that the CLI and :func:`restartable.entrypoint` turn it into::
+
+    Exception
+     └── RestartableError                  exit 1
+          ├── UsageError                   exit 2   bad name, bad argument
+          ├── DataError                    exit 65  not worth retrying: the data is wrong
+          │    ├── InputChanged                      the input changed under a checkpoint
+          │    ├── CheckpointCorrupt                 no readable checkpoint generation
+          │    ├── StateNotSerializable              job.state holds a non-JSON value
+          │    └── SkipBudgetExceeded                too many items or files skipped
+          ├── TemporaryError               exit 75  worth retrying later
+          │    ├── RunLocked                         another live runner holds the lease
+          │    └── StoreUnavailable                  the store cannot be reached or written
+          ├── PermissionDenied             exit 77
+          └── ConfigError                  exit 78  bad store URL or option
+               └── MissingDriver                     the store's pip extra is not installed
+
+    BaseException
+     └── SystemExit
+          └── ControlSignal                control flow, never an error
+               ├── Interrupted             exit 130 (SIGINT) / 143 (SIGTERM), after its checkpoint
+               └── Fenced                  exit 75  a newer runner owns the run
+
+Control signals derive from :class:`SystemExit`, so a user's ``except Exception``
+cannot swallow them, and uncaught they end the process with their exit code and
+no traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EXIT_OK",
+    "EXIT_FAILED",
+    "EXIT_USAGE",
+    "EXIT_DATA",
+    "EXIT_TEMPORARY",
+    "EXIT_PERMISSION",
+    "EXIT_CONFIG",
+    "EXIT_SIGINT",
+    "EXIT_SIGTERM",
+    "RestartableError",
+    "UsageError",
+    "DataError",
+    "InputChanged",
+    "CheckpointCorrupt",
+    "StateNotSerializable",
+    "SkipBudgetExceeded",
+    "TemporaryError",
+    "RunLocked",
+    "StoreUnavailable",
+    "PermissionDenied",
+    "ConfigError",
+    "MissingDriver",
+    "ControlSignal",
+    "Interrupted",
+    "Fenced",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_DATA = 65
+EXIT_TEMPORARY = 75
+EXIT_PERMISSION = 77
+EXIT_CONFIG = 78
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class RestartableError(Exception):
+    """Base of every error restartable raises. ``exit_code`` is what the CLI exits with."""
+
+    exit_code: int = EXIT_FAILED
+
+
+class UsageError(RestartableError):
+    """The caller passed something invalid: a bad name, a bad argument."""
+
+    exit_code = EXIT_USAGE
+
+
+class DataError(RestartableError):
+    """The data is wrong; retrying as-is will not help."""
+
+    exit_code = EXIT_DATA
+
+
+class InputChanged(DataError):
+    """The input changed before the checkpointed position."""
+
+
+class CheckpointCorrupt(DataError):
+    """No readable generation of the checkpoint exists."""
+
+
+class StateNotSerializable(DataError):
+    """``job.state`` holds a value the JSON codec cannot encode."""
+
+
+class SkipBudgetExceeded(DataError):
+    """More items or files were skipped than the skip budget allows."""
+
+
+class TemporaryError(RestartableError):
+    """Worth retrying later: the run is busy or the store is unreachable."""
+
+    exit_code = EXIT_TEMPORARY
+
+
+class RunLocked(TemporaryError):
+    """Another live runner holds the run's lease.
+
+    ``owner`` describes the holder and ``lease_age`` is the seconds since it last
+    renewed the lease.
+    """
+
+    def __init__(self, message: str, *, owner: object = None, lease_age: float | None = None):
+        super().__init__(message)
+        self.owner = owner
+        self.lease_age = lease_age
+
+
+class StoreUnavailable(TemporaryError):
+    """The store could not be reached or written (after retries), or the disk is full."""
+
+
+class PermissionDenied(RestartableError):
+    """The store or a path refused access."""
+
+    exit_code = EXIT_PERMISSION
+
+
+class ConfigError(RestartableError):
+    """A bad store URL or option."""
+
+    exit_code = EXIT_CONFIG
+
+
+class MissingDriver(ConfigError):
+    """The store's driver is not installed; the message names the pip extra."""
+
+
+class ControlSignal(SystemExit):
+    """Base of control-flow signals. Not an error: see the module docstring."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(code)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Interrupted(ControlSignal):
+    """SIGTERM or SIGINT arrived; the checkpoint was written and the lease released."""
+
+    def __init__(self, message: str, *, signum: int):
+        import signal
+
+        super().__init__(message, EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM)
+        self.signum = signum
+
+
+class Fenced(ControlSignal):
+    """A newer runner took the run over; this runner must stop without saving."""
+
+    def __init__(self, message: str):
+        super().__init__(message, EXIT_TEMPORARY)

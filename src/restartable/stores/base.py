@@ -1,0 +1,215 @@
+"""The Store contract: what every checkpoint store must do, and conveniences built on it.
+
+A store keeps one record (:class:`~restartable.checkpoint.Checkpoint`) per run
+``(job, run)``, a short history of its saves, and for each run's cursors a set of
+per-item markers. Six operations make a store; everything else here is built on them:
+
+``load``      read a record, or None.
+``acquire``   take the run's lease, creating the record if needed; bumps the epoch.
+``save``      compare-and-set the whole record on its epoch, renewing or releasing the lease.
+``renew``     compare-and-set the lease expiry on the epoch.
+``delete``    remove a run (optionally only at a given epoch).
+``list_runs`` every record, for ``status`` and ``cleanup``.
+
+plus ``history`` for ``show``, and the marker operations used by file sources.
+
+The rules every store keeps (and ``tests/stores/test_contract.py`` checks):
+
+* Every write is atomic and durable: after a crash a reader sees the old record or
+  the new one, never a mix, and a save that returned survives a power loss.
+* ``epoch`` is the fencing token. ``acquire`` increases it; ``save`` and ``renew``
+  succeed only while the stored epoch equals the caller's, and raise
+  :class:`~restartable.errors.Fenced` otherwise. A stale runner can therefore
+  never overwrite a newer checkpoint. The first epoch of a new record is seeded from
+  the clock, so a record deleted by ``reset`` and created again never reuses one.
+* Lease times (``heartbeat``, ``lease_expires``, ``updated``) are read from the
+  store's clock where it has one (``now()``).
+* A store is safe to share between threads (the heartbeat renews from a thread).
+* Errors are translated at the boundary: unreachable or full stores raise
+  :class:`~restartable.errors.StoreUnavailable`, refused access
+  :class:`~restartable.errors.PermissionDenied`, unreadable records
+  :class:`~restartable.errors.CheckpointCorrupt`; messages carry ``display``
+  (the URL with its password redacted), never the raw URL.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Self
+
+from ..checkpoint import COMPLETED, RUNNING, Checkpoint, HistoryEntry, Owner
+from ..errors import Fenced, RunLocked
+from .._url import StoreURL
+
+__all__ = ["Store", "HISTORY_LIMIT", "first_epoch"]
+
+#: How many history entries a store keeps per run (older ones are pruned).
+HISTORY_LIMIT = 50
+
+
+def first_epoch() -> int:
+    """The epoch of a newly created record: milliseconds since the Unix epoch."""
+    return time.time_ns() // 1_000_000
+
+
+class Store(ABC):
+    """A checkpoint store. See the module docstring for the contract."""
+
+    #: URL schemes this store serves.
+    schemes: ClassVar[tuple[str, ...]] = ()
+    #: restartable's own URL query options for this store (removed before a driver sees the URL).
+    options: ClassVar[frozenset[str]] = frozenset()
+    #: True when the store is a local file that only one machine may use (sqlite, file).
+    local: ClassVar[bool] = False
+
+    #: The store's URL with its password redacted: the only form that may be printed.
+    display: str = ""
+
+    @classmethod
+    @abstractmethod
+    def from_url(cls, url: StoreURL) -> Self:
+        """Open the store a parsed URL names. Raises ConfigError or MissingDriver."""
+
+    # -- the core operations -------------------------------------------------
+
+    @abstractmethod
+    def load(self, job: str, run: str) -> Checkpoint | None:
+        """The run's record, or None when there is none."""
+
+    @abstractmethod
+    def acquire(
+        self, job: str, run: str, *, owner: Owner, lease_seconds: float, steal_epoch: int | None = None
+    ) -> Checkpoint:
+        """Take the run's lease and return the record as stored.
+
+        Creates a ``running`` record when there is none. Otherwise succeeds when the
+        lease is free (``lease_expires`` is None or past by the store's clock) or when
+        ``steal_epoch`` equals the stored epoch (the caller proved the holder dead);
+        then it increases the epoch, sets ``owner``, ``heartbeat`` and
+        ``lease_expires = now + lease_seconds`` and sets the status to ``running``
+        unless it is ``completed``. Raises :class:`RunLocked` when the lease is held.
+        The check and the write are one atomic step.
+        """
+
+    @abstractmethod
+    def save(self, record: Checkpoint, *, lease_seconds: float | None) -> Checkpoint:
+        """Write ``record`` whole if the stored epoch equals ``record.epoch``; else raise Fenced.
+
+        Sets ``updated`` and ``heartbeat`` to now and ``lease_expires`` to
+        ``now + lease_seconds``, or to None when ``lease_seconds`` is None (the lease is
+        released). Appends a history entry in the same atomic write and keeps at most
+        :data:`HISTORY_LIMIT`. Returns the record as stored.
+        """
+
+    @abstractmethod
+    def renew(self, job: str, run: str, *, epoch: int, lease_seconds: float) -> float:
+        """Extend the lease to ``now + lease_seconds`` if the epoch matches; return the expiry.
+
+        Raises Fenced when the stored epoch differs or the record is gone.
+        """
+
+    @abstractmethod
+    def delete(self, job: str, run: str, *, epoch: int | None = None) -> bool:
+        """Remove the run's record, history and markers. With ``epoch``, only at that epoch.
+
+        Returns whether a record was removed.
+        """
+
+    @abstractmethod
+    def list_runs(self, job: str | None = None) -> list[Checkpoint]:
+        """Every record (of ``job`` when given), sorted by job then run."""
+
+    @abstractmethod
+    def history(self, job: str, run: str, *, limit: int = 20) -> list[HistoryEntry]:
+        """The run's most recent saves, newest first."""
+
+    # -- per-item markers ------------------------------------------------------
+
+    def mark(self, job: str, run: str, cursor: str, key: str, value: Any, *, epoch: int) -> None:
+        """Record ``key`` as done in ``cursor`` with a JSON ``value``, in O(1), fenced on ``epoch``."""
+        raise NotImplementedError(f"{type(self).__name__} does not support markers yet")
+
+    def markers(self, job: str, run: str, cursor: str) -> dict[str, Any]:
+        """Every marker of ``cursor``, as ``{key: value}``."""
+        raise NotImplementedError(f"{type(self).__name__} does not support markers yet")
+
+    # -- conveniences ----------------------------------------------------------
+
+    def now(self) -> float:
+        """The store's clock, in Unix seconds. Local stores use this machine's clock."""
+        return time.time()
+
+    def close(self) -> None:
+        """Release connections and files. The store must not be used afterwards."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def cleanup(self, *, older_than: float, job: str | None = None) -> list[Checkpoint]:
+        """Delete completed runs last updated more than ``older_than`` seconds ago.
+
+        Never touches a run that is not ``completed``: an interrupted or failed run
+        keeps its checkpoint. The delete is conditional on the epoch seen, so a run
+        restarted meanwhile survives. Returns the records removed.
+        """
+        cutoff = self.now() - older_than
+        removed = []
+        for rec in self.list_runs(job):
+            if rec.status == COMPLETED and rec.updated <= cutoff:
+                if self.delete(rec.job, rec.run, epoch=rec.epoch):
+                    removed.append(rec)
+        return removed
+
+    # -- helpers for implementations ------------------------------------------
+
+    def _new_record(self, job: str, run: str, owner: Owner, now: float, lease_seconds: float) -> Checkpoint:
+        return Checkpoint(
+            job=job,
+            run=run,
+            epoch=first_epoch(),
+            status=RUNNING,
+            owner=owner,
+            started=now,
+            updated=now,
+            heartbeat=now,
+            lease_expires=now + lease_seconds,
+        )
+
+    def _take_over(
+        self, rec: Checkpoint, owner: Owner, now: float, lease_seconds: float, steal_epoch: int | None
+    ) -> Checkpoint:
+        """The record after ``owner`` takes its lease, or RunLocked. Pure: no I/O."""
+        free = rec.lease_expires is None or rec.lease_expires <= now or steal_epoch == rec.epoch
+        if not free:
+            raise self._locked(rec, now)
+        return rec.replace(
+            epoch=rec.epoch + 1,
+            owner=owner,
+            heartbeat=now,
+            updated=now,
+            lease_expires=now + lease_seconds,
+            status=rec.status if rec.status == COMPLETED else RUNNING,
+        )
+
+    def _locked(self, rec: Checkpoint, now: float) -> RunLocked:
+        age = max(0.0, now - rec.heartbeat)
+        who = rec.owner.describe() if rec.owner else "an unknown runner"
+        left = (rec.lease_expires or now) - now
+        return RunLocked(
+            f"job {rec.job!r} run {rec.run!r} is held by {who} (lease renewed {age:.1f}s ago, "
+            f"expires in {left:.1f}s) in {self.display}: wait for it to finish, pass wait=SECONDS "
+            "(or RESTARTABLE_WAIT) to wait for the lease, or stop that runner",
+            owner=rec.owner,
+            lease_age=age,
+        )
+
+    def _fenced(self, job: str, run: str, epoch: int, stored: int | None) -> Fenced:
+        now_holder = "the record is gone (reset?)" if stored is None else f"the store is at epoch {stored}"
+        return Fenced(
+            f"job {job!r} run {run!r}: this runner (epoch {epoch}) was fenced off, {now_holder} in "
+            f"{self.display}; a newer runner owns the run, so this one stops without saving"
+        )

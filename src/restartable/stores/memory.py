@@ -1,0 +1,117 @@
+"""``memory://NAME``: an in-process store for tests and examples. Nothing survives the process.
+
+Stores opened with the same name in one process share their data, so a test can
+play two runners against one store.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any, Self
+
+from .._url import StoreURL
+from ..checkpoint import Checkpoint, HistoryEntry, Owner
+from .base import HISTORY_LIMIT, Store
+
+_SHARED: dict[str, "_Data"] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+class _Data:
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.records: dict[tuple[str, str], Checkpoint] = {}
+        self.history: dict[tuple[str, str], deque[HistoryEntry]] = {}
+        self.markers: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+
+class MemoryStore(Store):
+    """A dict behind a lock. Implements the whole contract except durability."""
+
+    schemes = ("memory",)
+
+    def __init__(self, name: str = "") -> None:
+        with _SHARED_LOCK:
+            self._d = _SHARED.setdefault(name, _Data()) if name else _Data()
+        self.display = f"memory://{name}"
+
+    @classmethod
+    def from_url(cls, url: StoreURL) -> Self:
+        return cls(url.raw.split("://", 1)[1].strip("/"))
+
+    def load(self, job: str, run: str) -> Checkpoint | None:
+        with self._d.lock:
+            return self._d.records.get((job, run))
+
+    def acquire(
+        self, job: str, run: str, *, owner: Owner, lease_seconds: float, steal_epoch: int | None = None
+    ) -> Checkpoint:
+        with self._d.lock:
+            now = self.now()
+            rec = self._d.records.get((job, run))
+            if rec is None:
+                rec = self._new_record(job, run, owner, now, lease_seconds)
+            else:
+                rec = self._take_over(rec, owner, now, lease_seconds, steal_epoch)
+            self._put(rec)
+            return rec
+
+    def save(self, record: Checkpoint, *, lease_seconds: float | None) -> Checkpoint:
+        with self._d.lock:
+            key = (record.job, record.run)
+            cur = self._d.records.get(key)
+            if cur is None or cur.epoch != record.epoch:
+                raise self._fenced(record.job, record.run, record.epoch, cur.epoch if cur else None)
+            now = self.now()
+            rec = record.replace(
+                updated=now, heartbeat=now, lease_expires=None if lease_seconds is None else now + lease_seconds
+            )
+            self._put(rec)
+            return rec
+
+    def _put(self, rec: Checkpoint) -> None:
+        key = (rec.job, rec.run)
+        self._d.records[key] = rec
+        self._d.history.setdefault(key, deque(maxlen=HISTORY_LIMIT)).appendleft(rec.history_entry())
+
+    def renew(self, job: str, run: str, *, epoch: int, lease_seconds: float) -> float:
+        with self._d.lock:
+            cur = self._d.records.get((job, run))
+            if cur is None or cur.epoch != epoch:
+                raise self._fenced(job, run, epoch, cur.epoch if cur else None)
+            now = self.now()
+            self._d.records[(job, run)] = cur.replace(heartbeat=now, lease_expires=now + lease_seconds)
+            return now + lease_seconds
+
+    def delete(self, job: str, run: str, *, epoch: int | None = None) -> bool:
+        with self._d.lock:
+            cur = self._d.records.get((job, run))
+            if cur is None or (epoch is not None and cur.epoch != epoch):
+                return False
+            del self._d.records[(job, run)]
+            self._d.history.pop((job, run), None)
+            for key in [k for k in self._d.markers if k[:2] == (job, run)]:
+                del self._d.markers[key]
+            return True
+
+    def list_runs(self, job: str | None = None) -> list[Checkpoint]:
+        with self._d.lock:
+            return sorted(
+                (r for r in self._d.records.values() if job is None or r.job == job), key=lambda r: (r.job, r.run)
+            )
+
+    def history(self, job: str, run: str, *, limit: int = 20) -> list[HistoryEntry]:
+        with self._d.lock:
+            return list(self._d.history.get((job, run), ()))[:limit]
+
+    def mark(self, job: str, run: str, cursor: str, key: str, value: Any, *, epoch: int) -> None:
+        with self._d.lock:
+            cur = self._d.records.get((job, run))
+            if cur is None or cur.epoch != epoch:
+                raise self._fenced(job, run, epoch, cur.epoch if cur else None)
+            self._d.markers.setdefault((job, run, cursor), {})[key] = value
+
+    def markers(self, job: str, run: str, cursor: str) -> dict[str, Any]:
+        with self._d.lock:
+            return dict(self._d.markers.get((job, run, cursor), {}))
