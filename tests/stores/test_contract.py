@@ -29,7 +29,7 @@ def test_acquire_creates_running_record(store):
     before = store.now()
     rec = store.acquire("job", "r1", owner=ME, lease_seconds=30)
     assert rec.status == RUNNING and rec.owner == ME
-    assert rec.epoch > 1_600_000_000_000  # seeded from the clock (ms)
+    assert rec.epoch > 1_600_000_000_000_000  # seeded from the clock (µs)
     assert rec.lease_expires is not None and rec.lease_expires >= before + 29
     loaded = store.load("job", "r1")
     assert loaded is not None and loaded.epoch == rec.epoch and loaded.owner == ME

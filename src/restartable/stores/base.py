@@ -49,8 +49,13 @@ HISTORY_LIMIT = 50
 
 
 def first_epoch() -> int:
-    """The epoch of a newly created record: milliseconds since the Unix epoch."""
-    return time.time_ns() // 1_000_000
+    """The epoch of a newly created record: microseconds since the Unix epoch.
+
+    Seeding from the clock means a record deleted (``reset``) and created again starts
+    far above any epoch a stale runner of the old record can hold. It stays below
+    2**53, so it survives any JSON reader.
+    """
+    return time.time_ns() // 1_000
 
 
 class Store(ABC):
