@@ -13,7 +13,8 @@ the exit code that the CLI and :func:`restartable.entrypoint` turn it into::
           │    └── SkipBudgetExceeded                too many items or files skipped
           ├── TemporaryError               exit 75  worth retrying later
           │    ├── RunLocked                         another live runner holds the lease
-          │    └── StoreUnavailable                  the store cannot be reached or written
+          │    ├── StoreUnavailable                  the store cannot be reached or written
+          │    └── CheckpointLost                    the server lost the record (restart without persistence)
           ├── PermissionDenied             exit 77
           └── ConfigError                  exit 78  bad store URL or option
                └── MissingDriver                     the store's pip extra is not installed
@@ -51,6 +52,7 @@ __all__ = [
     "TemporaryError",
     "RunLocked",
     "StoreUnavailable",
+    "CheckpointLost",
     "PermissionDenied",
     "ConfigError",
     "MissingDriver",
@@ -125,6 +127,15 @@ class RunLocked(TemporaryError):
 
 class StoreUnavailable(TemporaryError):
     """The store could not be reached or written (after retries), or the disk is full."""
+
+
+class CheckpointLost(TemporaryError):
+    """The store's server lost the record (for example Redis restarted without persistence).
+
+    Raised by ``save`` and ``renew`` instead of Fenced when the store can tell a lost
+    record from a reset one; the job then writes its in-memory record back with
+    ``Store.restore`` and warns loudly.
+    """
 
 
 class PermissionDenied(RestartableError):

@@ -90,7 +90,8 @@ class Store(ABC):
 
         Creates a ``running`` record when there is none. Otherwise succeeds when the
         lease is free (``lease_expires`` is None or past by the store's clock) or when
-        ``steal_epoch`` equals the stored epoch (the caller proved the holder dead);
+        ``steal_epoch`` equals the stored epoch (the caller proved the holder dead) or
+        the holder is ``owner`` itself (a retried acquire);
         then it increases the epoch, sets ``owner``, ``heartbeat`` and
         ``lease_expires = now + lease_seconds`` and sets the status to ``running``
         unless it is ``completed``. Raises :class:`RunLocked` when the lease is held.
@@ -141,6 +142,14 @@ class Store(ABC):
 
     # -- conveniences ----------------------------------------------------------
 
+    def restore(self, record: Checkpoint, *, lease_seconds: float) -> Checkpoint:
+        """Write ``record`` back unconditionally after the store lost it (see CheckpointLost).
+
+        Only stores that can detect a server-side loss (Redis without persistence)
+        implement it; the job calls it with the record it holds in memory.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot lose records")
+
     def now(self) -> float:
         """The store's clock, in Unix seconds. Local stores use this machine's clock."""
         return time.time()
@@ -188,7 +197,14 @@ class Store(ABC):
         self, rec: Checkpoint, owner: Owner, now: float, lease_seconds: float, steal_epoch: int | None
     ) -> Checkpoint:
         """The record after ``owner`` takes its lease, or RunLocked. Pure: no I/O."""
-        free = rec.lease_expires is None or rec.lease_expires <= now or steal_epoch == rec.epoch
+        # The same owner may take its own lease again: a retried acquire whose first
+        # attempt committed (the connection dropped during COMMIT) must not lock itself out.
+        free = (
+            rec.lease_expires is None
+            or rec.lease_expires <= now
+            or steal_epoch == rec.epoch
+            or rec.owner == owner
+        )
         if not free:
             raise self._locked(rec, now)
         return rec.replace(

@@ -1,0 +1,63 @@
+"""Retrying a network store's operations through a brief outage (tenacity).
+
+Used by the PostgreSQL and Redis stores. An operation is retried with exponential
+backoff and jitter while its error is transient, for at most ``seconds``; then it
+fails with :class:`~restartable.errors.StoreUnavailable` (exit 75), which names the
+store (redacted) and how long it tried.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+from ..errors import StoreUnavailable
+
+T = TypeVar("T")
+
+log = logging.getLogger("restartable")
+
+#: Default budget for riding out a server restart, in seconds (URL option ``retry``).
+DEFAULT_RETRY_SECONDS = 60.0
+
+
+def call_with_retry(
+    fn: Callable[[], T],
+    *,
+    seconds: float,
+    transient: tuple[type[BaseException], ...],
+    display: str,
+    what: str,
+    before_retry: Callable[[BaseException], None] | None = None,
+) -> T:
+    """Call ``fn()``; on a ``transient`` error retry with backoff for up to ``seconds``.
+
+    ``before_retry`` runs before each new attempt (for example to reconnect, or to
+    reload a record whose commit may have succeeded before the connection dropped).
+    """
+    import tenacity
+
+    def _log(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("%s on %s failed (%s); retrying (attempt %d)", what, display, exc, state.attempt_number)
+        if before_retry is not None and exc is not None:
+            try:
+                before_retry(exc)
+            except transient:
+                pass
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_delay(seconds),
+        wait=tenacity.wait_exponential_jitter(initial=0.05, max=5.0),
+        retry=tenacity.retry_if_exception_type(transient),
+        before_sleep=_log,
+        reraise=True,
+    )
+    try:
+        return retrying(fn)
+    except transient as exc:
+        raise StoreUnavailable(
+            f"{what} failed: {display} stayed unreachable for {seconds:g}s ({exc}); check that the "
+            "server is up, or raise the budget with the URL option ?retry=SECONDS"
+        ) from exc
