@@ -1,0 +1,70 @@
+"""restartable: crash-proof long-running batch jobs.
+
+A job saves its progress to a store as it runs; when its process is killed, its
+pod evicted or its node lost, the next run resumes where the last one stopped,
+losing no finished work and never corrupting its checkpoint::
+
+    from restartable import Job
+
+    with Job("nightly-export", run="2026-11-27") as job:
+        for item in job.iterate(items, every=100, seconds=10):
+            process(item)
+"""
+
+from __future__ import annotations
+
+from .checkpoint import Checkpoint, HistoryEntry, Owner
+from .entry import entrypoint, exit_code_for, run_main
+from .errors import (
+    CheckpointCorrupt,
+    CheckpointLost,
+    ConfigError,
+    ControlSignal,
+    DataError,
+    Fenced,
+    InputChanged,
+    Interrupted,
+    MissingDriver,
+    PermissionDenied,
+    RestartableError,
+    RunLocked,
+    SkipBudgetExceeded,
+    StateNotSerializable,
+    StoreUnavailable,
+    TemporaryError,
+    UsageError,
+)
+from .job import Job
+from .stores import DEFAULT_STORE, Store, open_store
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Job",
+    "Store",
+    "open_store",
+    "DEFAULT_STORE",
+    "Checkpoint",
+    "HistoryEntry",
+    "Owner",
+    "entrypoint",
+    "run_main",
+    "exit_code_for",
+    "RestartableError",
+    "UsageError",
+    "DataError",
+    "InputChanged",
+    "CheckpointCorrupt",
+    "StateNotSerializable",
+    "SkipBudgetExceeded",
+    "TemporaryError",
+    "RunLocked",
+    "StoreUnavailable",
+    "CheckpointLost",
+    "PermissionDenied",
+    "ConfigError",
+    "MissingDriver",
+    "ControlSignal",
+    "Interrupted",
+    "Fenced",
+]

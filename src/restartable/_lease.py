@@ -1,0 +1,102 @@
+"""One writer per run: taking the lease (waiting, or taking over a dead owner's) and renewing it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from ._proc import owner_is_dead
+from .checkpoint import Checkpoint, Owner
+from .errors import CheckpointLost, Fenced, RunLocked
+from .stores.base import Store
+
+log = logging.getLogger("restartable")
+
+
+def acquire(
+    store: Store, job: str, run: str, *, owner: Owner, lease_seconds: float, wait: float, label: str
+) -> Checkpoint:
+    """Take the run's lease, waiting up to ``wait`` seconds for a live holder.
+
+    A holder that provably no longer exists (same boot and pid namespace, and its
+    pid gone or reused) is taken over at once, so a job killed with SIGKILL resumes
+    without waiting for its lease to expire. Raises RunLocked after waiting.
+    """
+    deadline = time.monotonic() + wait
+    announced = False
+    while True:
+        try:
+            return store.acquire(job, run, owner=owner, lease_seconds=lease_seconds)
+        except RunLocked as exc:
+            held = exc
+        rec = store.load(job, run)
+        if rec is not None and rec.owner is not None and owner_is_dead(rec.owner):
+            log.info("%s: the previous runner (%s) is gone: taking its lease over", label, rec.owner.describe())
+            try:
+                return store.acquire(job, run, owner=owner, lease_seconds=lease_seconds, steal_epoch=rec.epoch)
+            except RunLocked as exc:  # someone else was faster: judge the new holder
+                held = exc
+        left = deadline - time.monotonic()
+        if left <= 0:
+            if wait > 0:
+                raise RunLocked(f"{held} (waited {wait:g}s)", owner=held.owner, lease_age=held.lease_age) from None
+            raise held
+        if not announced:
+            log.info("%s: waiting up to %.0fs for the lease: %s", label, wait, held)
+            announced = True
+        time.sleep(min(left, 0.5, max(0.05, lease_seconds / 20)))
+
+
+class Heartbeat:
+    """Renews the lease every third of its length from a daemon thread.
+
+    A renewal that fails because the store is briefly busy or unreachable is retried
+    sooner; only a fencing answer (a newer epoch) stops the job. A store that lost
+    the record (CheckpointLost) gets it written back by ``on_lost``.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        job: str,
+        run: str,
+        *,
+        epoch: int,
+        lease_seconds: float,
+        on_fenced: Callable[[Fenced], None],
+        on_lost: Callable[[CheckpointLost], None],
+        label: str,
+    ) -> None:
+        self._store = store
+        self._job, self._run, self._epoch = job, run, epoch
+        self._lease = lease_seconds
+        self._on_fenced = on_fenced
+        self._on_lost = on_lost
+        self._label = label
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"restartable-lease-{job}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        interval = self._lease / 3
+        while not self._stop.wait(interval):
+            try:
+                self._store.renew(self._job, self._run, epoch=self._epoch, lease_seconds=self._lease)
+                interval = self._lease / 3
+            except Fenced as exc:
+                self._on_fenced(exc)
+                return
+            except CheckpointLost as exc:
+                self._on_lost(exc)
+            except Exception as exc:  # noqa: BLE001 - a busy store must not kill the heartbeat
+                log.warning("%s: lease renewal failed (%s); retrying", self._label, exc)
+                interval = max(0.05, min(1.0, self._lease / 10))

@@ -1,0 +1,125 @@
+"""The script entry point: library errors and signals become the documented exit codes.
+
+::
+
+    import restartable
+
+    @restartable.entrypoint
+    def main() -> None:
+        with restartable.Job("export") as job:
+            ...
+
+    if __name__ == "__main__":
+        main()
+
+========  =========================================================  ======
+code      meaning                                                    retry?
+========  =========================================================  ======
+0         completed, or already completed                            --
+1         the job's own code raised                                  yes
+2         usage error                                                no
+65        data error: input changed, no readable checkpoint,         no
+          skip budget exceeded
+75        temporary: run held by another live runner after waiting,  yes
+          store unreachable after retries, fenced
+77        permission denied                                          no
+78        configuration: bad store URL or option, missing extra      no
+130/143   interrupted by SIGINT/SIGTERM, after its checkpoint        yes
+========  =========================================================  ======
+
+A library error ends in one line on stderr, never a traceback; the job's own
+exceptions keep their traceback (it is the user's bug to read). A permanent error
+(2, 65, 77, 78) also writes its line to the Kubernetes termination log
+(``$RESTARTABLE_TERMINATION_LOG``, default ``/dev/termination-log`` when it exists).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+from .errors import (
+    EXIT_CONFIG,
+    EXIT_DATA,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PERMISSION,
+    EXIT_SIGINT,
+    EXIT_USAGE,
+    ControlSignal,
+    RestartableError,
+)
+
+__all__ = ["entrypoint", "run_main", "exit_code_for", "PERMANENT_CODES", "report_error"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Exit codes not worth retrying: the Kubernetes manifests FailJob on them.
+PERMANENT_CODES = frozenset({EXIT_USAGE, EXIT_DATA, EXIT_PERMISSION, EXIT_CONFIG})
+
+
+def exit_code_for(exc: BaseException | None) -> int:
+    """The documented exit code for an outcome (None means success)."""
+    if exc is None:
+        return EXIT_OK
+    if isinstance(exc, ControlSignal):
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_FAILED
+    if isinstance(exc, RestartableError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_SIGINT
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_FAILED)
+    return EXIT_FAILED
+
+
+def _termination_log(line: str) -> None:
+    path = os.environ.get("RESTARTABLE_TERMINATION_LOG", "/dev/termination-log")
+    if not path or not os.path.exists(path):
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(line[:4000] + "\n")
+    except OSError:
+        pass  # best effort: the exit code still says it all
+
+
+def report_error(exc: BaseException, *, prog: str = "restartable") -> int:
+    """Print the one-line report for ``exc`` on stderr and return its exit code."""
+    code = exit_code_for(exc)
+    if isinstance(exc, ControlSignal):
+        pass  # already logged by the job when it was raised
+    elif isinstance(exc, RestartableError):
+        line = f"{prog}: error: {exc}"
+        sys.stderr.write(line + "\n")
+        if code in PERMANENT_CODES:
+            _termination_log(line)
+    elif isinstance(exc, KeyboardInterrupt):
+        sys.stderr.write(f"{prog}: interrupted\n")
+    elif not isinstance(exc, SystemExit):
+        traceback.print_exception(exc)
+    sys.stderr.flush()
+    return code
+
+
+def run_main(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
+    """Call ``fn`` and return the exit code its outcome maps to (errors reported on stderr)."""
+    try:
+        fn(*args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - mapping every outcome is the point
+        return report_error(exc)
+    return EXIT_OK
+
+
+def entrypoint(fn: F) -> F:
+    """Decorate a job script's ``main``: calling it runs it and exits with the documented code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> NoReturn:
+        sys.exit(run_main(fn, *args, **kwargs))
+
+    return wrapper  # type: ignore[return-value]

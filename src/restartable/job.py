@@ -1,0 +1,525 @@
+"""A resumable job: its lifecycle, its lease, its signals, and its iterations.
+
+::
+
+    with Job("nightly-export", run="2026-11-27", store="sqlite:///ckpt.db") as job:
+        for item in job.iterate(items, every=100, seconds=10):
+            process(item)
+            job.state["rows"] = job.state.get("rows", 0) + 1
+
+The contract, in order of the lifecycle:
+
+* Entering takes the run's lease (one writer per run) and loads its checkpoint. A
+  run that is already ``completed`` does no work: ``job.completed`` is True, every
+  ``iterate`` yields nothing, and a log line says so, until ``restartable reset``.
+* ``iterate`` resumes right after the last checkpointed item. An item counts as done
+  when the loop asks for the next one; a checkpoint is written every ``every`` done
+  items or ``seconds`` seconds, whichever comes first, and when the iteration ends.
+* On SIGTERM or SIGINT the item in flight finishes; when the loop asks for the next
+  one, the job checkpoints, marks the run ``interrupted``, releases the lease and
+  raises :class:`~restartable.errors.Interrupted` (exit 143 or 130), so code after
+  the loop never runs on partial data.
+* Leaving the block normally marks the run ``completed`` when every iteration it
+  started ran to its end (or ``job.complete()`` was called); a ``break`` leaves it
+  ``interrupted`` with a warning; an exception marks it ``failed`` and keeps the
+  checkpoint, so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Literal
+
+from . import _lease
+from ._cursor import Cursor, Source, run_chunks, skip
+from ._fingerprint import Fingerprinter, sample_indices
+from ._names import check_name
+from ._proc import current_owner
+from ._progress import Progress
+from ._signals import SignalGuard
+from ._url import parse_duration
+from .checkpoint import COMPLETED, FAILED, INTERRUPTED, RUNNING, Checkpoint
+from .errors import (
+    CheckpointLost,
+    Fenced,
+    InputChanged,
+    Interrupted,
+    RestartableError,
+    StateNotSerializable,
+    UsageError,
+)
+from .stores import Store, open_store
+
+__all__ = ["Job", "DEFAULT_SECONDS"]
+
+log = logging.getLogger("restartable")
+
+#: Checkpoint interval when ``iterate`` is given neither ``every`` nor ``seconds``.
+DEFAULT_SECONDS = 5.0
+DEFAULT_LEASE_SECONDS = 30.0
+DEFAULT_RETENTION = "7d"
+
+OnChange = Literal["refuse", "restart", "force"]
+
+
+def _env_float(name: str) -> float | None:
+    value = os.environ.get(name)
+    return parse_duration(value, name) if value else None
+
+
+def _ensure_logging() -> None:
+    """Show our INFO lines on stderr when the application configured no logging at all."""
+    root = logging.getLogger()
+    if log.handlers or root.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("restartable: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+class Job:
+    """One run of a resumable job. Use it as a context manager; see the module docstring.
+
+    :param name: the job's name, ``[A-Za-z0-9][A-Za-z0-9._-]{0,127}``.
+    :param run: which execution of the job (a date, a batch id). Default:
+        ``$RESTARTABLE_RUN`` (the Kubernetes manifests set it to the Job's uid), else
+        ``"default"``: one run per name.
+    :param store: a store URL or a :class:`~restartable.stores.Store`. Default:
+        ``$RESTARTABLE_STORE``, else ``sqlite:///.restartable/checkpoints.db``.
+    :param lease_seconds: the lease length (``$RESTARTABLE_LEASE_SECONDS``, default 30).
+    :param wait: how long to wait for a live runner's lease before giving up with exit
+        75 (``$RESTARTABLE_WAIT``; default 0, or one lease length inside Kubernetes).
+    :param retention: how long a completed run's record is kept (default 7 days).
+    :param cleanup: ``"keep"`` the completed record (a restarted pod then redoes
+        nothing) or ``"delete"`` it at once, as the article does.
+    :param on_change: what to do when an input changed before the checkpointed
+        position: ``"refuse"`` (InputChanged, exit 65), ``"restart"`` that iteration
+        from its start, or ``"force"`` resuming at the position anyway.
+    :param progress: a progress bar (True), log lines (False), or by terminal (None).
+    :param handle_signals: install SIGTERM/SIGINT handlers (main thread only).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        run: str | None = None,
+        store: str | Store | None = None,
+        lease_seconds: float | None = None,
+        wait: float | None = None,
+        retention: str | float = DEFAULT_RETENTION,
+        cleanup: Literal["keep", "delete"] = "keep",
+        on_change: OnChange = "refuse",
+        progress: bool | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        self.name = check_name(name, "job name")
+        self.run = check_name(run if run is not None else os.environ.get("RESTARTABLE_RUN") or "default", "run")
+        self._store_arg = store
+        lease = lease_seconds if lease_seconds is not None else _env_float("RESTARTABLE_LEASE_SECONDS")
+        self.lease_seconds = float(lease if lease is not None else DEFAULT_LEASE_SECONDS)
+        if self.lease_seconds <= 0:
+            raise UsageError(f"lease_seconds must be positive, not {self.lease_seconds}")
+        in_kube = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+        w = wait if wait is not None else _env_float("RESTARTABLE_WAIT")
+        self.wait = float(w if w is not None else (self.lease_seconds if in_kube else 0.0))
+        self.retention = parse_duration(retention, "retention")
+        if cleanup not in ("keep", "delete"):
+            raise UsageError(f"cleanup must be 'keep' or 'delete', not {cleanup!r}")
+        if on_change not in ("refuse", "restart", "force"):
+            raise UsageError(f"on_change must be 'refuse', 'restart' or 'force', not {on_change!r}")
+        self.cleanup = cleanup
+        self.on_change: OnChange = on_change
+        self._progress_opt = progress
+        self._handle_signals = handle_signals
+
+        #: The job's JSON state, saved atomically with every checkpoint.
+        self.state: dict[str, Any] = {}
+        #: True when the run is completed: it was at start, or it completed since.
+        self.completed = False
+        #: True when this runner continues a checkpoint left by an earlier one.
+        self.resumed = False
+
+        self._store: Store | None = None
+        self._owns_store = False
+        self._record: Checkpoint | None = None
+        self._cursors: dict[str, Cursor] = {}
+        self._fingerprints: dict[str, Any] = {}
+        self._active: Cursor | None = None
+        self._calls = 0
+        self._complete_called = False
+        self._fenced: Fenced | None = None
+        self._signal: int | None = None
+        self._guard: SignalGuard | None = None
+        self._heartbeat: _lease.Heartbeat | None = None
+        self._last_save = time.monotonic()
+        self._entered = False
+        self._save_lock = threading.Lock()
+
+    # -- properties -------------------------------------------------------------
+
+    @property
+    def label(self) -> str:
+        return f"job {self.name!r} run {self.run!r}"
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise UsageError(f"{self.label} is not started: use it as `with Job(...) as job:`")
+        return self._store
+
+    @property
+    def record(self) -> Checkpoint | None:
+        """The checkpoint as last loaded or saved."""
+        return self._record
+
+    @property
+    def epoch(self) -> int | None:
+        return self._record.epoch if self._record else None
+
+    @property
+    def stopping(self) -> bool:
+        """True once SIGTERM/SIGINT arrived: code outside ``iterate`` may poll it."""
+        return self._signal is not None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def __enter__(self) -> Job:
+        if self._entered:
+            raise UsageError(f"{self.label} was already started; create a new Job for another run")
+        self._entered = True
+        _ensure_logging()
+        self._owns_store = not isinstance(self._store_arg, Store)
+        self._store = open_store(self._store_arg)
+        try:
+            self._start()
+        except BaseException:
+            if self._owns_store:
+                self._store.close()
+            raise
+        return self
+
+    def _start(self) -> None:
+        store = self.store
+        log.info("%s: store %s", self.label, store.display)
+        rec = store.load(self.name, self.run)
+        previous = rec.status if rec is not None else None
+        if rec is None or rec.status != COMPLETED:
+            rec = _lease.acquire(
+                store, self.name, self.run, owner=current_owner(), lease_seconds=self.lease_seconds,
+                wait=self.wait, label=self.label,
+            )
+            if rec.status == COMPLETED:  # completed by another runner meanwhile
+                rec = store.save(rec, lease_seconds=None)
+        self._record = rec
+        self.state = dict(rec.state)
+        self._fingerprints = dict(rec.fingerprints)
+        if rec.status == COMPLETED:
+            self.completed = True
+            log.info(
+                "%s is already complete (%s items, finished %s): nothing to do; `restartable reset %s%s` "
+                "runs it again", self.label, f"{rec.done:,}", time.strftime("%Y-%m-%d %H:%M:%S",
+                time.localtime(rec.updated)), self.name, "" if self.run == "default" else f" --run {self.run}",
+            )
+            return
+        self.resumed = rec.done > 0 or bool(rec.positions) or bool(rec.state)
+        if self.resumed:
+            log.info("%s: resuming after %s done items (it was %s)", self.label, f"{rec.done:,}", previous)
+        else:
+            log.info("%s: starting", self.label)
+        self._heartbeat = _lease.Heartbeat(
+            store, self.name, self.run, epoch=rec.epoch, lease_seconds=self.lease_seconds,
+            on_fenced=self._on_fenced, on_lost=self._on_lost, label=self.label,
+        )
+        self._heartbeat.start()
+        if self._handle_signals:
+            self._guard = SignalGuard(self._on_signal, self.label)
+            self._guard.install()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        try:
+            self._finish(exc)
+        finally:
+            if self._heartbeat is not None:
+                self._heartbeat.stop()
+            if self._guard is not None:
+                self._guard.restore()
+            if self._owns_store and self._store is not None:
+                self._store.close()
+
+    def _finish(self, exc: BaseException | None) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+        rec = self._record
+        if rec is None or (self.completed and rec.lease_expires is None):
+            return
+        if isinstance(exc, (Fenced, Interrupted)) or self._fenced is not None:
+            return  # fenced: nothing may be saved; interrupted: already saved and released
+        if exc is not None:
+            status = FAILED
+            log.error("%s failed after %s done items: %s; the checkpoint is kept, a rerun resumes",
+                      self.label, f"{self._done():,}", exc if isinstance(exc, RestartableError) else repr(exc))
+        elif self.completed or self._complete_called or all(c.finished for c in self._cursors.values()):
+            status = COMPLETED
+        elif self._signal is not None:
+            status = INTERRUPTED
+        else:
+            status = INTERRUPTED
+            unfinished = [c.name for c in self._cursors.values() if not c.finished]
+            log.warning("%s left its block before iteration %s finished (a break?): marked interrupted, a "
+                        "rerun resumes it", self.label, ", ".join(repr(n) for n in unfinished))
+        try:
+            self._save(status, release=True)
+        except StateNotSerializable:
+            if exc is None:
+                raise
+            # The state is what failed: keep the last good checkpoint, marked failed.
+            self._record = self.store.save(self._record.replace(status=FAILED), lease_seconds=None)
+        except RestartableError as save_exc:
+            if exc is None:
+                raise
+            log.error("%s: could not save the final checkpoint (%s); the last one saved is kept", self.label,
+                      save_exc)
+            return
+        if status == COMPLETED:
+            self.completed = True
+            self._after_completion()
+        elif status == INTERRUPTED and self._signal is not None and exc is None:
+            raise self._interrupted()
+
+    def _after_completion(self) -> None:
+        log.info("%s completed: %s items", self.label, f"{self._done():,}")
+        store = self.store
+        try:
+            if self.cleanup == "delete":
+                store.delete(self.name, self.run, epoch=self._record.epoch if self._record else None)
+            store.cleanup(older_than=self.retention, job=self.name)
+        except RestartableError as exc:  # retention is housekeeping: never fail a completed run for it
+            log.warning("%s: cleanup of old runs failed: %s", self.label, exc)
+
+    # -- saving -------------------------------------------------------------------
+
+    def _done(self) -> int:
+        """Items done in this run, over every iteration (those of earlier processes too)."""
+        return sum(int(p.get("offset", 0)) for p in self._positions().values())
+
+    def _positions(self) -> dict[str, dict[str, Any]]:
+        positions = dict(self._record.positions) if self._record else {}
+        for name, cur in self._cursors.items():
+            merged = dict(positions.get(name, {}))
+            merged.update(cur.as_position())
+            positions[name] = merged
+        return positions
+
+    def _save(self, status: str, *, release: bool = False) -> Checkpoint:
+        if self._fenced is not None:
+            raise self._fenced
+        rec = self._record
+        assert rec is not None
+        new = rec.replace(
+            status=status,
+            positions=self._positions(),
+            state=self.state,
+            done=self._done(),
+            fingerprints=dict(self._fingerprints),
+        )
+        lease = None if release else self.lease_seconds
+        with self._save_lock:
+            try:
+                saved = self.store.save(new, lease_seconds=lease)
+            except CheckpointLost as exc:
+                log.error("%s: %s; writing the checkpoint back from memory", self.label, exc)
+                saved = self.store.restore(new, lease_seconds=lease or self.lease_seconds)
+                if release:
+                    saved = self.store.save(new, lease_seconds=None)
+            except Fenced as exc:
+                self._fenced = exc
+                log.error("%s", exc)
+                raise
+        # The saved record keeps our dicts by reference; keep state ours to mutate.
+        self._record = saved.replace(state=dict(self.state))
+        self._last_save = time.monotonic()
+        return saved
+
+    def checkpoint(self) -> None:
+        """Save a checkpoint now. Inside a loop, the item in flight is not yet done."""
+        if self.completed:
+            return
+        self._save(RUNNING)
+
+    def complete(self) -> None:
+        """Mark the run completed now, whatever its iterations did. Further iterations yield nothing."""
+        if self.completed:
+            return
+        self._complete_called = True
+        self._save(COMPLETED)
+        self.completed = True
+
+    # -- signals and fencing -------------------------------------------------------
+
+    def _on_signal(self, signum: int) -> None:
+        self._signal = signum
+        if self._active is not None:
+            self._active.stop_soon()
+
+    def _on_fenced(self, exc: Fenced) -> None:
+        self._fenced = exc
+        log.error("%s", exc)
+        # The main thread notices at the next chunk boundary (at most one chunk later).
+
+    def _on_lost(self, exc: CheckpointLost) -> None:
+        log.error("%s: %s; writing the checkpoint back from memory", self.label, exc)
+        with self._save_lock:
+            if self._record is not None:
+                self._record = self.store.restore(self._record, lease_seconds=self.lease_seconds)
+
+    def _interrupted(self) -> Interrupted:
+        import signal as _signal
+
+        signum = self._signal or _signal.SIGTERM
+        msg = (f"{self.label} interrupted by {_signal.Signals(signum).name} after {self._done():,} done items; "
+               "checkpoint saved, rerun to resume")
+        log.warning("%s", msg)
+        return Interrupted(msg, signum=signum)
+
+    # -- iteration ------------------------------------------------------------------
+
+    def iterate(
+        self,
+        iterable: Iterable[Any],
+        *,
+        every: int | None = None,
+        seconds: float | None = None,
+        name: str | None = None,
+        key: Callable[[Any], Any] | None = None,
+        on_change: OnChange | None = None,
+        progress: bool | None = None,
+    ) -> Iterator[Any]:
+        """Yield the items of ``iterable`` not yet done in this run, checkpointing as it goes.
+
+        A checkpoint is written every ``every`` done items or ``seconds`` seconds,
+        whichever comes first, and when the iteration ends; with neither, every
+        :data:`DEFAULT_SECONDS` seconds. Sequences (``len`` and indexing, ``range``)
+        resume by an O(1) seek; other iterables by reading and skipping the done
+        items (O(position)). ``key(item)`` gives each item a stable JSON identity for
+        the input fingerprint when the items themselves are not JSON values.
+        Each call has its own cursor: ``name``, by default its order in the job.
+        """
+        if self._record is None:
+            raise UsageError(f"{self.label} is not started: call iterate inside `with Job(...) as job:`")
+        if every is not None and (not isinstance(every, int) or every < 1):
+            raise UsageError(f"every must be a positive int, not {every!r}")
+        if seconds is not None and seconds <= 0:
+            raise UsageError(f"seconds must be positive, not {seconds!r}")
+        if every is None and seconds is None:
+            seconds = DEFAULT_SECONDS
+        cname = name if name is not None else str(self._calls)
+        self._calls += 1
+        if cname in self._cursors:
+            raise UsageError(f"{self.label}: iteration {cname!r} was already used in this run; give each a name=")
+        if self.completed:
+            log.info("%s is already complete: iteration %r yields nothing", self.label, cname)
+            return iter(())
+        pos = self._record.positions.get(cname, {})
+        source = Source(iterable)
+        cursor = Cursor(cname, offset=int(pos.get("offset", 0)), total=source.length,
+                        finished=bool(pos.get("finished", False)))
+        self._cursors[cname] = cursor
+        fp = self._check_input(cursor, source, key, on_change or self.on_change)
+        if cursor.finished and (source.length is None or cursor.offset >= source.length):
+            return iter(())
+        cursor.finished = False
+        return self._iterate(cursor, source, fp, every=every, seconds=seconds, progress=progress)
+
+    def _check_input(self, cursor: Cursor, source: Source, key: Callable[[Any], Any] | None,
+                     on_change: OnChange) -> Fingerprinter:
+        """Check the input against its stored fingerprint; seek or skip to the position."""
+        describe = f"{self.label} iteration {cursor.name!r}"
+        stored = self._fingerprints.get(cursor.name)
+        for attempt in range(2):
+            try:
+                fp = Fingerprinter(length=source.length, key=key, stored=stored, position=cursor.offset,
+                                   describe=describe)
+                if source.seq is not None:
+                    for idx in sample_indices(0, source.length or 0):
+                        fp.see(idx, [source.seq[idx]])
+                elif cursor.offset:
+                    skipped = skip(source, cursor.offset, fp)
+                    if skipped < cursor.offset:
+                        raise InputChanged(f"{describe}: the input now has {skipped} items but {cursor.offset} "
+                                           "were already done; it changed under the checkpoint")
+                break
+            except InputChanged as exc:
+                if on_change == "force" or attempt:
+                    log.warning("%s (resuming anyway: on_change='force')", exc)
+                    fp = Fingerprinter(length=source.length, key=key, stored=None, position=0, describe=describe)
+                    break
+                if on_change == "restart":
+                    log.warning("%s: restarting this iteration from its start (on_change='restart')", exc)
+                    if not source.seekable:
+                        raise InputChanged(f"{exc}; on_change='restart' needs a sequence (the iterator was "
+                                           "consumed while checking)") from None
+                    cursor.offset, cursor.finished, stored = 0, False, None
+                    continue
+                raise InputChanged(f"{exc}. Pass on_change='restart' to start this iteration over, "
+                                   "on_change='force' to resume anyway, or use a new run id") from None
+        self._fingerprints[cursor.name] = fp.result()
+        return fp
+
+    def _iterate(self, cursor: Cursor, source: Source, fp: Fingerprinter, *, every: int | None,
+                 seconds: float | None, progress: bool | None) -> Iterator[Any]:
+        hooks = _LoopHooks(self, fp, seconds, Progress(
+            label=self.label, enabled=progress if progress is not None else self._progress_opt))
+        return run_chunks(cursor, source, fp, every=every, hooks=hooks)
+
+
+class _LoopHooks:
+    """Between-chunk work of one ``iterate``: checkpoints, signals, fencing, progress."""
+
+    def __init__(self, job: Job, fp: Fingerprinter, seconds: float | None, shown: Progress) -> None:
+        self.job = job
+        self.fp = fp
+        self.seconds = seconds
+        self.shown = shown
+        self.last_save = time.monotonic()
+        self.started = False
+
+    def boundary(self, cur: Cursor, count_due: bool) -> None:
+        job = self.job
+        if not self.started:
+            self.started = True
+            job._active = cur
+            self.shown.start(cur.name, cur.offset, cur.total)
+        if job._fenced is not None:
+            raise job._fenced
+        self.shown.update(cur.offset)
+        if job._signal is not None:
+            job._save(INTERRUPTED, release=True)
+            self.shown.stop(cur.offset)
+            raise job._interrupted()
+        now = time.monotonic()
+        if count_due or (self.seconds is not None and now - self.last_save >= self.seconds):
+            job._fingerprints[cur.name] = self.fp.result()
+            job._save(RUNNING)
+            self.last_save = now
+            self.shown.checkpointed(cur.name, cur.offset, cur.total)
+
+    def end(self, cur: Cursor) -> None:
+        cur.finished = True
+        if cur.total is None:
+            cur.total = cur.offset
+        self.job._fingerprints[cur.name] = self.fp.result()
+        self.job._save(RUNNING)
+        self.shown.stop(cur.offset)
+        self.shown.checkpointed(cur.name, cur.offset, cur.total, force=True)
+
+    def close(self, cur: Cursor) -> None:
+        self.shown.stop(cur.position())
+        if self.job._active is cur:
+            self.job._active = None
