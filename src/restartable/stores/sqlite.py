@@ -1,0 +1,435 @@
+"""``sqlite:///path.db``: the embedded default store, one SQLite file on a LOCAL disk.
+
+URLs follow SQLAlchemy's convention, the path is what follows ``sqlite:///``::
+
+    sqlite:///.restartable/checkpoints.db      relative to the current directory
+    sqlite:////var/lib/jobs/checkpoints.db     absolute
+
+Missing directories are created 0700 and the database 0600 (SQLite gives its -wal
+and -shm files the database's mode). Use a local filesystem only: SQLite's locking
+and WAL shared memory do not work over NFS or other network filesystems, and two
+machines sharing a file there can corrupt it. For several machines use PostgreSQL.
+
+Durability: WAL journal with ``synchronous=FULL``; every write runs in a
+``BEGIN IMMEDIATE`` transaction (the write lock is taken up front, so concurrent
+writers wait on ``busy_timeout`` instead of failing on a lock upgrade).
+
+Schema (versioned in ``schema_migrations``, see :data:`MIGRATIONS`):
+
+* ``runs``: one row per run; ``record`` holds :func:`encode_record` JSON, and the
+  columns ``epoch``, ``status``, ``lease_expires``, ``heartbeat`` and ``updated``
+  are the authority (``renew`` updates only the columns), overlaid on load.
+* ``history``: recent saves per run, pruned to :data:`HISTORY_LIMIT`.
+* ``markers``: per-item markers of file sources.
+
+:meth:`SQLiteStore.transaction` lets a job commit its own output rows and the
+checkpoint in one transaction (exactly-once output into the same database).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn, Self
+
+from .._url import StoreURL
+from ..checkpoint import Checkpoint, HistoryEntry, Owner, decode_record, dumps, encode_record, loads
+from ..errors import CheckpointCorrupt, ConfigError, PermissionDenied, RestartableError, StoreUnavailable
+from ._localfs import create_private_file, make_private_dirs, os_errors
+from .base import HISTORY_LIMIT, Store
+
+__all__ = ["SQLiteStore", "MIGRATIONS", "SCHEMA_VERSION"]
+
+#: Schema migrations in order; version N is ``MIGRATIONS[N - 1]``. Append, never edit.
+MIGRATIONS: list[str] = [
+    # 1: runs, history, markers. WITHOUT ROWID: the primary key is the only lookup path,
+    # so the row lives in the key's b-tree and a save touches one page per table.
+    """
+    CREATE TABLE runs (
+        job TEXT NOT NULL,
+        run TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        lease_expires REAL,
+        heartbeat REAL NOT NULL,
+        updated REAL NOT NULL,
+        record TEXT NOT NULL,
+        PRIMARY KEY (job, run)
+    ) WITHOUT ROWID;
+    CREATE TABLE history (
+        job TEXT NOT NULL,
+        run TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        at REAL NOT NULL,
+        epoch INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        done INTEGER NOT NULL,
+        failed INTEGER NOT NULL,
+        PRIMARY KEY (job, run, seq),
+        FOREIGN KEY (job, run) REFERENCES runs (job, run) ON DELETE CASCADE
+    ) WITHOUT ROWID;
+    CREATE TABLE markers (
+        job TEXT NOT NULL,
+        run TEXT NOT NULL,
+        cursor TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (job, run, cursor, key),
+        FOREIGN KEY (job, run) REFERENCES runs (job, run) ON DELETE CASCADE
+    ) WITHOUT ROWID;
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+#: Seconds a writer waits for another process's write lock before StoreUnavailable.
+BUSY_TIMEOUT = 10.0
+#: History is pruned on the first save of a run in this process and every this many after:
+#: one cheap range delete now and then instead of one per save. ``history()`` never
+#: returns more than HISTORY_LIMIT entries, so the few extra rows are invisible.
+_PRUNE_EVERY = 16
+
+_COLUMNS = "epoch, status, lease_expires, heartbeat, updated, record"
+_SELECT = f"SELECT {_COLUMNS} FROM runs WHERE job = ? AND run = ?"
+_INSERT_RUN = f"INSERT INTO runs (job, run, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_UPDATE_RUN = (
+    "UPDATE runs SET epoch = ?, status = ?, lease_expires = ?, heartbeat = ?, updated = ?, record = ? "
+    "WHERE job = ? AND run = ? AND epoch = ?"
+)
+# The next seq is found in-engine on the primary key (one b-tree descent to a page the
+# insert touches anyway), so a save needs no SELECT round trip.
+_INSERT_HISTORY = (
+    "INSERT INTO history (job, run, seq, at, epoch, status, done, failed) VALUES "
+    "(?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM history WHERE job = ?1 AND run = ?2), ?3, ?4, ?5, ?6, ?7)"
+)
+_PRUNE_HISTORY = (
+    "DELETE FROM history WHERE job = ?1 AND run = ?2 AND seq <= "
+    "(SELECT MAX(seq) FROM history WHERE job = ?1 AND run = ?2) - ?3"
+)
+
+# Primary SQLite result codes (the low byte of sqlite_errorcode).
+_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
+_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_AUTH, _SQLITE_NOTADB = 11, 13, 14, 23, 26
+
+
+def _path_from_url(url: StoreURL) -> str:
+    forms = "sqlite:///relative/path.db or sqlite:////absolute/path.db"
+    raw = url.raw
+    head = "sqlite:///"
+    if not raw.lower().startswith(head):
+        raise ConfigError(f"invalid SQLite store URL {url.display!r}: use {forms} (no host part)")
+    path = raw[len(head) :]
+    if "?" in path or "#" in path:
+        raise ConfigError(f"the SQLite store URL {url.display!r} takes no query options: use {forms}")
+    if not path or path.endswith("/"):
+        raise ConfigError(f"the SQLite store URL {url.display!r} names no database file: use {forms}")
+    if path == ":memory:":
+        raise ConfigError(f"{url.display!r} would keep nothing: use memory:// for an in-process store")
+    return path
+
+
+class SQLiteStore(Store):
+    """The Store contract on one SQLite file. Thread-safe: one connection behind a lock."""
+
+    schemes = ("sqlite",)
+    local = True
+
+    def __init__(self, path: str | os.PathLike[str], *, display: str | None = None) -> None:
+        self.path = os.fspath(path)
+        self.display = display or f"sqlite:///{self.path}"
+        self._lock = threading.RLock()
+        self._saves: dict[tuple[str, str], int] = {}
+        self._conn: sqlite3.Connection | None = None
+        with self._errors("open"):
+            with os_errors(self.path, display=self.display):
+                parent = os.path.dirname(os.path.abspath(self.path))
+                make_private_dirs(parent)
+                create_private_file(self.path)
+            # isolation_level=None: the sqlite3 module starts no transactions of its own;
+            # we issue BEGIN IMMEDIATE / COMMIT / ROLLBACK ourselves.
+            conn = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False, cached_statements=64
+            )
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StoreUnavailable(
+                        f"{self.display}: SQLite refused WAL mode (got {mode!r}); put the database "
+                        "on a local filesystem that supports shared memory"
+                    )
+                # FULL, not NORMAL: in WAL mode NORMAL does not fsync the WAL on commit, so
+                # a power loss can drop the last checkpoints that save() reported as written.
+                conn.execute("PRAGMA synchronous = FULL")
+                conn.execute("PRAGMA foreign_keys = ON")
+                self._conn = conn
+                self._migrate()
+            except BaseException:
+                conn.close()
+                self._conn = None
+                raise
+
+    @classmethod
+    def from_url(cls, url: StoreURL) -> Self:
+        return cls(_path_from_url(url), display=url.display)
+
+    # -- plumbing --------------------------------------------------------------
+
+    @property
+    def _c(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreUnavailable(f"the store {self.display} is closed")
+        return self._conn
+
+    def _fix(self) -> str:
+        return f"restore {self.path} from a backup, or delete it (or run `restartable reset`) to start over"
+
+    def _translate(self, exc: sqlite3.Error, what: str) -> RestartableError:
+        code = getattr(exc, "sqlite_errorcode", -1) & 0xFF
+        msg = str(exc)
+        where = f"{what} in {self.display}"
+        if code in (_SQLITE_BUSY, _SQLITE_LOCKED) or "locked" in msg:
+            return StoreUnavailable(
+                f"{where}: the database stayed locked by another process for {BUSY_TIMEOUT:g}s ({msg}); "
+                "retry, or find the process holding a long transaction on it"
+            )
+        if code == _SQLITE_FULL or "disk is full" in msg:
+            return StoreUnavailable(
+                f"{where}: disk full ({msg}); free space on the filesystem of {self.path}, then rerun"
+            )
+        if code in (_SQLITE_READONLY, _SQLITE_CANTOPEN, _SQLITE_PERM, _SQLITE_AUTH) or "unable to open" in msg:
+            return PermissionDenied(
+                f"{where}: cannot open {self.path} for writing ({msg}); make the file and its "
+                f"directory readable and writable by uid {os.geteuid()} (SQLite creates -wal and -shm "
+                "files beside it), or point the store elsewhere"
+            )
+        if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "not a database" in msg or "malformed" in msg:
+            return CheckpointCorrupt(f"{where}: {self.path} is not a readable SQLite database ({msg}); {self._fix()}")
+        return StoreUnavailable(f"{where}: SQLite error: {msg}")
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """Translate sqlite3 errors at the boundary: no raw driver error escapes."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise self._translate(exc, what) from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: ``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exit by raise.
+
+        Inside :meth:`transaction` on the same thread it joins the open transaction
+        instead, so ``save`` called there commits with the caller's rows.
+        """
+        with self._lock:
+            conn = self._c
+            if conn.in_transaction:
+                yield conn
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._write() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)")
+            have = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
+            if have > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"{self.display}: the database has schema version {have}, newer than this restartable "
+                    f"knows ({SCHEMA_VERSION}): upgrade restartable (pip install -U restartable)"
+                )
+            for version in range(have + 1, SCHEMA_VERSION + 1):
+                # Statement by statement: executescript() would COMMIT first, outside our transaction.
+                for statement in _split_sql(MIGRATIONS[version - 1]):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, time.time()))
+
+    def _row_to_record(self, job: str, run: str, row: tuple[Any, ...]) -> Checkpoint:
+        epoch, status, lease_expires, heartbeat, updated, text = row
+        try:
+            rec = decode_record(text, where=f"the record of job {job!r} run {run!r} in {self.display}")
+        except CheckpointCorrupt as exc:
+            raise CheckpointCorrupt(f"{exc}; {self._fix()}") from None
+        # The columns are the authority: renew() updates only them.
+        return rec.replace(
+            epoch=epoch, status=status, lease_expires=lease_expires, heartbeat=heartbeat, updated=updated
+        )
+
+    def _stored_epoch(self, conn: sqlite3.Connection, job: str, run: str) -> int | None:
+        row = conn.execute("SELECT epoch FROM runs WHERE job = ? AND run = ?", (job, run)).fetchone()
+        return None if row is None else row[0]
+
+    def _history_in(self, conn: sqlite3.Connection, rec: Checkpoint) -> None:
+        conn.execute(
+            _INSERT_HISTORY, (rec.job, rec.run, rec.updated, rec.epoch, rec.status, rec.done, rec.failed)
+        )
+        key = (rec.job, rec.run)
+        n = self._saves.get(key, 0)
+        self._saves[key] = n + 1
+        if n % _PRUNE_EVERY == 0:
+            conn.execute(_PRUNE_HISTORY, (rec.job, rec.run, HISTORY_LIMIT))
+
+    def _save_in(
+        self, conn: sqlite3.Connection, record: Checkpoint, now: float, lease_seconds: float | None
+    ) -> Checkpoint:
+        """The compare-and-set of :meth:`save` on an open transaction; does NOT commit.
+
+        Raises Fenced when the stored epoch differs; the caller must then roll back
+        (``_write`` and :meth:`transaction` do).
+        """
+        rec = record.replace(
+            updated=now, heartbeat=now, lease_expires=None if lease_seconds is None else now + lease_seconds
+        )
+        text = encode_record(rec)
+        cur = conn.execute(
+            _UPDATE_RUN,
+            (rec.epoch, rec.status, rec.lease_expires, now, now, text, rec.job, rec.run, rec.epoch),
+        )
+        if cur.rowcount == 0:
+            raise self._fenced(rec.job, rec.run, rec.epoch, self._stored_epoch(conn, rec.job, rec.run))
+        self._history_in(conn, rec)
+        return rec
+
+    # -- the contract ------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Yield the connection inside ``BEGIN IMMEDIATE``; commit on success, roll back on any raise.
+
+        For writing a job's output rows and its checkpoint atomically::
+
+            with store.transaction() as conn:
+                conn.executemany("INSERT INTO results VALUES (?, ?)", rows)
+                store.save(record, lease_seconds=30)   # joins this transaction
+
+        A Fenced save rolls the caller's rows back too. The store's lock is held for
+        the whole block (the heartbeat's renew waits), so keep it short.
+        """
+        with self._errors("transaction"), self._write() as conn:
+            yield conn
+
+    def load(self, job: str, run: str) -> Checkpoint | None:
+        with self._lock, self._errors(f"loading job {job!r} run {run!r}"):
+            row = self._c.execute(_SELECT, (job, run)).fetchone()
+        return None if row is None else self._row_to_record(job, run, row)
+
+    def acquire(
+        self, job: str, run: str, *, owner: Owner, lease_seconds: float, steal_epoch: int | None = None
+    ) -> Checkpoint:
+        with self._errors(f"acquiring job {job!r} run {run!r}"), self._write() as conn:
+            now = self.now()
+            row = conn.execute(_SELECT, (job, run)).fetchone()
+            if row is None:
+                rec = self._new_record(job, run, owner, now, lease_seconds)
+                conn.execute(
+                    _INSERT_RUN,
+                    (job, run, rec.epoch, rec.status, rec.lease_expires, rec.heartbeat, rec.updated, encode_record(rec)),
+                )
+            else:
+                old = self._row_to_record(job, run, row)
+                rec = self._take_over(old, owner, now, lease_seconds, steal_epoch)
+                conn.execute(
+                    _UPDATE_RUN,
+                    (rec.epoch, rec.status, rec.lease_expires, rec.heartbeat, rec.updated, encode_record(rec),
+                     job, run, old.epoch),
+                )
+            self._history_in(conn, rec)
+            return rec
+
+    def save(self, record: Checkpoint, *, lease_seconds: float | None) -> Checkpoint:
+        with self._errors(f"saving job {record.job!r} run {record.run!r}"), self._write() as conn:
+            return self._save_in(conn, record, self.now(), lease_seconds)
+
+    def renew(self, job: str, run: str, *, epoch: int, lease_seconds: float) -> float:
+        with self._errors(f"renewing the lease of job {job!r} run {run!r}"), self._write() as conn:
+            now = self.now()
+            expires = now + lease_seconds
+            cur = conn.execute(
+                "UPDATE runs SET heartbeat = ?, lease_expires = ? WHERE job = ? AND run = ? AND epoch = ?",
+                (now, expires, job, run, epoch),
+            )
+            if cur.rowcount == 0:
+                raise self._fenced(job, run, epoch, self._stored_epoch(conn, job, run))
+            return expires
+
+    def delete(self, job: str, run: str, *, epoch: int | None = None) -> bool:
+        with self._errors(f"deleting job {job!r} run {run!r}"), self._write() as conn:
+            if epoch is None:
+                cur = conn.execute("DELETE FROM runs WHERE job = ? AND run = ?", (job, run))
+            else:
+                cur = conn.execute("DELETE FROM runs WHERE job = ? AND run = ? AND epoch = ?", (job, run, epoch))
+            # history and markers go by ON DELETE CASCADE (foreign_keys is on).
+            self._saves.pop((job, run), None)
+            return cur.rowcount > 0
+
+    def list_runs(self, job: str | None = None) -> list[Checkpoint]:
+        with self._lock, self._errors("listing runs"):
+            if job is None:
+                rows = self._c.execute(f"SELECT job, run, {_COLUMNS} FROM runs ORDER BY job, run").fetchall()
+            else:
+                rows = self._c.execute(
+                    f"SELECT job, run, {_COLUMNS} FROM runs WHERE job = ? ORDER BY run", (job,)
+                ).fetchall()
+        return [self._row_to_record(r[0], r[1], r[2:]) for r in rows]
+
+    def history(self, job: str, run: str, *, limit: int = 20) -> list[HistoryEntry]:
+        with self._lock, self._errors(f"reading the history of job {job!r} run {run!r}"):
+            rows = self._c.execute(
+                "SELECT at, epoch, status, done, failed FROM history WHERE job = ? AND run = ? "
+                "ORDER BY seq DESC LIMIT ?",
+                (job, run, max(0, min(limit, HISTORY_LIMIT))),
+            ).fetchall()
+        return [HistoryEntry(at=at, epoch=ep, status=st, done=d, failed=f) for at, ep, st, d, f in rows]
+
+    def mark(self, job: str, run: str, cursor: str, key: str, value: Any, *, epoch: int) -> None:
+        text = dumps(value, what=f"the marker value of {key!r}")
+        with self._errors(f"marking {key!r} in job {job!r} run {run!r}"), self._write() as conn:
+            stored = self._stored_epoch(conn, job, run)
+            if stored != epoch:
+                raise self._fenced(job, run, epoch, stored)
+            conn.execute(
+                "INSERT OR REPLACE INTO markers (job, run, cursor, key, value) VALUES (?, ?, ?, ?, ?)",
+                (job, run, cursor, key, text),
+            )
+
+    def markers(self, job: str, run: str, cursor: str) -> dict[str, Any]:
+        with self._lock, self._errors(f"reading the markers of job {job!r} run {run!r}"):
+            rows = self._c.execute(
+                "SELECT key, value FROM markers WHERE job = ? AND run = ? AND cursor = ?", (job, run, cursor)
+            ).fetchall()
+        out: dict[str, Any] = {}
+        for key, text in rows:
+            try:
+                out[key] = loads(text)
+            except ValueError as exc:
+                _corrupt_marker(self, job, run, cursor, key, exc)
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                finally:
+                    self._conn = None
+
+
+def _corrupt_marker(store: SQLiteStore, job: str, run: str, cursor: str, key: str, exc: Exception) -> NoReturn:
+    raise CheckpointCorrupt(
+        f"marker {key!r} of cursor {cursor!r}, job {job!r} run {run!r} in {store.display} is not valid "
+        f"JSON ({exc}); {store._fix()}"
+    )
+
+
+def _split_sql(script: str) -> list[str]:
+    """The statements of a migration (our own SQL: no semicolons inside literals)."""
+    return [s.strip() for s in script.split(";") if s.strip()]
