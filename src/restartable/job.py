@@ -161,6 +161,7 @@ class Job:
         self._last_save = time.monotonic()
         self._entered = False
         self._save_lock = threading.Lock()
+        self._before_save: list[Callable[[], None]] = []
 
     # -- properties -------------------------------------------------------------
 
@@ -317,9 +318,20 @@ class Job:
             positions[name] = merged
         return positions
 
+    def on_checkpoint(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` before every checkpoint is written, in the saving thread.
+
+        Use it to make output durable before the checkpoint claims it: flush and fsync
+        an output file and put its length in ``job.state``; on resume, truncate the file
+        to that length and nothing is written twice (``restartable demo`` does this).
+        """
+        self._before_save.append(callback)
+
     def _save(self, status: str, *, release: bool = False) -> Checkpoint:
         if self._fenced is not None:
             raise self._fenced
+        for callback in self._before_save:
+            callback()
         rec = self._record
         assert rec is not None
         new = rec.replace(

@@ -1,0 +1,221 @@
+"""The ``restartable`` command line.
+
+Every command takes ``--store URL`` and honours ``$RESTARTABLE_STORE``. A library
+error ends in one line on stderr and the documented exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from .. import __version__
+from .._names import check_name
+from .._progress import human_duration
+from .._url import parse_duration
+from ..entry import report_error
+from ..errors import ConfigError, RunLocked, UsageError
+from ..stores import open_store
+from ..stores.base import Store
+from ._report import iso, lease_state, progress_text, record_json, summarize
+
+__all__ = ["main", "run", "cli"]
+
+STORE_HELP = "Store URL (default: $RESTARTABLE_STORE, else sqlite:///.restartable/checkpoints.db)."
+store_option = click.option("--store", "store_url", envvar="RESTARTABLE_STORE", default=None, metavar="URL",
+                            help=STORE_HELP)
+
+
+def _open(store_url: str | None) -> Store:
+    return open_store(store_url)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="restartable")
+def cli() -> None:
+    """Crash-proof batch jobs: inspect, reset and clean up checkpoints, or run the demo.
+
+    Exit codes: 0 ok, 1 the job raised, 2 usage, 65 data error, 75 temporary (retry),
+    77 permission denied, 78 configuration, 130/143 interrupted after its checkpoint.
+    """
+
+
+@cli.command()
+@store_option
+@click.option("--job", "job_name", default=None, help="Only this job's runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status(store_url: str | None, job_name: str | None, as_json: bool) -> None:
+    """Every run: status, progress, rate, ETA, last update and owner; stale leases flagged."""
+    with _open(store_url) as store:
+        if job_name is not None:
+            check_name(job_name, "job name")
+        now = store.now()
+        rows = [summarize(rec, store.history(rec.job, rec.run, limit=10), now) for rec in store.list_runs(job_name)]
+        if as_json:
+            click.echo(json.dumps({"store": store.display, "runs": [r.to_json() for r in rows]}, indent=2))
+            return
+        if not rows:
+            click.echo(f"no runs in {store.display}")
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"runs in {store.display}", title_justify="left")
+        for col in ("job", "run", "status", "progress", "rate", "ETA", "updated", "owner / lease"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            lease = "" if r.lease in ("free", "held") else f" [bold red]{r.lease.upper()}[/]"
+            table.add_row(
+                r.job, r.run, r.status, progress_text(r),
+                f"{r.rate:,.0f}/s" if r.rate else "", human_duration(r.eta) if r.eta is not None else "",
+                f"{human_duration(r.age)} ago", (r.owner if r.lease != "free" else "") + lease,
+            )
+        Console(width=max(100, Console().width)).print(table)
+
+
+def _pick_run(store: Store, job: str, run: str | None) -> str:
+    if run is not None:
+        return check_name(run, "run")
+    runs = [r.run for r in store.list_runs(job)]
+    if not runs:
+        raise UsageError(f"no runs of job {job!r} in {store.display}")
+    if len(runs) == 1:
+        return runs[0]
+    if "default" in runs:
+        return "default"
+    raise UsageError(f"job {job!r} has {len(runs)} runs in {store.display} ({', '.join(runs[:8])}"
+                     f"{', ...' if len(runs) > 8 else ''}): choose one with --run")
+
+
+@cli.command()
+@store_option
+@click.argument("job")
+@click.option("--run", default=None, help="Which run (needed when the job has several).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--history", "limit", default=10, show_default=True, help="How many recent saves to list.")
+def show(store_url: str | None, job: str, run: str | None, as_json: bool, limit: int) -> None:
+    """One run's record and its recent history."""
+    check_name(job, "job name")
+    with _open(store_url) as store:
+        run = _pick_run(store, job, run)
+        rec = store.load(job, run)
+        if rec is None:
+            raise UsageError(f"no run {run!r} of job {job!r} in {store.display}")
+        history = store.history(job, run, limit=max(limit, 2))
+        summary = summarize(rec, history, store.now())
+        if as_json:
+            data: dict[str, Any] = record_json(rec)
+            data["summary"] = summary.to_json()
+            data["history"] = [
+                {"at": iso(h.at), "epoch": h.epoch, "status": h.status, "done": h.done, "failed": h.failed}
+                for h in history[:limit]
+            ]
+            click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+            return
+        click.echo(f"job {rec.job}  run {rec.run}  ({store.display})")
+        click.echo(f"  status    {rec.status}   epoch {rec.epoch}")
+        click.echo(f"  progress  {progress_text(summary)}" + (f"   failed {rec.failed:,}" if rec.failed else ""))
+        if summary.rate:
+            click.echo(f"  rate      {summary.rate:,.1f} items/s   ETA {human_duration(summary.eta)}")
+        click.echo(f"  started   {iso(rec.started)}   updated {iso(rec.updated)} ({human_duration(summary.age)} ago)")
+        if rec.owner:
+            click.echo(f"  owner     {rec.owner.describe()}   lease {summary.lease}"
+                       + (f" until {iso(rec.lease_expires)}" if rec.lease_expires else ""))
+        for name, pos in rec.positions.items():
+            total = pos.get("total")
+            extra = {k: v for k, v in pos.items() if k not in ("offset", "finished", "total")}
+            click.echo(f"  iteration {name!r}: {pos.get('offset', 0):,}" + (f"/{total:,}" if total else "")
+                       + ("  finished" if pos.get("finished") else "") + (f"  {extra}" if extra else ""))
+        if rec.state:
+            text = json.dumps(record_json(rec)["state"], ensure_ascii=False)
+            click.echo(f"  state     {text if len(text) <= 200 else text[:197] + '...'}")
+        if history:
+            click.echo("  recent saves (newest first):")
+            for h in history[:limit]:
+                click.echo(f"    {iso(h.at)}  {h.status:<11} {h.done:>12,} done  epoch {h.epoch}")
+
+
+@cli.command()
+@store_option
+@click.argument("job")
+@click.option("--run", default=None, help="Which run (needed when the job has several).")
+@click.option("--all-runs", is_flag=True, help="Reset every run of the job.")
+@click.option("--force", is_flag=True, help="Reset even while a live runner holds the lease (it will be fenced).")
+def reset(store_url: str | None, job: str, run: str | None, all_runs: bool, force: bool) -> None:
+    """Delete a run's checkpoint, so the next run starts from the beginning."""
+    check_name(job, "job name")
+    with _open(store_url) as store:
+        runs = [r.run for r in store.list_runs(job)] if all_runs else [_pick_run(store, job, run)]
+        now = store.now()
+        for r in runs:
+            rec = store.load(job, r)
+            if rec is None:
+                raise UsageError(f"no run {r!r} of job {job!r} in {store.display}")
+            if not force and lease_state(rec, now) == "held":
+                raise RunLocked(
+                    f"job {job!r} run {r!r} is running ({rec.owner.describe() if rec.owner else 'unknown owner'}); "
+                    "stop it first, or pass --force (the runner is then fenced off and stops)"
+                )
+            if store.delete(job, r, epoch=rec.epoch):
+                click.echo(f"reset job {job} run {r} (was {rec.status}, {rec.done:,} done)")
+
+
+@cli.command()
+@store_option
+@click.option("--older-than", default="7d", show_default=True, help="Age of completed runs to delete (30m, 12h, 7d).")
+@click.option("--job", "job_name", default=None, help="Only this job's runs.")
+@click.option("--dry-run", is_flag=True, help="List what would be deleted.")
+def cleanup(store_url: str | None, older_than: str, job_name: str | None, dry_run: bool) -> None:
+    """Delete completed runs last updated before --older-than. Never touches unfinished runs."""
+    try:
+        seconds = parse_duration(older_than, "--older-than")
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    if job_name is not None:
+        check_name(job_name, "job name")
+    with _open(store_url) as store:
+        if dry_run:
+            cutoff = store.now() - seconds
+            victims = [r for r in store.list_runs(job_name) if r.status == "completed" and r.updated <= cutoff]
+        else:
+            victims = store.cleanup(older_than=seconds, job=job_name)
+        verb = "would delete" if dry_run else "deleted"
+        for r in victims:
+            click.echo(f"{verb} job {r.job} run {r.run} (completed {iso(r.updated)})")
+        click.echo(f"{verb} {len(victims)} completed run(s) older than {older_than} in {store.display}")
+
+
+def _register_optional() -> None:
+    from .demo import demo
+
+    cli.add_command(demo)
+
+
+_register_optional()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI and return the documented exit code."""
+    try:
+        cli.main(args=argv, prog_name="restartable", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.stderr.write("restartable: aborted\n")
+        code = 130
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except BaseException as exc:  # noqa: BLE001 - every outcome maps to a documented code
+        code = report_error(exc)
+    else:
+        code = 0
+    return code
+
+
+def run() -> None:
+    """The console script: run the CLI and exit with its code."""
+    sys.exit(main())
