@@ -1,0 +1,442 @@
+"""``redis://`` and ``rediss://``: checkpoints in Redis (redis-py, extra ``restartable[redis]``).
+
+URL: ``redis://[[user]:password@]host:port/db`` (``rediss://`` for TLS); redis-py's
+own query parameters (``ssl_ca_certs``, ``ssl_cert_reqs``, ``socket_timeout``, ...)
+pass through, restartable's are taken out first:
+
+``prefix``  key prefix, default ``restartable:``
+``ttl``     retention after the last update, default ``7d`` (``0`` keeps keys forever)
+``retry``   how long to ride out an unreachable server, default 60s
+
+Keys of one run (names follow the name grammar, so they hold no ``:``; cursor
+names may hold anything and are percent-encoded)::
+
+    {prefix}run:{job}:{run}                hash: the record + epoch + lease (see _redis_lua)
+    {prefix}hist:{job}:{run}               list: the last HISTORY_LIMIT saves, newest first
+    {prefix}cursors:{job}:{run}            set: encoded names of the run's marker hashes
+    {prefix}markers:{job}:{run}:{cursor}   hash: item key -> JSON value
+    {prefix}runs                           zset: "job\\0run" -> the run's expiry (ms)
+
+The pattern this replaces is the article's ``SET checkpoint:{job_id} <json> EX 604800``:
+one JSON value per job that silently vanishes seven days after it was written.
+Here ``checkpoint:{job_id}`` becomes ``{prefix}run:{job}:{run}`` (a job may have
+several runs) and the 7-day ``EX`` becomes the ``ttl`` option, with two changes:
+every write (acquire, save, renew, mark) refreshes the retention of *all* the
+run's keys together, so it counts from the last update, never from the first
+write; and the write is a compare-and-set on the epoch inside a Lua script, so a
+stale runner can never overwrite a newer checkpoint (a plain SET cannot refuse).
+``cleanup`` still removes completed runs earlier than their retention.
+
+Lease times are the server's clock (``TIME`` inside the scripts, milliseconds).
+A Redis without persistence loses every key when it restarts; the store tells a
+lost record (missing, and the server's ``run_id`` changed since this store
+acquired it) from a reset one (missing, same server) and raises
+:class:`~restartable.errors.CheckpointLost` for the first, so the job can write
+its in-memory record back with :meth:`RedisStore.restore`. Markers and history of
+a lost run are gone for good: enable ``appendonly yes`` on servers that matter.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+from urllib.parse import quote
+
+from .._url import StoreURL, parse_duration
+from ..checkpoint import COMPLETED, STATUSES, Checkpoint, HistoryEntry, Owner, decode_record, dumps, encode_record, loads
+from ..errors import CheckpointCorrupt, CheckpointLost, ConfigError, MissingDriver, PermissionDenied, StoreUnavailable
+from . import _redis_lua
+from ._retry import DEFAULT_RETRY_SECONDS, call_with_retry
+from .base import HISTORY_LIMIT, Store, first_epoch
+
+if TYPE_CHECKING:
+    import redis as _redis
+
+__all__ = ["RedisStore", "DEFAULT_PREFIX", "DEFAULT_TTL"]
+
+T = TypeVar("T")
+
+DEFAULT_PREFIX = "restartable:"
+#: Retention of a run's keys after its last update (the article's 7-day expiry).
+DEFAULT_TTL = 7 * 86400.0
+
+
+def _driver() -> Any:
+    try:
+        import redis
+        import tenacity  # noqa: F401 - call_with_retry needs it; fail here, not mid-run
+    except ImportError as exc:
+        raise MissingDriver(
+            f"the redis:// store needs {exc.name or 'redis-py'}, which is not installed: "
+            "pip install 'restartable[redis]'"
+        ) from None
+    return redis
+
+
+def _ms(seconds: float) -> str:
+    return str(max(0, round(seconds * 1000)))
+
+
+def _sec(ms: bytes | str) -> float:
+    return int(ms) / 1000
+
+
+def _owner_json(owner: Owner | None) -> str:
+    # Canonical, so the acquire script can compare owners as strings (Owner equality).
+    return "" if owner is None else json.dumps(owner.to_dict(), sort_keys=True, separators=(",", ":"))
+
+
+def _history_tail(rec: Checkpoint) -> str:
+    # The history entry minus its leading '{"at":N,' which the script adds from TIME.
+    entry = {"done": rec.done, "epoch": rec.epoch, "failed": rec.failed, "status": rec.status}
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"))[1:]
+
+
+def _cursor_name(cursor: str) -> str:
+    # Percent-encoded: no ':' to confuse the key layout, no glob characters for SCAN.
+    return quote(cursor, safe="", errors="surrogateescape")
+
+
+def _text(raw: str) -> bytes:
+    # Item keys and cursor names may come from file names with undecodable bytes.
+    return raw.encode("utf-8", "surrogateescape")
+
+
+class RedisStore(Store):
+    """The Store contract on Redis, every write one Lua script. Thread-safe (one connection pool)."""
+
+    schemes = ("redis", "rediss")
+    options = frozenset({"prefix", "ttl", "retry"})
+
+    def __init__(
+        self,
+        driver_url: str,
+        *,
+        display: str,
+        prefix: str = DEFAULT_PREFIX,
+        ttl: float = DEFAULT_TTL,
+        retry: float = DEFAULT_RETRY_SECONDS,
+    ) -> None:
+        """Open a client on ``driver_url`` (a redis-py URL without restartable's options).
+
+        Connects lazily: the first operation reaches the server, retrying for ``retry``
+        seconds. ``display`` is the redacted URL used in every message.
+        """
+        redis = _driver()
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self.display = display
+        self._prefix = prefix
+        self._ttl_ms = "0" if ttl <= 0 else str(max(1, round(ttl * 1000)))
+        self._retry = retry
+        self._exc = redis.exceptions
+        self._transient: tuple[type[BaseException], ...] = (
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+            redis.exceptions.BusyLoadingError,
+        )
+        try:
+            # redis-py's own retries are off: call_with_retry owns the budget. Query
+            # parameters in the URL win over these defaults.
+            self._client: _redis.Redis = redis.Redis.from_url(
+                driver_url,
+                retry=Retry(NoBackoff(), 0),
+                socket_connect_timeout=max(1.0, min(5.0, retry)),
+                socket_timeout=30.0,
+            )
+            pool = self._client.connection_pool
+            # The pool makes connections lazily; make one now (unconnected) so an
+            # unknown query parameter is a ConfigError here, not a TypeError mid-run.
+            pool.connection_class(**pool.connection_kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"invalid Redis store URL {display}: {exc}; restartable's options are prefix, ttl and "
+                "retry, the rest must be redis-py's (ssl_ca_certs, ssl_cert_reqs, socket_timeout, ...)"
+            ) from None
+        self._index = f"{prefix}runs"
+        c = self._client
+        self._acquire = c.register_script(_redis_lua.ACQUIRE)
+        self._save = c.register_script(_redis_lua.SAVE)
+        self._restore = c.register_script(_redis_lua.RESTORE)
+        self._renew = c.register_script(_redis_lua.RENEW)
+        self._delete = c.register_script(_redis_lua.DELETE)
+        self._mark = c.register_script(_redis_lua.MARK)
+        # (job, run) -> the server run_id seen when this store acquired or restored it.
+        self._seen: dict[tuple[str, str], str] = {}
+        self._seen_lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: StoreURL) -> Self:
+        opts = url.options
+        return cls(
+            url.driver_url,
+            display=url.display,
+            prefix=opts.get("prefix", DEFAULT_PREFIX),
+            ttl=parse_duration(opts.get("ttl", DEFAULT_TTL), "ttl (retention) of the Redis store"),
+            retry=parse_duration(opts.get("retry", DEFAULT_RETRY_SECONDS), "retry budget of the Redis store"),
+        )
+
+    # -- keys ------------------------------------------------------------------
+
+    def _keys(self, job: str, run: str) -> list[str]:
+        p = self._prefix
+        return [f"{p}run:{job}:{run}", f"{p}hist:{job}:{run}", f"{p}cursors:{job}:{run}", self._index]
+
+    def _common(self, job: str, run: str) -> list[str]:
+        return [f"{job}\0{run}", f"{self._prefix}markers:{job}:{run}:", self._ttl_ms, str(HISTORY_LIMIT)]
+
+    def _marker_key(self, job: str, run: str, cursor: str) -> str:
+        return f"{self._prefix}markers:{job}:{run}:{_cursor_name(cursor)}"
+
+    # -- calling the server ------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run ``fn`` with retries through connection loss; translate the driver's errors."""
+        exc_mod = self._exc
+
+        def attempt() -> T:
+            try:
+                return fn()
+            except (exc_mod.AuthenticationError, exc_mod.AuthorizationError) as exc:
+                raise PermissionDenied(
+                    f"{what}: {self.display} refused the credentials ({exc}): put the right user and "
+                    "password in the URL (redis://USER:PASSWORD@host:port/db, or redis://:PASSWORD@... "
+                    "for requirepass)"
+                ) from None
+            except exc_mod.NoPermissionError as exc:
+                raise PermissionDenied(
+                    f"{what}: {self.display} denied a command ({exc}): the ACL user needs "
+                    f"+@read +@write +@scripting +time +info on keys ~{self._prefix}*"
+                ) from None
+            except exc_mod.BusyLoadingError:
+                raise
+            except exc_mod.ConnectionError as exc:
+                if _is_tls_failure(exc):
+                    raise ConfigError(
+                        f"{what}: the TLS handshake with {self.display} failed ({exc}): pass the server's "
+                        "CA with ?ssl_ca_certs=/path/ca.pem (or ?ssl_cert_reqs=none to skip verification)"
+                    ) from None
+                raise
+            except exc_mod.ResponseError as exc:
+                if str(exc).startswith("WRONGTYPE"):
+                    raise CheckpointCorrupt(
+                        f"{what}: a key under {self._prefix!r} in {self.display} is not one restartable "
+                        f"wrote ({exc}); another program uses the prefix: choose another with ?prefix="
+                    ) from None
+                raise StoreUnavailable(f"{what}: {self.display} refused the write ({exc})") from None
+
+        return call_with_retry(attempt, seconds=self._retry, transient=self._transient, display=self.display,
+                               what=what)
+
+    def _refusal(self, job: str, run: str, epoch: int, res: list[bytes]) -> BaseException:
+        """The error for a script's {"fenced", epoch} or {"missing", run_id} answer."""
+        if res[0] == b"fenced":
+            return self._fenced(job, run, epoch, int(res[1]))
+        server = res[1].decode()
+        with self._seen_lock:
+            seen = self._seen.get((job, run))
+        if seen is not None and seen != server:
+            return CheckpointLost(
+                f"job {job!r} run {run!r}: THE CHECKPOINT WAS LOST: {self.display} restarted (server "
+                f"run_id {seen[:8]} -> {server[:8]}) without persistence and lost every key. This runner "
+                f"still holds epoch {epoch} in memory and writes it back; the run's history and markers "
+                "are gone. Enable persistence (appendonly yes) on that Redis"
+            )
+        return self._fenced(job, run, epoch, None)
+
+    def _seen_server(self, job: str, run: str, server: bytes) -> None:
+        with self._seen_lock:
+            self._seen[(job, run)] = server.decode()
+
+    # -- records -----------------------------------------------------------------
+
+    def _record(self, job: str, run: str, fields: dict[bytes, bytes]) -> Checkpoint:
+        where = f"the checkpoint of job {job!r} run {run!r} in {self.display}"
+        body = fields.get(b"body")
+        if body is None:
+            raise CheckpointCorrupt(f"{where} has no body: reset the run (restartable reset)")
+        rec = decode_record(body, where=where)
+        try:
+            status = fields[b"status"].decode()
+            owner = fields[b"owner"]
+            lease = fields[b"lease"]
+            if status not in STATUSES or (rec.job, rec.run) != (job, run):
+                raise ValueError("status or name")
+            return rec.replace(
+                epoch=int(fields[b"epoch"]),
+                status=status,
+                owner=Owner.from_dict(json.loads(owner)) if owner else None,
+                started=_sec(fields[b"started"]),
+                updated=_sec(fields[b"updated"]),
+                heartbeat=_sec(fields[b"heartbeat"]),
+                lease_expires=_sec(lease) if lease else None,
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CheckpointCorrupt(f"{where} has a missing or malformed field ({exc})") from None
+
+    def load(self, job: str, run: str) -> Checkpoint | None:
+        key = self._keys(job, run)[0]
+        fields = self._call(f"loading job {job!r} run {run!r}", lambda: self._client.hgetall(key))
+        return self._record(job, run, fields) if fields else None
+
+    def acquire(
+        self, job: str, run: str, *, owner: Owner, lease_seconds: float, steal_epoch: int | None = None
+    ) -> Checkpoint:
+        body = encode_record(self._new_record(job, run, owner, 0.0, lease_seconds))
+        args = self._common(job, run) + [
+            str(first_epoch()), body, _owner_json(owner), _ms(lease_seconds),
+            "" if steal_epoch is None else str(steal_epoch),
+        ]
+        keys = self._keys(job, run)
+        res = self._call(f"acquiring job {job!r} run {run!r}", lambda: self._acquire(keys=keys, args=args))
+        if res[0] == b"locked":
+            now_ms, held_by, heartbeat, lease = res[1:5]
+            holder = Checkpoint(
+                job=job, run=run, epoch=0,
+                owner=Owner.from_dict(json.loads(held_by)) if held_by else None,
+                heartbeat=_sec(heartbeat or b"0"),
+                lease_expires=_sec(lease) if lease else None,
+            )
+            raise self._locked(holder, _sec(now_ms))
+        self._seen_server(job, run, res[1])
+        fields = dict(zip(res[2::2], res[3::2]))
+        return self._record(job, run, fields)
+
+    def _write_args(self, job: str, run: str, record: Checkpoint, lease_seconds: float | None) -> list[str]:
+        return self._common(job, run) + [
+            str(record.epoch), encode_record(record), record.status, _owner_json(record.owner),
+            _ms(record.started), str(record.done), str(record.failed),
+            "" if lease_seconds is None else _ms(lease_seconds), _history_tail(record),
+        ]
+
+    def save(self, record: Checkpoint, *, lease_seconds: float | None) -> Checkpoint:
+        job, run = record.job, record.run
+        args = self._write_args(job, run, record, lease_seconds)  # encodes before any I/O
+        keys = self._keys(job, run)
+        res = self._call(f"saving job {job!r} run {run!r}", lambda: self._save(keys=keys, args=args))
+        if res[0] != b"ok":
+            raise self._refusal(job, run, record.epoch, res)
+        now = _sec(res[1])
+        return record.replace(updated=now, heartbeat=now, lease_expires=_sec(res[2]) if res[2] else None)
+
+    def restore(self, record: Checkpoint, *, lease_seconds: float) -> Checkpoint:
+        """Write ``record`` back unconditionally after :class:`CheckpointLost`, holding the lease."""
+        job, run = record.job, record.run
+        args = self._write_args(job, run, record, lease_seconds)
+        keys = self._keys(job, run)
+        res = self._call(f"restoring job {job!r} run {run!r}", lambda: self._restore(keys=keys, args=args))
+        self._seen_server(job, run, res[3])
+        now = _sec(res[1])
+        return record.replace(updated=now, heartbeat=now, lease_expires=_sec(res[2]))
+
+    def renew(self, job: str, run: str, *, epoch: int, lease_seconds: float) -> float:
+        args = self._common(job, run) + [str(epoch), _ms(lease_seconds)]
+        keys = self._keys(job, run)
+        res = self._call(f"renewing the lease of job {job!r} run {run!r}",
+                         lambda: self._renew(keys=keys, args=args))
+        if res[0] != b"ok":
+            raise self._refusal(job, run, epoch, res)
+        return _sec(res[1])
+
+    def delete(self, job: str, run: str, *, epoch: int | None = None) -> bool:
+        args = self._common(job, run) + ["" if epoch is None else str(epoch)]
+        keys = self._keys(job, run)
+        return bool(self._call(f"deleting job {job!r} run {run!r}", lambda: self._delete(keys=keys, args=args)))
+
+    def list_runs(self, job: str | None = None) -> list[Checkpoint]:
+        def fetch() -> tuple[list[tuple[str, str]], list[dict[bytes, bytes]]]:
+            names = []
+            for member in self._client.zrange(self._index, 0, -1):
+                j, _, r = member.decode().partition("\0")
+                if job is None or j == job:
+                    names.append((j, r))
+            pipe = self._client.pipeline(transaction=False)
+            for j, r in names:
+                pipe.hgetall(self._keys(j, r)[0])
+            return names, pipe.execute()
+
+        names, rows = self._call("listing runs", fetch)
+        # A row is empty when its keys expired a moment ago; the next write prunes the index.
+        records = [self._record(j, r, f) for (j, r), f in zip(names, rows) if f]
+        return sorted(records, key=lambda rec: (rec.job, rec.run))
+
+    def history(self, job: str, run: str, *, limit: int = 20) -> list[HistoryEntry]:
+        if limit <= 0:
+            return []
+        key = self._keys(job, run)[1]
+        raw = self._call(f"reading the history of job {job!r} run {run!r}",
+                         lambda: self._client.lrange(key, 0, limit - 1))
+        try:
+            entries = [json.loads(e) for e in raw]
+            return [
+                HistoryEntry(at=e["at"] / 1000, epoch=e["epoch"], status=e["status"], done=e["done"],
+                             failed=e.get("failed", 0))
+                for e in entries
+            ]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointCorrupt(f"the history of job {job!r} run {run!r} in {self.display} is "
+                                    f"malformed ({exc})") from None
+
+    def mark(self, job: str, run: str, cursor: str, key: str, value: Any, *, epoch: int) -> None:
+        """Record ``key`` done, fenced on ``epoch``; raises CheckpointLost like ``save``."""
+        value_json = dumps(value, what=f"the marker value of {key!r}")
+        common = self._common(job, run)
+        encoded = _cursor_name(cursor)
+        keys = self._keys(job, run) + [common[1] + encoded]
+        args: list[str | bytes] = [*common, str(epoch), encoded, _text(key), value_json]
+        res = self._call(f"marking {key!r} in job {job!r} run {run!r}", lambda: self._mark(keys=keys, args=args))
+        if res[0] != b"ok":
+            raise self._refusal(job, run, epoch, res)
+
+    def markers(self, job: str, run: str, cursor: str) -> dict[str, Any]:
+        mkey = self._marker_key(job, run, cursor)
+        raw = self._call(f"reading the markers of job {job!r} run {run!r}", lambda: self._client.hgetall(mkey))
+        try:
+            return {k.decode("utf-8", "surrogateescape"): loads(v) for k, v in raw.items()}
+        except ValueError as exc:
+            raise CheckpointCorrupt(f"a marker of job {job!r} run {run!r} cursor {cursor!r} in "
+                                    f"{self.display} is malformed ({exc})") from None
+
+    def now(self) -> float:
+        sec, usec = self._call("reading the server clock", self._client.time)
+        return sec + usec / 1e6
+
+    def cleanup(self, *, older_than: float, job: str | None = None) -> list[Checkpoint]:
+        """Delete completed runs last updated more than ``older_than`` seconds ago, in one round trip.
+
+        Keys also expire by themselves ``ttl`` after their last update, whatever the
+        status; this removes completed runs sooner. Each delete is conditional on the
+        epoch seen, so a run restarted meanwhile survives.
+        """
+        cutoff = self.now() - older_than
+        old = [r for r in self.list_runs(job) if r.status == COMPLETED and r.updated <= cutoff]
+        if not old:
+            return []
+
+        def delete_all() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for rec in old:
+                args = self._common(rec.job, rec.run) + [str(rec.epoch)]
+                self._delete(keys=self._keys(rec.job, rec.run), args=args, client=pipe)
+            return pipe.execute()
+
+        done = self._call("cleaning up completed runs", delete_all)
+        return [rec for rec, removed in zip(old, done) if removed]
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    """True when a connection error is a failed TLS verification (retrying cannot help)."""
+    import ssl
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
