@@ -1,0 +1,165 @@
+"""The PostgreSQL store's tables and their versioned migrations.
+
+Every table lives in the store's own schema (URL option ``schema``, default
+``restartable``). ``<schema>.schema_migrations`` records which of :data:`MIGRATIONS`
+have been applied; :func:`migrate` applies the missing ones in one transaction under
+a transaction-scoped advisory lock, so processes that open a fresh store at the same
+moment serialize instead of racing on ``CREATE TABLE``. A migration is never edited
+once released: a change is a new entry at the end of the list.
+
+The schema name is validated by the caller and only ever reaches SQL through
+:class:`psycopg.sql.Identifier`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg import sql
+
+__all__ = ["MIGRATIONS", "LATEST", "migrate", "current_version"]
+
+# Each migration is a list of statements; ``{s}`` is the schema identifier.
+#
+# Design notes for version 1:
+# * ``job``/``run`` use the "C" collation so ``ORDER BY`` matches Python's sort (list_runs
+#   is "sorted by job then run") whatever the database's locale, and key comparisons are
+#   plain byte compares.
+# * ``record`` is text, not jsonb: jsonb rewrites numbers (1e300 comes back as a
+#   300-digit integer, a float becomes an int) and key order; the record must
+#   round-trip byte for byte through the tagged JSON codec. Marker values are text for
+#   the same reason.
+# * ``owner`` is a jsonb column so acquire can compare "is the holder me?" in SQL.
+# * ``saves`` counts the run's saves; a history row's ``seq`` is that count, so a save
+#   prunes its run's history with ``seq <= saves - limit`` in O(1), whatever other runs
+#   write meanwhile (a table-wide bigserial would interleave runs and prune too much).
+# * history and markers reference runs ON DELETE CASCADE: deleting a run is one
+#   statement, and a marker written concurrently with a delete either lands before it
+#   (and is cascaded) or finds no run (and is fenced), never an orphan that a recreated
+#   run would inherit.
+_V1 = [
+    """CREATE TABLE {s}.runs (
+        job text COLLATE "C" NOT NULL,
+        run text COLLATE "C" NOT NULL,
+        epoch bigint NOT NULL,
+        status text NOT NULL,
+        owner jsonb,
+        lease_expires timestamptz,
+        heartbeat timestamptz NOT NULL,
+        updated timestamptz NOT NULL,
+        started timestamptz NOT NULL,
+        saves bigint NOT NULL DEFAULT 0,
+        record text NOT NULL,
+        PRIMARY KEY (job, run)
+    )""",
+    # For cleanup: completed runs by age.
+    "CREATE INDEX runs_status_updated ON {s}.runs (status, updated)",
+    """CREATE TABLE {s}.history (
+        job text COLLATE "C" NOT NULL,
+        run text COLLATE "C" NOT NULL,
+        seq bigint NOT NULL,
+        at timestamptz NOT NULL,
+        epoch bigint NOT NULL,
+        status text NOT NULL,
+        done bigint NOT NULL,
+        failed bigint NOT NULL,
+        PRIMARY KEY (job, run, seq),
+        FOREIGN KEY (job, run) REFERENCES {s}.runs (job, run) ON DELETE CASCADE
+    )""",
+    # The primary key serves "newest first" (a backward scan); this one serves cleanup.
+    "CREATE INDEX history_at ON {s}.history (at)",
+    """CREATE TABLE {s}.markers (
+        job text COLLATE "C" NOT NULL,
+        run text COLLATE "C" NOT NULL,
+        "cursor" text COLLATE "C" NOT NULL,
+        key text COLLATE "C" NOT NULL,
+        value text NOT NULL,
+        PRIMARY KEY (job, run, "cursor", key),
+        FOREIGN KEY (job, run) REFERENCES {s}.runs (job, run) ON DELETE CASCADE
+    )""",
+]
+
+#: Ordered ``(version, statements)``; append only.
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1)]
+LATEST = MIGRATIONS[-1][0]
+
+
+def _q(text: str, schema: "sql.Identifier") -> "sql.Composed":
+    from psycopg import sql
+
+    return sql.SQL(text).format(s=schema)  # type: ignore[arg-type]  # constant text, not user data
+
+
+def current_version(conn: "psycopg.Connection", schema: str) -> int:
+    """The highest applied migration, or 0 when the schema or its table is missing.
+
+    Runs one statement on an autocommit connection; it never fails on a fresh database.
+    """
+    row = conn.execute(
+        "SELECT CASE WHEN to_regclass(%s) IS NULL THEN NULL ELSE 1 END",
+        [_regclass_name(schema)],
+    ).fetchone()
+    if row is None or row[0] is None:
+        return 0
+    from psycopg import sql
+
+    got = conn.execute(
+        _q("SELECT coalesce(max(version), 0) FROM {s}.schema_migrations", sql.Identifier(schema))
+    ).fetchone()
+    return int(got[0]) if got else 0
+
+
+def _regclass_name(schema: str) -> str:
+    # to_regclass parses a possibly-quoted name; quote the schema the way SQL does.
+    return '"' + schema.replace('"', '""') + '".schema_migrations'
+
+
+def migrate(conn: "psycopg.Connection", schema: str) -> int:
+    """Bring ``schema`` to :data:`LATEST`; return the version found before.
+
+    ``conn`` must be in autocommit mode. The fast path (already up to date) is one
+    statement and needs no CREATE privilege. Otherwise one transaction takes
+    ``pg_advisory_xact_lock`` on a key derived from the schema name, creates the schema
+    and ``schema_migrations`` if needed, re-reads the applied versions (another process
+    may have migrated while we waited) and applies the missing migrations in order.
+    Raises ConfigError when the schema was migrated by a newer restartable.
+    """
+    from psycopg import sql
+
+    ident = sql.Identifier(schema)
+    found = current_version(conn, schema)
+    if found == LATEST:
+        return found
+    if found > LATEST:
+        raise _too_new(schema, found)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [f"restartable.migrate:{schema}"])
+        conn.execute(_q("CREATE SCHEMA IF NOT EXISTS {s}", ident))
+        conn.execute(
+            _q(
+                "CREATE TABLE IF NOT EXISTS {s}.schema_migrations ("
+                "version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+                ident,
+            )
+        )
+        applied = {r[0] for r in conn.execute(_q("SELECT version FROM {s}.schema_migrations", ident))}
+        if applied and max(applied) > LATEST:
+            raise _too_new(schema, max(applied))
+        for version, statements in MIGRATIONS:
+            if version in applied:
+                continue
+            for stmt in statements:
+                conn.execute(_q(stmt, ident))
+            conn.execute(_q("INSERT INTO {s}.schema_migrations (version) VALUES (%s)", ident), [version])
+    return found
+
+
+def _too_new(schema: str, version: int) -> ConfigError:
+    return ConfigError(
+        f"PostgreSQL schema {schema!r} is at version {version}, newer than this restartable "
+        f"understands ({LATEST}): upgrade restartable, or use another schema with ?schema=NAME"
+    )

@@ -1,0 +1,570 @@
+"""``postgresql://user:password@host:5432/db?schema=restartable``: a PostgreSQL store (psycopg 3).
+
+Install with ``pip install 'restartable[postgres]'``. The URL is libpq's (its query
+parameters such as ``sslmode``, ``connect_timeout`` or ``application_name`` pass
+through); restartable's own options are taken out of it first:
+
+``schema``   the schema holding the tables (default ``restartable``), created and
+             migrated on first use (see :mod:`restartable.stores._pgschema`).
+``retry``    how long to ride out a lost connection or a server restart (``30s``,
+             ``2m``; default 60 s). After that an operation raises StoreUnavailable.
+``history``  how many saves to keep in each run's history (default 50, 0 for none).
+
+Every operation is one statement, one round trip, in autocommit mode, and the
+compare-and-set is inside that statement, so there is no read-modify-write race
+between runners. Lease times come from the server's clock (``statement_timestamp()``),
+never the client's. The columns ``epoch``, ``status``, ``owner`` and the times are the
+authority; the JSON record in ``record`` holds the rest and is overlaid with them
+when read. Names are always parameters and the schema always a quoted identifier:
+nothing a user names becomes SQL text.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from .._names import GRAMMAR, _NAME
+from .._url import StoreURL, parse_duration
+from ..checkpoint import STATUSES, Checkpoint, HistoryEntry, Owner, decode_record, dumps, encode_record, loads
+from ..errors import CheckpointCorrupt, ConfigError, MissingDriver, PermissionDenied, StoreUnavailable
+from . import _pgschema
+from ._retry import DEFAULT_RETRY_SECONDS, call_with_retry
+from .base import HISTORY_LIMIT, Store
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["PostgresStore"]
+
+T = TypeVar("T")
+
+_INSTALL = "pip install 'restartable[postgres]'"
+
+# What a row of ``runs`` reads as, in this order (see _decode). Times as Unix seconds.
+_COLS = (
+    "job, run, record, epoch, status, owner, extract(epoch FROM lease_expires)::float8, "
+    "extract(epoch FROM heartbeat)::float8, extract(epoch FROM updated)::float8, "
+    "extract(epoch FROM started)::float8"
+)
+_NOW = "statement_timestamp()"  # the server's clock, fixed for the statement (also inside a transaction)
+_LEASE = "statement_timestamp() + %(lease)s::float8 * interval '1 second'"  # NULL lease -> NULL expiry
+
+# acquire: create the record, or take the lease over when it is free, in one statement.
+# ON CONFLICT locks the existing row, so the check and the write are atomic; when the
+# WHERE is false nothing is returned and the caller reports RunLocked.
+_ACQUIRE = f"""
+INSERT INTO {{s}}.runs AS r (job, run, epoch, status, owner, lease_expires, heartbeat, updated, started, record)
+VALUES (%(job)s, %(run)s, %(epoch)s::bigint, 'running', %(owner)s, {_LEASE}, {_NOW}, {_NOW}, {_NOW}, %(record)s)
+ON CONFLICT (job, run) DO UPDATE SET
+    epoch = r.epoch + 1,
+    owner = excluded.owner,
+    heartbeat = excluded.heartbeat,
+    updated = excluded.updated,
+    lease_expires = excluded.lease_expires,
+    status = CASE WHEN r.status = 'completed' THEN r.status ELSE 'running' END
+WHERE r.lease_expires IS NULL OR r.lease_expires <= {_NOW}
+    OR r.epoch = %(steal)s::bigint OR r.owner = excluded.owner
+RETURNING {_COLS}"""
+
+# save: compare-and-set on the epoch, the history row and its pruning in one statement
+# (a data-modifying CTE). ``seq`` is the run's save count, so ``seq <= saves - keep``
+# drops exactly what falls out of the window, without scanning the run's history.
+_SAVE_UPDATE = f"""
+UPDATE {{s}}.runs SET status = %(status)s, owner = %(owner)s, record = %(record)s, saves = saves + 1,
+    updated = {_NOW}, heartbeat = {_NOW}, lease_expires = {_LEASE}
+WHERE job = %(job)s AND run = %(run)s AND epoch = %(epoch)s::bigint
+RETURNING job, run, epoch, status, saves, updated, lease_expires"""
+_SAVE = f"""
+WITH upd AS ({_SAVE_UPDATE}),
+hist AS (
+    INSERT INTO {{s}}.history (job, run, seq, at, epoch, status, done, failed)
+    SELECT job, run, saves, updated, epoch, status, %(done)s::bigint, %(failed)s::bigint FROM upd
+),
+prune AS (
+    DELETE FROM {{s}}.history h USING upd
+    WHERE h.job = upd.job AND h.run = upd.run AND h.seq <= upd.saves - %(keep)s::bigint
+)
+SELECT extract(epoch FROM updated)::float8, extract(epoch FROM lease_expires)::float8 FROM upd"""
+_SAVE_NO_HISTORY = f"""
+WITH upd AS ({_SAVE_UPDATE})
+SELECT extract(epoch FROM updated)::float8, extract(epoch FROM lease_expires)::float8 FROM upd"""
+
+_RENEW = f"""
+UPDATE {{s}}.runs SET heartbeat = {_NOW}, lease_expires = {_LEASE}
+WHERE job = %(job)s AND run = %(run)s AND epoch = %(epoch)s::bigint
+RETURNING extract(epoch FROM lease_expires)::float8"""
+
+# history and markers go with the run (ON DELETE CASCADE).
+_DELETE = """
+DELETE FROM {s}.runs
+WHERE job = %(job)s AND run = %(run)s AND (%(epoch)s::bigint IS NULL OR epoch = %(epoch)s::bigint)"""
+
+# FOR SHARE waits for a concurrent acquire or delete of the run and re-checks the
+# epoch on the row it leaves, so a fenced runner can never add a marker.
+_MARK = """
+INSERT INTO {s}.markers (job, run, "cursor", key, value)
+SELECT job, run, %(cursor)s, %(key)s, %(value)s FROM {s}.runs
+WHERE job = %(job)s AND run = %(run)s AND epoch = %(epoch)s::bigint FOR SHARE
+ON CONFLICT (job, run, "cursor", key) DO UPDATE SET value = excluded.value
+RETURNING 1"""
+
+_STATEMENTS = {
+    "acquire": _ACQUIRE,
+    "save": _SAVE,
+    "save_no_history": _SAVE_NO_HISTORY,
+    "renew": _RENEW,
+    "delete": _DELETE,
+    "mark": _MARK,
+    "load": f"SELECT {_COLS} FROM {{s}}.runs WHERE job = %(job)s AND run = %(run)s",
+    "load_now": f"SELECT {_COLS}, extract(epoch FROM clock_timestamp())::float8 FROM {{s}}.runs "
+    "WHERE job = %(job)s AND run = %(run)s",
+    "epoch": "SELECT epoch FROM {s}.runs WHERE job = %(job)s AND run = %(run)s",
+    "list": f"SELECT {_COLS} FROM {{s}}.runs ORDER BY job, run",
+    "list_job": f"SELECT {_COLS} FROM {{s}}.runs WHERE job = %(job)s ORDER BY job, run",
+    "history": "SELECT extract(epoch FROM at)::float8, epoch, status, done, failed FROM {s}.history "
+    "WHERE job = %(job)s AND run = %(run)s ORDER BY seq DESC LIMIT %(limit)s",
+    "markers": 'SELECT key, value FROM {s}.markers WHERE job = %(job)s AND run = %(run)s AND "cursor" = %(cursor)s',
+    "cleanup_runs": f"DELETE FROM {{s}}.runs WHERE status = 'completed' "
+    f"AND updated <= {_NOW} - %(age)s::float8 * interval '1 second' "
+    f"AND (%(job)s::text IS NULL OR job = %(job)s) RETURNING {_COLS}",
+    # Old history goes too, but each run keeps its newest entry (seq = saves).
+    "cleanup_history": f"DELETE FROM {{s}}.history h USING {{s}}.runs r "
+    f"WHERE h.job = r.job AND h.run = r.run AND h.seq < r.saves "
+    f"AND h.at <= {_NOW} - %(age)s::float8 * interval '1 second' AND (%(job)s::text IS NULL OR h.job = %(job)s)",
+}
+
+# libpq reports failed connections without a SQLSTATE: these message parts mean
+# retrying cannot help (checked before the error counts as transient).
+_AUTH_FAILURES = (
+    "password authentication failed",
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "no password supplied",
+    "permission denied",
+    "role \"",
+)
+_CONFIG_FAILURES = ("does not exist", "invalid ", "unsupported ", "unrecognized ")
+
+
+class _Stale(Exception):
+    """Internal: the CAS matched no row; carries the stored epoch (None: no record)."""
+
+    def __init__(self, stored: int | None) -> None:
+        super().__init__(stored)
+        self.stored = stored
+
+
+def _import_psycopg(display: str) -> Any:
+    try:
+        import psycopg
+        import tenacity  # noqa: F401 - needed by _retry; fail here with the fix, not later
+    except ImportError as exc:
+        raise MissingDriver(
+            f"the PostgreSQL store {display} needs psycopg 3 and tenacity ({exc.name} is missing): {_INSTALL}"
+        ) from None
+    return psycopg
+
+
+class PostgresStore(Store):
+    """A checkpoint store in a PostgreSQL schema. See the module docstring.
+
+    One connection per store, guarded by a lock: the heartbeat thread's renew and the
+    main thread's save take turns, each a single round trip. Every operation goes
+    through :func:`~restartable.stores._retry.call_with_retry`, reconnecting after a
+    lost connection until the ``retry`` budget is spent.
+    """
+
+    schemes = ("postgresql", "postgres")
+    options = frozenset({"schema", "retry", "history"})
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        display: str,
+        schema: str = "restartable",
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
+        history_limit: int = HISTORY_LIMIT,
+        secrets: tuple[str, ...] = (),
+    ) -> None:
+        """Open (and if needed create and migrate) the store. Prefer :meth:`from_url`.
+
+        ``conninfo`` is the libpq URL without restartable's options; ``secrets`` are
+        strings (the password) scrubbed from any driver message before it is shown.
+        """
+        self._pg = _import_psycopg(display)
+        from psycopg import sql
+
+        self.display = display
+        self._conninfo = conninfo
+        self._schema = _check_schema(schema, display)
+        self._retry_seconds = retry_seconds
+        self._history_limit = history_limit
+        self._secrets = tuple(s for s in secrets if s)
+        self._transient: tuple[type[BaseException], ...] = (self._pg.OperationalError, self._pg.InterfaceError)
+        ident = sql.Identifier(self._schema)
+        # Rendered once: the schema is the only identifier, everything else a parameter.
+        self._sql = {k: sql.SQL(v).format(s=ident).as_bytes(None) for k, v in _STATEMENTS.items()}  # type: ignore[arg-type]
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection | None = None
+        self._call("open", lambda conn: _pgschema.migrate(conn, self._schema))
+
+    @classmethod
+    def from_url(cls, url: StoreURL) -> Self:
+        display = url.display
+        psycopg = _import_psycopg(display)
+        secrets = _secrets_of(url.raw)
+        try:
+            params = psycopg.conninfo.conninfo_to_dict(url.driver_url)
+        except psycopg.ProgrammingError as exc:
+            raise ConfigError(
+                f"invalid PostgreSQL URL {display}: {_scrub(str(exc), secrets)}; restartable's own options "
+                "are schema, retry and history, the rest must be libpq connection parameters"
+            ) from None
+        retry = parse_duration(url.options.get("retry", DEFAULT_RETRY_SECONDS), "retry option")
+        history = url.options.get("history", str(HISTORY_LIMIT))
+        if not history.isdigit():
+            raise ConfigError(f"invalid history option {history!r} in {display}: use a whole number of saves (0 for none)")
+        return cls(
+            url.driver_url,
+            display=display,
+            schema=url.options.get("schema", "restartable"),
+            retry_seconds=retry,
+            history_limit=int(history),
+            secrets=secrets + ((params["password"],) if params.get("password") else ()),
+        )
+
+    def __repr__(self) -> str:
+        return f"<PostgresStore {self.display} schema={self._schema!r}>"
+
+    # -- the core operations -------------------------------------------------
+
+    def load(self, job: str, run: str) -> Checkpoint | None:
+        row = self._call("load", lambda c: c.execute(self._sql["load"], {"job": job, "run": run}).fetchone())
+        return None if row is None else self._decode(row)
+
+    def acquire(
+        self, job: str, run: str, *, owner: Owner, lease_seconds: float, steal_epoch: int | None = None
+    ) -> Checkpoint:
+        params = {
+            "job": job,
+            "run": run,
+            "owner": self._jsonb(owner.to_dict()),
+            "lease": float(lease_seconds),
+            "steal": steal_epoch,
+        }
+        # A retried acquire whose first attempt committed finds its own owner holding
+        # the lease and takes it again (a second epoch bump), which the contract allows.
+        for _ in range(5):
+            new = self._new_record(job, run, owner, 0.0, lease_seconds)  # times are the server's
+            params.update(epoch=new.epoch, record=encode_record(new))
+            row = self._call("acquire", lambda c: c.execute(self._sql["acquire"], params).fetchone())
+            if row is not None:
+                return self._decode(row)
+            # Held (the rare path): read the holder for the message. If it vanished or
+            # expired between the two statements, try again.
+            held = self._call("acquire", lambda c: c.execute(self._sql["load_now"], params).fetchone())
+            if held is not None:
+                rec, now = self._decode(held[:-1]), held[-1]
+                if rec.lease_expires is not None and rec.lease_expires > now:
+                    raise self._locked(rec, now)
+        raise StoreUnavailable(
+            f"acquire of job {job!r} run {run!r} in {self.display} kept racing with other runners; try again"
+        )
+
+    def save(self, record: Checkpoint, *, lease_seconds: float | None) -> Checkpoint:
+        params = self._save_params(record, lease_seconds)  # encodes first: StateNotSerializable before any I/O
+        # Retrying after a lost connection is safe even if the lost attempt committed:
+        # save does not change the epoch, so the same compare-and-set matches again and
+        # writes the same record (one extra history entry at most). If another runner
+        # took over meanwhile, the retry is fenced, as it must be.
+        try:
+            updated, lease = self._call("save", lambda c: self._exec_save(c, params))
+        except _Stale as stale:
+            raise self._fenced(record.job, record.run, record.epoch, stale.stored) from None
+        return record.replace(updated=updated, heartbeat=updated, lease_expires=lease)
+
+    def renew(self, job: str, run: str, *, epoch: int, lease_seconds: float) -> float:
+        params = {"job": job, "run": run, "epoch": epoch, "lease": float(lease_seconds)}
+
+        def op(conn: psycopg.Connection) -> float:
+            row = conn.execute(self._sql["renew"], params).fetchone()
+            if row is None:
+                raise _Stale(self._stored_epoch(conn, params))
+            return float(row[0])
+
+        try:
+            return self._call("renew", op)
+        except _Stale as stale:
+            raise self._fenced(job, run, epoch, stale.stored) from None
+
+    def delete(self, job: str, run: str, *, epoch: int | None = None) -> bool:
+        # A retry after a lost commit reports False although the first attempt removed it.
+        params = {"job": job, "run": run, "epoch": epoch}
+        return self._call("delete", lambda c: c.execute(self._sql["delete"], params).rowcount) > 0
+
+    def list_runs(self, job: str | None = None) -> list[Checkpoint]:
+        key, params = ("list", {}) if job is None else ("list_job", {"job": job})
+        rows = self._call("list", lambda c: c.execute(self._sql[key], params).fetchall())
+        return [self._decode(r) for r in rows]
+
+    def history(self, job: str, run: str, *, limit: int = 20) -> list[HistoryEntry]:
+        params = {"job": job, "run": run, "limit": max(0, int(limit))}
+        rows = self._call("history", lambda c: c.execute(self._sql["history"], params).fetchall())
+        return [HistoryEntry(at=at, epoch=ep, status=st, done=d, failed=f) for at, ep, st, d, f in rows]
+
+    def mark(self, job: str, run: str, cursor: str, key: str, value: Any, *, epoch: int) -> None:
+        params = {
+            "job": job,
+            "run": run,
+            "cursor": cursor,
+            "key": key,
+            "epoch": epoch,
+            "value": dumps(value, what=f"marker {key!r}"),
+        }
+
+        def op(conn: psycopg.Connection) -> None:
+            if conn.execute(self._sql["mark"], params).fetchone() is None:
+                raise _Stale(self._stored_epoch(conn, params))
+
+        try:
+            self._call("mark", op)  # an upsert: retrying it is idempotent
+        except _Stale as stale:
+            raise self._fenced(job, run, epoch, stale.stored) from None
+
+    def markers(self, job: str, run: str, cursor: str) -> dict[str, Any]:
+        params = {"job": job, "run": run, "cursor": cursor}
+        rows = self._call("markers", lambda c: c.execute(self._sql["markers"], params).fetchall())
+        try:
+            return {k: loads(v) for k, v in rows}
+        except ValueError as exc:
+            raise CheckpointCorrupt(f"a marker of job {job!r} run {run!r} in {self.display} is not JSON ({exc})") from None
+
+    def now(self) -> float:
+        row = self._call("now", lambda c: c.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone())
+        return float(row[0])
+
+    def cleanup(self, *, older_than: float, job: str | None = None) -> list[Checkpoint]:
+        """Delete completed runs not updated for ``older_than`` seconds (server clock), in one statement.
+
+        Also drops history entries older than that from the runs that stay, keeping
+        each run's newest entry. Returns the removed records, sorted by job and run.
+        """
+        params = {"age": float(older_than), "job": job}
+        rows = self._call("cleanup", lambda c: c.execute(self._sql["cleanup_runs"], params).fetchall())
+        self._call("cleanup", lambda c: c.execute(self._sql["cleanup_history"], params))
+        return sorted((self._decode(r, lenient=True) for r in rows), key=lambda r: (r.job, r.run))
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    # -- one transaction with the caller's own writes -------------------------------
+
+    def _connect(self) -> psycopg.Connection:
+        """A NEW connection to the same database (not autocommit), for the caller to own.
+
+        The store's statements name the schema explicitly, so the connection's
+        ``search_path`` is left alone for the caller's tables. Close it when done.
+        """
+        return call_with_retry(
+            lambda: self._open_connection(autocommit=False),
+            seconds=self._retry_seconds,
+            transient=self._transient,
+            display=self.display,
+            what="connect",
+        )
+
+    def _save_in(self, conn: psycopg.Connection, record: Checkpoint, *, lease_seconds: float | None) -> Checkpoint:
+        """Run save's compare-and-set on ``conn`` inside the caller's transaction; do not commit.
+
+        The checkpoint becomes visible (and durable) with the caller's COMMIT, together
+        with whatever else the transaction wrote, or not at all. Raises Fenced when the
+        stored epoch differs (the caller must roll back). Driver errors propagate as is:
+        the caller retries its whole transaction, not this statement.
+        """
+        try:
+            updated, lease = self._exec_save(conn, self._save_params(record, lease_seconds))
+        except _Stale as stale:
+            raise self._fenced(record.job, record.run, record.epoch, stale.stored) from None
+        return record.replace(updated=updated, heartbeat=updated, lease_expires=lease)
+
+    # -- internals -----------------------------------------------------------------
+
+    def _save_params(self, record: Checkpoint, lease_seconds: float | None) -> dict[str, Any]:
+        return {
+            "job": record.job,
+            "run": record.run,
+            "epoch": record.epoch,
+            "status": record.status,
+            "owner": self._jsonb(record.owner.to_dict()) if record.owner else None,
+            "record": encode_record(record),
+            "lease": None if lease_seconds is None else float(lease_seconds),
+            "done": record.done,
+            "failed": record.failed,
+            "keep": self._history_limit,
+        }
+
+    def _exec_save(self, conn: psycopg.Connection, params: dict[str, Any]) -> tuple[float, float | None]:
+        query = self._sql["save" if self._history_limit else "save_no_history"]
+        row = conn.execute(query, params).fetchone()
+        if row is None:  # the rare path: a second statement only to name the stored epoch
+            raise _Stale(self._stored_epoch(conn, params))
+        return float(row[0]), row[1]
+
+    def _stored_epoch(self, conn: psycopg.Connection, params: dict[str, Any]) -> int | None:
+        row = conn.execute(self._sql["epoch"], {"job": params["job"], "run": params["run"]}).fetchone()
+        return None if row is None else int(row[0])
+
+    def _jsonb(self, value: dict[str, Any]) -> Any:
+        from psycopg.types.json import Jsonb
+
+        return Jsonb(value)
+
+    def _decode(self, row: tuple[Any, ...], *, lenient: bool = False) -> Checkpoint:
+        job, run, text, epoch, status, owner, lease, heartbeat, updated, started = row
+        where = f"checkpoint of job {job!r} run {run!r} in {self.display}"
+        if status not in STATUSES:
+            raise CheckpointCorrupt(f"{where}: unknown status {status!r}")
+        try:
+            rec = decode_record(text, where=where)
+        except CheckpointCorrupt:
+            if not lenient:
+                raise
+            rec = Checkpoint(job=job, run=run, epoch=epoch)  # cleanup reports what it removed anyway
+        return rec.replace(
+            job=job,
+            run=run,
+            epoch=int(epoch),
+            status=status,
+            owner=Owner.from_dict(owner) if isinstance(owner, dict) else None,
+            lease_expires=lease,
+            heartbeat=heartbeat,
+            updated=updated,
+            started=started,
+        )
+
+    def _call(self, what: str, fn: Callable[[psycopg.Connection], T]) -> T:
+        """Run ``fn(connection)`` under the lock, retrying transient failures within the budget."""
+
+        def attempt() -> T:
+            with self._lock:
+                conn = self._conn
+                if conn is None or conn.closed or conn.broken:
+                    if conn is not None:
+                        conn.close()
+                    self._conn = None
+                    conn = self._conn = self._open_connection(autocommit=True)
+                try:
+                    return fn(conn)
+                except self._pg.Error as exc:
+                    if conn.broken or conn.closed:
+                        self._conn = None
+                        conn.close()
+                    raise self._translate(exc, what)
+
+        return call_with_retry(
+            attempt,
+            seconds=self._retry_seconds,
+            transient=self._transient,
+            display=self.display,
+            what=f"{what} on the PostgreSQL store",
+            before_retry=self._reconnect,
+        )
+
+    def _reconnect(self, exc: BaseException) -> None:
+        """Before a retry: replace a lost connection (a failure here is retried too)."""
+        with self._lock:
+            if self._conn is not None and not (self._conn.closed or self._conn.broken):
+                return
+            self._conn = None
+            self._conn = self._open_connection(autocommit=True)
+
+    def _open_connection(self, *, autocommit: bool) -> psycopg.Connection:
+        pg = self._pg
+        given = pg.conninfo.conninfo_to_dict(self._conninfo)
+        # A server that stops answering must not hang a job forever: bound the connect.
+        extra = {k: v for k, v in (("connect_timeout", 10), ("application_name", "restartable")) if k not in given}
+        try:
+            conn = pg.connect(self._conninfo, autocommit=autocommit, **extra)
+        except pg.Error as exc:
+            raise self._translate(exc, "connect") from None
+        try:
+            # The contract wants a returned save to survive a power loss, whatever the
+            # server's default; this session's commits wait for the WAL flush.
+            conn.execute("SET synchronous_commit TO on")
+            if not autocommit:
+                conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _translate(self, exc: BaseException, what: str) -> BaseException:
+        """The error to raise for a driver error: ours when retrying cannot help, else ``exc`` itself."""
+        pg = self._pg
+        message = self._scrub(str(exc).strip())
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        lowered = message.lower()
+        connecting = isinstance(exc, pg.OperationalError) and sqlstate == "" and "connection failed" in lowered
+        err: BaseException | None = None
+        if isinstance(exc, pg.errors.InsufficientPrivilege) or sqlstate.startswith("28") or (
+            connecting and any(p in lowered for p in _AUTH_FAILURES)
+        ):
+            err = PermissionDenied(
+                f"{what} on {self.display} was refused ({message}): check the user and password in the URL, "
+                f"pg_hba.conf, and that the user may CREATE in the database or owns schema {self._schema!r}"
+            )
+        elif sqlstate == "3D000" or (connecting and any(p in lowered for p in _CONFIG_FAILURES)):
+            err = ConfigError(f"{what} on {self.display} failed ({message}): fix the store URL or create the database")
+        elif isinstance(exc, pg.ProgrammingError) and sqlstate in ("42P01", "3F000"):
+            err = ConfigError(
+                f"{what} on {self.display} failed ({message}): the tables in schema {self._schema!r} are gone "
+                "(dropped while in use?); open the store again to recreate them"
+            )
+        elif isinstance(exc, self._transient):
+            return exc  # retried by call_with_retry (connection lost, server restarting, deadlock...)
+        else:
+            err = StoreUnavailable(f"{what} on {self.display} failed: {message}")
+        # Keep the driver error as the cause unless it would print the password.
+        err.__cause__ = None if message != str(exc).strip() else exc
+        err.__suppress_context__ = True
+        return err
+
+    def _scrub(self, text: str) -> str:
+        return _scrub(text, self._secrets)
+
+
+def _check_schema(schema: str, display: str) -> str:
+    # PostgreSQL truncates identifiers at 63 bytes: refuse rather than silently share.
+    if _NAME.fullmatch(schema) is None or len(schema.encode()) > 63:
+        raise ConfigError(
+            f"invalid schema option {schema!r} in {display}: use 1-63 characters from letters, digits, "
+            f"'.', '_' and '-', starting with a letter or digit ({GRAMMAR})"
+        )
+    return schema
+
+
+def _secrets_of(url: str) -> tuple[str, ...]:
+    """The password of ``url`` as written and decoded, from the userinfo or the query."""
+    found: list[str] = []
+    try:
+        parts = urlsplit(url)
+        if parts.password:
+            found.append(parts.password)
+        found.extend(v for k, v in parse_qsl(parts.query) if k.lower() == "password")
+    except ValueError:
+        pass
+    found += [unquote(s) for s in found]
+    return tuple(sorted({s for s in found if s}, key=len, reverse=True))
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
