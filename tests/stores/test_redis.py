@@ -1,0 +1,260 @@
+"""What the Redis store adds to the contract: URL options, retention, loss detection, outages, TLS.
+
+Tests that stop or restart a server use a private redis-server (tests/redisserver.py);
+the shared one is used only through the ``redis_url`` fixture, under its own prefix.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+# tests/ holds the private-server helper; put it on the path whatever pytest's import mode.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from redisserver import RedisServer, private_redis, redis_server_factory  # noqa: E402,F401
+
+from restartable.checkpoint import COMPLETED, FAILED, Owner  # noqa: E402
+from restartable.errors import (  # noqa: E402
+    EXIT_TEMPORARY,
+    CheckpointLost,
+    ConfigError,
+    Fenced,
+    MissingDriver,
+    PermissionDenied,
+    StoreUnavailable,
+)
+from restartable.stores import open_store  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+ME = Owner(host="host-a", pid=111)
+OTHER = Owner(host="host-b", pid=222)
+
+
+def _client(url: str):
+    import redis
+
+    return redis.Redis.from_url(url.split("?", 1)[0])
+
+
+def _prefix(url: str) -> str:
+    return url.split("prefix=", 1)[1].split("&", 1)[0]
+
+
+# -- URL options ------------------------------------------------------------------
+
+
+def test_options_are_removed_before_redis_py_sees_the_url(redis_url):
+    url = f"{redis_url}&ttl=1h&retry=5s&socket_timeout=7"
+    with open_store(url) as s:
+        kwargs = s._client.connection_pool.connection_kwargs
+        assert not {"prefix", "ttl"} & set(kwargs)
+        assert not isinstance(kwargs["retry"], str)  # redis-py's Retry object, not our "5s"
+        assert kwargs["socket_timeout"] == 7.0  # redis-py's own options still reach it
+        assert s._ttl_ms == "3600000" and s._retry == 5.0
+        s.acquire("job", "r1", owner=ME, lease_seconds=30)
+
+
+def test_unknown_option_is_a_config_error(redis_server):
+    with pytest.raises(ConfigError, match="bogus"):
+        open_store(f"{redis_server}?bogus=1")
+    with pytest.raises(ConfigError, match="ttl"):
+        open_store(f"{redis_server}?ttl=soon")
+
+
+def test_every_key_is_under_the_prefix(redis_url):
+    prefix = _prefix(redis_url)
+    with open_store(redis_url) as s:
+        rec = s.acquire("job", "r1", owner=ME, lease_seconds=30)
+        s.save(rec.replace(done=1), lease_seconds=30)
+        s.mark("job", "r1", "dir/a:b*", "x.csv", 1, epoch=rec.epoch)
+    keys = sorted(k.decode() for k in _client(redis_url).scan_iter(match=f"{prefix}*"))
+    assert keys == [f"{prefix}{k}" for k in (
+        "cursors:job:r1", "hist:job:r1", "markers:job:r1:dir%2Fa%3Ab%2A", "run:job:r1", "runs")]
+
+
+def test_cursor_and_item_names_may_hold_anything(redis_url):
+    with open_store(redis_url) as s:
+        rec = s.acquire("job", "r1", owner=ME, lease_seconds=30)
+        odd = {"a:b": 1, "*?[x]": 2, "ü \udcff": 3, "": 4}
+        for key, value in odd.items():
+            s.mark("job", "r1", "c:*:\udcfe", key, value, epoch=rec.epoch)
+        assert s.markers("job", "r1", "c:*:\udcfe") == odd
+        assert s.markers("job", "r1", "c:*") == {}
+
+
+def test_missing_driver_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "redis", None)  # what `import redis` sees when not installed
+    with pytest.raises(MissingDriver, match=r"pip install 'restartable\[redis\]'"):
+        open_store("redis://127.0.0.1:6379/0")
+
+
+# -- passwords -------------------------------------------------------------------
+
+
+def test_password_never_printed(redis_server_factory):
+    server: RedisServer = redis_server_factory(password="s3cret-pw")
+    good = server.url
+    assert "s3cret-pw" in good
+    with open_store(good) as s:
+        assert "s3cret-pw" not in s.display and "***" in s.display
+        s.acquire("job", "r1", owner=ME, lease_seconds=30)
+    for bad in (good.replace("s3cret-pw", "wrong-pw"), good.replace(":s3cret-pw@", "")):
+        with open_store(bad + "?retry=1s") as s:
+            with pytest.raises(PermissionDenied) as info:
+                s.load("job", "r1")
+            message = str(info.value)
+            assert "wrong-pw" not in message and "s3cret-pw" not in message
+            assert "127.0.0.1" in message and "PASSWORD" in message
+
+
+# -- retention -------------------------------------------------------------------
+
+
+def test_ttl_expires_the_run(redis_url):
+    with open_store(f"{redis_url}&ttl=1s") as s:
+        rec = s.acquire("job", "r1", owner=ME, lease_seconds=30)
+        s.save(rec.replace(status=COMPLETED), lease_seconds=None)
+        assert s.load("job", "r1") is not None
+        time.sleep(1.3)
+        assert s.load("job", "r1") is None
+        assert s.list_runs() == [] and s.history("job", "r1") == []
+    assert list(_client(redis_url).scan_iter(match=f"{_prefix(redis_url)}*")) == []
+
+
+@pytest.mark.parametrize("status", [COMPLETED, FAILED])
+def test_every_save_refreshes_the_ttl_of_all_keys(redis_url, status):
+    prefix, client = _prefix(redis_url), _client(redis_url)
+    with open_store(f"{redis_url}&ttl=3s") as s:
+        rec = s.acquire("job", "r1", owner=ME, lease_seconds=30)
+        s.mark("job", "r1", "files", "a", 1, epoch=rec.epoch)
+        time.sleep(1.2)
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        assert len(keys) == 5 and all(client.pttl(k) < 2000 for k in keys)
+        s.save(rec.replace(status=status), lease_seconds=None)
+        assert all(2500 < client.pttl(k) <= 3000 for k in keys)
+        time.sleep(2.0)  # 3.2s after the acquire, 2s after the save
+        assert s.load("job", "r1").status == status
+        assert s.markers("job", "r1", "files") == {"a": 1}
+
+
+def test_ttl_zero_keeps_keys(redis_url):
+    with open_store(f"{redis_url}&ttl=0") as s:
+        rec = s.acquire("job", "r1", owner=ME, lease_seconds=30)
+        s.save(rec, lease_seconds=None)
+    client = _client(redis_url)
+    keys = list(client.scan_iter(match=f"{_prefix(redis_url)}*"))
+    assert keys and all(client.pttl(k) == -1 for k in keys)
+
+
+# -- fencing -----------------------------------------------------------------------
+
+
+def test_stale_runner_in_another_store_object_is_fenced(redis_url):
+    with open_store(redis_url) as a, open_store(redis_url) as b:
+        old = a.acquire("job", "r1", owner=ME, lease_seconds=0.2)
+        time.sleep(0.4)
+        new = b.acquire("job", "r1", owner=OTHER, lease_seconds=30)
+        b.save(new.replace(done=50), lease_seconds=30)
+        with pytest.raises(Fenced, match=str(new.epoch)):
+            a.save(old.replace(done=7), lease_seconds=30)
+        with pytest.raises(Fenced):
+            a.renew("job", "r1", epoch=old.epoch, lease_seconds=30)
+        with pytest.raises(Fenced):
+            a.mark("job", "r1", "files", "x", 1, epoch=old.epoch)
+        assert a.load("job", "r1").done == 50
+        assert a.markers("job", "r1", "files") == {}
+
+
+def test_reset_is_fenced_not_lost(redis_url):
+    with open_store(redis_url) as s:
+        rec = s.acquire("job", "r1", owner=ME, lease_seconds=30)
+        s.delete("job", "r1")
+        for op in (lambda: s.save(rec, lease_seconds=30),
+                   lambda: s.renew("job", "r1", epoch=rec.epoch, lease_seconds=30)):
+            with pytest.raises(Fenced, match="gone"):
+                op()
+
+
+# -- the server loses its data ---------------------------------------------------------
+
+
+def test_restart_without_persistence_raises_checkpoint_lost(private_redis):
+    with open_store(f"{private_redis.url}?retry=10s") as s:
+        rec = s.acquire("job", "r1", owner=ME, lease_seconds=30)
+        rec = s.save(rec.replace(done=40, state={"k": 1}), lease_seconds=30)
+        private_redis.restart()
+        with pytest.raises(CheckpointLost) as info:
+            s.save(rec.replace(done=41), lease_seconds=30)
+        assert info.value.exit_code == EXIT_TEMPORARY and "LOST" in str(info.value)
+        with pytest.raises(CheckpointLost):
+            s.renew("job", "r1", epoch=rec.epoch, lease_seconds=30)
+        with pytest.raises(CheckpointLost):
+            s.mark("job", "r1", "files", "a", 1, epoch=rec.epoch)
+
+        restored = s.restore(rec.replace(done=41), lease_seconds=30)
+        loaded = s.load("job", "r1")
+        assert (loaded.epoch, loaded.done, loaded.state, loaded.owner) == (rec.epoch, 41, {"k": 1}, ME)
+        assert loaded.lease_expires == pytest.approx(restored.lease_expires)
+        s.save(loaded.replace(done=42), lease_seconds=30)  # the runner carries on
+        s.renew("job", "r1", epoch=rec.epoch, lease_seconds=30)
+        with pytest.raises(Exception) as locked:
+            s.acquire("job", "r1", owner=OTHER, lease_seconds=30)
+        assert type(locked.value).__name__ == "RunLocked"
+
+        # After the restore, a reset is a reset again.
+        s.delete("job", "r1")
+        with pytest.raises(Fenced):
+            s.save(loaded, lease_seconds=30)
+
+
+# -- connection loss -------------------------------------------------------------------
+
+
+def test_server_down_longer_than_the_budget_is_store_unavailable(private_redis):
+    with open_store(f"{private_redis.url}?retry=2s") as s:
+        rec = s.acquire("job", "r1", owner=ME, lease_seconds=30)
+        private_redis.stop()
+        t0 = time.monotonic()
+        with pytest.raises(StoreUnavailable) as info:
+            s.save(rec, lease_seconds=30)
+        elapsed = time.monotonic() - t0
+        assert info.value.exit_code == EXIT_TEMPORARY
+        assert 1.5 < elapsed < 20
+        assert f"127.0.0.1:{private_redis.port}" in str(info.value) and "retry" in str(info.value)
+
+
+def test_brief_outage_is_ridden_out(private_redis):
+    with open_store(f"{private_redis.url}?retry=30s") as s:
+        s.acquire("job", "r1", owner=ME, lease_seconds=30)
+        private_redis.stop()
+        restarter = threading.Timer(1.0, private_redis.start)
+        restarter.start()
+        try:
+            rec = s.acquire("job", "r2", owner=ME, lease_seconds=30)
+        finally:
+            restarter.join()
+        assert s.load("job", "r2").epoch == rec.epoch
+
+
+# -- TLS -------------------------------------------------------------------------------
+
+
+def test_tls_connection(redis_server_factory):
+    server: RedisServer = redis_server_factory(tls=True)
+    cert = server.cert[0]
+    assert server.url.startswith("rediss://")
+    for query in ("ssl_cert_reqs=none", f"ssl_ca_certs={cert}"):
+        with open_store(f"{server.url}?{query}&prefix=tls:") as s:
+            rec = s.acquire("job", query[:8], owner=ME, lease_seconds=30)
+            s.save(rec.replace(done=3), lease_seconds=None)
+            assert s.load("job", query[:8]).done == 3
+    # An unverifiable certificate is a configuration error, reported at once, not retried for 60s.
+    t0 = time.monotonic()
+    with open_store(server.url) as s, pytest.raises(ConfigError, match="ssl_ca_certs"):
+        s.load("job", "x")
+    assert time.monotonic() - t0 < 10
