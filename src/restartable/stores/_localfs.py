@@ -28,13 +28,13 @@ from ..errors import PermissionDenied, RestartableError, StoreUnavailable
 __all__ = [
     "DIR_MODE",
     "FILE_MODE",
-    "make_private_dirs",
-    "create_private_file",
-    "write_temp",
-    "fsync_dir",
     "atomic_write",
-    "translate_oserror",
+    "create_private_file",
+    "fsync_dir",
+    "make_private_dirs",
     "os_errors",
+    "translate_oserror",
+    "write_temp",
 ]
 
 DIR_MODE = 0o700

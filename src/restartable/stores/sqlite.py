@@ -42,7 +42,7 @@ from ..errors import CheckpointCorrupt, ConfigError, PermissionDenied, Restartab
 from ._localfs import create_private_file, make_private_dirs, os_errors
 from .base import HISTORY_LIMIT, Store
 
-__all__ = ["SQLiteStore", "MIGRATIONS", "SCHEMA_VERSION"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
 
 #: Schema migrations in order; version N is ``MIGRATIONS[N - 1]``. Append, never edit.
 MIGRATIONS: list[str] = [
@@ -251,7 +251,9 @@ class SQLiteStore(Store):
                 # Statement by statement: executescript() would COMMIT first, outside our transaction.
                 for statement in _split_sql(MIGRATIONS[version - 1]):
                     conn.execute(statement)
-                conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, time.time()))
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, time.time())
+                )
 
     def _row_to_record(self, job: str, run: str, row: tuple[Any, ...]) -> Checkpoint:
         epoch, status, lease_expires, heartbeat, updated, text = row
@@ -269,9 +271,7 @@ class SQLiteStore(Store):
         return None if row is None else row[0]
 
     def _history_in(self, conn: sqlite3.Connection, rec: Checkpoint) -> None:
-        conn.execute(
-            _INSERT_HISTORY, (rec.job, rec.run, rec.updated, rec.epoch, rec.status, rec.done, rec.failed)
-        )
+        conn.execute(_INSERT_HISTORY, (rec.job, rec.run, rec.updated, rec.epoch, rec.status, rec.done, rec.failed))
         key = (rec.job, rec.run)
         n = self._saves.get(key, 0)
         self._saves[key] = n + 1
@@ -332,15 +332,33 @@ class SQLiteStore(Store):
                 rec = self._new_record(job, run, owner, now, lease_seconds)
                 conn.execute(
                     _INSERT_RUN,
-                    (job, run, rec.epoch, rec.status, rec.lease_expires, rec.heartbeat, rec.updated, encode_record(rec)),
+                    (
+                        job,
+                        run,
+                        rec.epoch,
+                        rec.status,
+                        rec.lease_expires,
+                        rec.heartbeat,
+                        rec.updated,
+                        encode_record(rec),
+                    ),
                 )
             else:
                 old = self._row_to_record(job, run, row)
                 rec = self._take_over(old, owner, now, lease_seconds, steal_epoch)
                 conn.execute(
                     _UPDATE_RUN,
-                    (rec.epoch, rec.status, rec.lease_expires, rec.heartbeat, rec.updated, encode_record(rec),
-                     job, run, old.epoch),
+                    (
+                        rec.epoch,
+                        rec.status,
+                        rec.lease_expires,
+                        rec.heartbeat,
+                        rec.updated,
+                        encode_record(rec),
+                        job,
+                        run,
+                        old.epoch,
+                    ),
                 )
             self._history_in(conn, rec)
             return rec

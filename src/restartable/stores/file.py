@@ -1,0 +1,599 @@
+"""``file:///dir``: checkpoints as plain files in a directory on a LOCAL disk.
+
+URLs (RFC 8089)::
+
+    file:///var/lib/jobs/ckpt          absolute
+    file://localhost/var/lib/jobs/ckpt absolute, with the only host we accept
+    file:relative/dir                  relative to the current directory
+
+Use a local filesystem only: the compare-and-set relies on ``flock`` and atomic
+``rename``, which NFS and other network filesystems do not reliably give across
+machines. For several machines use PostgreSQL or Redis.
+
+Layout, one directory per job (created 0700, files 0600)::
+
+    <dir>/<job>/<run>.ckpt                      current generation
+    <dir>/<job>/<run>.ckpt.prev                 previous good generation
+    <dir>/<job>/<run>.lock                      flock target for every write
+    <dir>/<job>/<run>.markers.<cursor>.jsonl    per-item markers (cursor name hex-encoded)
+    <dir>/<job>/.<run>.ckpt.<random>.tmp        a write in progress (or left by a crash)
+
+A generation is one document: a header line
+``{"format":"restartable-file","version":1,"epoch":E,"sha256":"<hex of the body>"}``
+then the body ``{"history":[...],"record":{...}}`` (the record as
+:func:`encode_record` writes it; history newest first, capped to HISTORY_LIMIT).
+
+A save takes ``flock(LOCK_EX)`` on the lock file for the whole read-check-write (the
+cross-process compare-and-set), compares the epoch in the current header, writes a
+temp file in the same directory and fsyncs it, renames current to ``.prev`` and the
+temp file to current, and fsyncs the directory. A crash between the two renames
+leaves only ``.prev``: the newest complete generation, loaded without a warning.
+A damaged current generation (torn, empty, bad checksum, bad header, another
+format version) falls back to ``.prev`` with a warning on the "restartable" logger;
+with both damaged, :class:`CheckpointCorrupt` names both files and the fix.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Self
+from urllib.parse import unquote, urlsplit
+
+from .._names import check_name
+from .._url import StoreURL
+from ..checkpoint import Checkpoint, HistoryEntry, Owner, decode_record, dumps, encode_record, loads
+from ..errors import CheckpointCorrupt, ConfigError, UsageError
+from ._localfs import FILE_MODE, make_private_dirs, os_errors, write_temp
+from .base import HISTORY_LIMIT, Store
+
+__all__ = ["FILE_FORMAT", "FILE_VERSION", "FileStore"]
+
+log = logging.getLogger("restartable")
+
+FILE_FORMAT = "restartable-file"
+FILE_VERSION = 1
+#: The header is ~150 bytes; reading this much gets it in one read() without the body.
+_HEAD_BYTES = 512
+#: Lock file descriptors kept open between operations (most processes use one run).
+_MAX_OPEN_LOCKS = 16
+#: Hex-encoded cursor names longer than this are hashed instead (file names are <= 255 bytes).
+_MAX_CURSOR_HEX = 96
+
+
+@dataclass(frozen=True)
+class _Paths:
+    job_dir: str
+    current: str
+    prev: str
+    lock: str
+    temp_prefix: str
+    temp_re: re.Pattern[str]
+    markers_prefix: str
+    markers_re: re.Pattern[str]
+
+
+@dataclass(frozen=True)
+class _Gen:
+    """A readable generation: the record, its history (encoded JSON entries, newest first)."""
+
+    record: Checkpoint
+    history: list[str]
+    sha256: str
+    #: False when it came from ``.prev`` (current missing or damaged): the next write must
+    #: not rotate current over the good ``.prev``.
+    is_current: bool
+
+
+class _Bad(Exception):
+    """A generation file that exists but cannot be used; the message says why."""
+
+    def __init__(self, why: str, *, newer: bool = False):
+        super().__init__(why)
+        self.newer = newer
+
+
+def _entry_json(rec: Checkpoint) -> str:
+    return json.dumps(
+        {"at": rec.updated, "epoch": rec.epoch, "status": rec.status, "done": rec.done, "failed": rec.failed},
+        separators=(",", ":"),
+    )
+
+
+def _parse_header(line: bytes) -> dict[str, Any]:
+    """The header of a generation, checked; raises _Bad."""
+    try:
+        head = json.loads(line)
+    except ValueError:
+        raise _Bad("its header line is not JSON (torn or overwritten)") from None
+    if not isinstance(head, dict) or head.get("format") != FILE_FORMAT:
+        raise _Bad(f"its header does not name the format {FILE_FORMAT!r}")
+    version = head.get("version")
+    if type(version) is not int or version != FILE_VERSION:
+        if type(version) is int and version > FILE_VERSION:
+            raise _Bad(
+                f"it has file format version {version}, newer than this restartable understands "
+                f"({FILE_VERSION}): upgrade restartable",
+                newer=True,
+            )
+        raise _Bad(f"it has an unknown file format version {version!r}")
+    if type(head.get("epoch")) is not int or not isinstance(head.get("sha256"), str):
+        raise _Bad("its header lacks the epoch or the checksum")
+    return head
+
+
+def _read_generation(path: str, where: str) -> _Gen | None:
+    """The generation in ``path``, None when the file does not exist; raises _Bad when damaged."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    if not data:
+        raise _Bad("it is empty")
+    nl = data.find(b"\n")
+    if nl < 0:
+        raise _Bad("it is truncated (no complete header line)")
+    head = _parse_header(data[:nl])
+    body = data[nl + 1 :]
+    sha = hashlib.sha256(body).hexdigest()
+    if sha != head["sha256"]:
+        raise _Bad("its checksum does not match (torn or damaged)")
+    try:
+        doc = json.loads(body)
+        history = [json.dumps(h, separators=(",", ":")) for h in doc["history"]]
+        record_text = json.dumps(doc["record"], separators=(",", ":"), ensure_ascii=False)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _Bad(f"its body is not a checkpoint document ({exc})") from None
+    try:
+        rec = decode_record(record_text, where=where)
+    except CheckpointCorrupt as exc:
+        raise _Bad(str(exc), newer="upgrade restartable" in str(exc)) from None
+    if rec.epoch != head["epoch"]:
+        raise _Bad("its header and record disagree on the epoch")
+    return _Gen(rec, history[:HISTORY_LIMIT], sha, True)
+
+
+def _dir_from_url(url: StoreURL) -> str:
+    forms = "file:///absolute/dir, file://localhost/absolute/dir or file:relative/dir"
+    parts = urlsplit(url.raw)
+    if parts.query or parts.fragment:
+        raise ConfigError(f"the file store URL {url.display!r} takes no query options: use {forms}")
+    if parts.netloc not in ("", "localhost"):
+        raise ConfigError(
+            f"the file store URL {url.display!r} names the host {parts.netloc!r}: the file store is for "
+            f"a local directory only; use {forms}"
+        )
+    path = unquote(parts.path)
+    if not path:
+        raise ConfigError(f"the file store URL {url.display!r} names no directory: use {forms}")
+    return path
+
+
+class FileStore(Store):
+    """The Store contract on a directory tree. Thread-safe; processes coordinate by flock."""
+
+    schemes = ("file",)
+    local = True
+
+    def __init__(self, directory: str | os.PathLike[str], *, display: str | None = None) -> None:
+        self.root = os.path.normpath(os.path.abspath(directory))
+        self.display = display or f"file://{self.root}"
+        self._lock = threading.RLock()
+        self._paths: dict[tuple[str, str], _Paths] = {}
+        # (job, run) -> (fd, st_dev, st_ino) of its open lock file, least recently used first.
+        self._lock_fds: OrderedDict[tuple[str, str], tuple[int, int, int]] = OrderedDict()
+        self._pid = os.getpid()
+        # The generation this store last wrote per run: the next save checks it against the
+        # header's checksum instead of reading and parsing the whole document again.
+        self._cache: dict[tuple[str, str], _Gen] = {}
+        with os_errors(self.root, display=self.display):
+            make_private_dirs(self.root)
+
+    @classmethod
+    def from_url(cls, url: StoreURL) -> Self:
+        return cls(_dir_from_url(url), display=url.display)
+
+    # -- paths and locks -------------------------------------------------------
+
+    def _p(self, job: str, run: str) -> _Paths:
+        p = self._paths.get((job, run))
+        if p is not None:
+            return p
+        check_name(job, "job name")
+        check_name(run, "run id")
+        job_dir = os.path.join(self.root, job)
+        # Defence in depth: the grammar already excludes separators and leading dots.
+        if os.path.dirname(os.path.normpath(job_dir)) != self.root:
+            raise UsageError(f"job name {job!r} would leave the store directory {self.display}")
+        base = os.path.join(job_dir, run)
+        r = re.escape(run)
+        p = _Paths(
+            job_dir=job_dir,
+            current=base + ".ckpt",
+            prev=base + ".ckpt.prev",
+            lock=base + ".lock",
+            temp_prefix=f".{run}.ckpt.",
+            temp_re=re.compile(rf"\.{r}\.ckpt\.[0-9a-f]{{16}}\.tmp"),
+            markers_prefix=base + ".markers.",
+            markers_re=re.compile(rf"{r}\.markers\.s?[0-9a-f]+\.jsonl"),
+        )
+        if len(self._paths) > 1024:
+            self._paths.clear()
+        self._paths[(job, run)] = p
+        return p
+
+    def _open_lock(self, key: tuple[str, str], p: _Paths) -> tuple[int, int, int]:
+        if self._pid != os.getpid():
+            # A forked child shares its parent's open file descriptions, and with them
+            # the flocks: never use the inherited ones.
+            for fd, _, _ in self._lock_fds.values():
+                os.close(fd)
+            self._lock_fds.clear()
+            self._cache.clear()
+            self._pid = os.getpid()
+        entry = self._lock_fds.get(key)
+        if entry is not None:
+            self._lock_fds.move_to_end(key)
+            return entry
+        make_private_dirs(p.job_dir)
+        fd = os.open(p.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        st = os.fstat(fd)
+        entry = self._lock_fds[key] = (fd, st.st_dev, st.st_ino)
+        while len(self._lock_fds) > _MAX_OPEN_LOCKS:
+            old_fd, _, _ = self._lock_fds.popitem(last=False)[1]
+            os.close(old_fd)
+        return entry
+
+    def _drop_lock_fd(self, key: tuple[str, str]) -> None:
+        entry = self._lock_fds.pop(key, None)
+        if entry is not None:
+            os.close(entry[0])
+
+    @contextmanager
+    def _flocked(self, job: str, run: str) -> Iterator[_Paths]:
+        """Hold the run's flock (and this store's thread lock); translate OSErrors."""
+        p = self._p(job, run)
+        key = (job, run)
+        with self._lock, os_errors(p.job_dir, display=self.display):
+            while True:
+                fd, dev, ino = self._open_lock(key, p)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    st = os.stat(p.lock)
+                    if (st.st_dev, st.st_ino) == (dev, ino):
+                        break
+                except FileNotFoundError:
+                    pass
+                # delete() removed the lock file after we opened it: a lock on that inode
+                # excludes nobody who opens the path now. Reopen and lock again.
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                self._drop_lock_fd(key)
+            try:
+                yield p
+            finally:
+                # delete() closes the descriptor itself (which released the lock).
+                if key in self._lock_fds:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+
+    # -- reading -------------------------------------------------------------------
+
+    def _read(self, job: str, run: str, p: _Paths) -> _Gen | None:
+        """The newest readable generation, falling back from current to ``.prev``."""
+        where = f"job {job!r} run {run!r} in {self.display}"
+        try:
+            return _read_generation(p.current, where)
+        except _Bad as exc:
+            bad_current: _Bad | None = exc
+        else:
+            bad_current = None
+        # Here current is missing (a crash between the two renames, or no record) or damaged.
+        try:
+            prev = _read_generation(p.prev, where)
+        except _Bad as exc:
+            if bad_current is None:
+                raise CheckpointCorrupt(
+                    f"no readable checkpoint of {where}: {p.current} is missing and {p.prev} is "
+                    f"unusable: {exc}. {self._fix(job, run, exc.newer)}"
+                ) from None
+            raise CheckpointCorrupt(
+                f"no readable checkpoint of {where}: {p.current}: {bad_current}; {p.prev}: {exc}. "
+                f"{self._fix(job, run, bad_current.newer and exc.newer)}"
+            ) from None
+        if bad_current is None:
+            return None if prev is None else _Gen(prev.record, prev.history, prev.sha256, False)
+        if prev is None:
+            raise CheckpointCorrupt(
+                f"no readable checkpoint of {where}: {p.current}: {bad_current}; there is no previous "
+                f"generation {p.prev}. {self._fix(job, run, bad_current.newer)}"
+            )
+        log.warning(
+            "checkpoint %s of job %r run %r is unusable (%s); using the previous generation %s "
+            "(the work saved since then will be redone)",
+            p.current,
+            job,
+            run,
+            bad_current,
+            p.prev,
+        )
+        return _Gen(prev.record, prev.history, prev.sha256, False)
+
+    def _fix(self, job: str, run: str, newer: bool) -> str:
+        if newer:
+            return "A newer restartable wrote it: upgrade restartable (pip install -U restartable)."
+        return (
+            f"Restore one of them from a backup, or run `restartable reset {job} --run {run}` "
+            f"(store {self.display}) to start the run over."
+        )
+
+    def _current(self, job: str, run: str, p: _Paths) -> _Gen | None:
+        """The stored generation, under the flock: from the cache when the header proves it unchanged."""
+        cached = self._cache.get((job, run))
+        if cached is not None:
+            try:
+                fd = os.open(p.current, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                fd = -1
+            if fd >= 0:
+                try:
+                    head = os.read(fd, _HEAD_BYTES)
+                finally:
+                    os.close(fd)
+                nl = head.find(b"\n")
+                if nl > 0:
+                    try:
+                        if _parse_header(head[:nl])["sha256"] == cached.sha256:
+                            return cached
+                    except _Bad:
+                        pass
+        return self._read(job, run, p)
+
+    # -- writing -------------------------------------------------------------------
+
+    def _write(self, p: _Paths, rec: Checkpoint, history: list[str], *, rotate: bool) -> None:
+        """Write ``rec`` as the new current generation; ``rotate`` keeps the old one as .prev."""
+        body = ('{"history":[' + ",".join(history) + '],"record":' + encode_record(rec) + "}\n").encode()
+        sha = hashlib.sha256(body).hexdigest()
+        head = f'{{"format":"{FILE_FORMAT}","version":{FILE_VERSION},"epoch":{rec.epoch},"sha256":"{sha}"}}\n'
+        tmp = write_temp(p.job_dir, p.temp_prefix, head.encode() + body)
+        try:
+            if rotate:
+                # From here until the next rename only .prev exists: the newest complete generation.
+                os.replace(p.current, p.prev)
+            os.replace(tmp, p.current)
+        except BaseException:
+            _unlink(tmp)
+            raise
+        self._fsync_dir(p.job_dir)
+        self._cache[(rec.job, rec.run)] = _Gen(rec, history, sha, True)
+
+    def _fsync_dir(self, directory: str) -> None:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _fenced_by(self, rec_job: str, rec_run: str, epoch: int, gen: _Gen | None) -> None:
+        if gen is None or gen.record.epoch != epoch:
+            self._cache.pop((rec_job, rec_run), None)
+            raise self._fenced(rec_job, rec_run, epoch, None if gen is None else gen.record.epoch)
+
+    # -- the contract ----------------------------------------------------------------
+
+    def load(self, job: str, run: str) -> Checkpoint | None:
+        p = self._p(job, run)
+        with os_errors(p.job_dir, display=self.display):
+            gen = self._read(job, run, p)
+        return None if gen is None else gen.record
+
+    def acquire(
+        self, job: str, run: str, *, owner: Owner, lease_seconds: float, steal_epoch: int | None = None
+    ) -> Checkpoint:
+        with self._flocked(job, run) as p:
+            self._remove_temps(p)  # under the flock nobody is writing: any temp file is a crash's leftover
+            gen = self._read(job, run, p)
+            now = self.now()
+            if gen is None:
+                rec = self._new_record(job, run, owner, now, lease_seconds)
+                history: list[str] = []
+            else:
+                rec = self._take_over(gen.record, owner, now, lease_seconds, steal_epoch)
+                history = gen.history
+            self._write(
+                p, rec, [_entry_json(rec), *history[: HISTORY_LIMIT - 1]], rotate=gen is not None and gen.is_current
+            )
+            return rec
+
+    def save(self, record: Checkpoint, *, lease_seconds: float | None) -> Checkpoint:
+        with self._flocked(record.job, record.run) as p:
+            gen = self._current(record.job, record.run, p)
+            self._fenced_by(record.job, record.run, record.epoch, gen)
+            assert gen is not None
+            now = self.now()
+            rec = record.replace(
+                updated=now, heartbeat=now, lease_expires=None if lease_seconds is None else now + lease_seconds
+            )
+            self._write(p, rec, [_entry_json(rec), *gen.history[: HISTORY_LIMIT - 1]], rotate=gen.is_current)
+            return rec
+
+    def renew(self, job: str, run: str, *, epoch: int, lease_seconds: float) -> float:
+        with self._flocked(job, run) as p:
+            gen = self._current(job, run, p)
+            self._fenced_by(job, run, epoch, gen)
+            assert gen is not None
+            now = self.now()
+            rec = gen.record.replace(heartbeat=now, lease_expires=now + lease_seconds)
+            self._write(p, rec, gen.history, rotate=gen.is_current)
+            return now + lease_seconds
+
+    def delete(self, job: str, run: str, *, epoch: int | None = None) -> bool:
+        p = self._p(job, run)
+        if not os.path.isdir(p.job_dir):
+            return False
+        with self._flocked(job, run) as p:
+            if epoch is not None:
+                gen = self._read(job, run, p)
+                if gen is None or gen.record.epoch != epoch:
+                    return False
+            # Without an epoch nothing is read: `reset` must work on a damaged run too.
+            existed = os.path.exists(p.current) or os.path.exists(p.prev)
+            for path in (p.current, p.prev, *self._marker_files(p)):
+                _unlink(path)
+            self._remove_temps(p)
+            # Last, while we hold its flock: a waiter then sees the inode gone and reopens.
+            _unlink(p.lock)
+            self._fsync_dir(p.job_dir)
+            self._cache.pop((job, run), None)
+            self._drop_lock_fd((job, run))
+            return existed
+
+    def list_runs(self, job: str | None = None) -> list[Checkpoint]:
+        with os_errors(self.root, display=self.display):
+            jobs = [job] if job is not None else sorted(os.listdir(self.root))
+            out: list[Checkpoint] = []
+            for j in jobs:
+                job_dir = os.path.join(self.root, j)
+                if not _valid(j) or not os.path.isdir(job_dir):
+                    continue
+                runs = set()
+                for name in os.listdir(job_dir):
+                    if name.endswith(".ckpt"):
+                        runs.add(name[: -len(".ckpt")])
+                    elif name.endswith(".ckpt.prev"):
+                        runs.add(name[: -len(".ckpt.prev")])
+                for run in sorted(r for r in runs if _valid(r)):
+                    gen = self._read(j, run, self._p(j, run))
+                    if gen is not None:
+                        out.append(gen.record)
+        return out
+
+    def history(self, job: str, run: str, *, limit: int = 20) -> list[HistoryEntry]:
+        gen = None
+        p = self._p(job, run)
+        with os_errors(p.job_dir, display=self.display):
+            gen = self._read(job, run, p)
+        if gen is None:
+            return []
+        return [HistoryEntry(**json.loads(h)) for h in gen.history[: max(0, limit)]]
+
+    # -- markers ----------------------------------------------------------------------
+
+    def _marker_path(self, p: _Paths, cursor: str) -> str:
+        enc = cursor.encode("utf-8").hex()
+        if len(enc) > _MAX_CURSOR_HEX:
+            enc = "s" + hashlib.sha256(cursor.encode("utf-8")).hexdigest()
+        return f"{p.markers_prefix}{enc}.jsonl"
+
+    def _marker_files(self, p: _Paths) -> list[str]:
+        try:
+            names = os.listdir(p.job_dir)
+        except FileNotFoundError:
+            return []
+        return [os.path.join(p.job_dir, n) for n in names if p.markers_re.fullmatch(n)]
+
+    def _remove_temps(self, p: _Paths) -> None:
+        for name in os.listdir(p.job_dir):
+            if p.temp_re.fullmatch(name):
+                _unlink(os.path.join(p.job_dir, name))
+
+    def _stored_epoch(self, job: str, run: str, p: _Paths) -> int | None:
+        """The epoch from the current header alone (no body read); falls back to a full read."""
+        try:
+            fd = os.open(p.current, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = -1
+        if fd >= 0:
+            try:
+                head = os.read(fd, _HEAD_BYTES)
+            finally:
+                os.close(fd)
+            nl = head.find(b"\n")
+            if nl > 0:
+                try:
+                    return int(_parse_header(head[:nl])["epoch"])
+                except _Bad:
+                    pass
+        gen = self._read(job, run, p)
+        return None if gen is None else gen.record.epoch
+
+    def mark(self, job: str, run: str, cursor: str, key: str, value: Any, *, epoch: int) -> None:
+        line = (dumps([key, value], what=f"the marker value of {key!r}") + "\n").encode()
+        with self._flocked(job, run) as p:
+            stored = self._stored_epoch(job, run, p)
+            if stored != epoch:
+                raise self._fenced(job, run, epoch, stored)
+            path = self._marker_path(p, cursor)
+            created = True
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            except FileExistsError:
+                created = False
+                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+            try:
+                size = 0 if created else os.fstat(fd).st_size
+                # A crash mid-append leaves a torn last line; start ours on a fresh line so the
+                # fragment stays one unparseable line (skipped on read) and ours stays whole.
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            if created:
+                self._fsync_dir(p.job_dir)
+
+    def markers(self, job: str, run: str, cursor: str) -> dict[str, Any]:
+        p = self._p(job, run)
+        path = self._marker_path(p, cursor)
+        with os_errors(path, display=self.display):
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                return {}
+        out: dict[str, Any] = {}
+        lines = data.split(b"\n")
+        # The last element is b"" after a final newline, else a torn line: ignored either way.
+        for raw in lines[:-1]:
+            try:
+                k, v = loads(raw)
+            except (ValueError, TypeError):
+                continue  # a torn line from a crash mid-append, ended by the next append
+            if isinstance(k, str):
+                out[k] = v
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                for fd, _, _ in self._lock_fds.values():
+                    os.close(fd)
+            self._lock_fds.clear()
+            self._cache.clear()
+
+
+def _valid(name: str) -> bool:
+    try:
+        check_name(name)
+    except UsageError:
+        return False
+    return True
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
