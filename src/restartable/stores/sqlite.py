@@ -137,13 +137,20 @@ class SQLiteStore(Store):
     schemes = ("sqlite",)
     local = True
 
-    def __init__(self, path: str | os.PathLike[str], *, display: str | None = None) -> None:
-        self.path = os.fspath(path)
+    def __init__(
+        self, path: str | os.PathLike[str], *, display: str | None = None, busy_timeout: float = BUSY_TIMEOUT
+    ) -> None:
+        """Open (creating if needed) the database at ``path`` and bring its schema up to date.
+
+        ``busy_timeout`` is how long a write waits for another process's write lock.
+        """
+        self.busy_timeout = busy_timeout
+        self.path = os.path.abspath(os.fspath(path))
         self.display = display or f"sqlite:///{self.path}"
         self._lock = threading.RLock()
         self._saves: dict[tuple[str, str], int] = {}
         self._conn: sqlite3.Connection | None = None
-        with self._errors("open"):
+        with self._errors("opening the store"):
             with os_errors(self.path, display=self.display):
                 parent = os.path.dirname(os.path.abspath(self.path))
                 make_private_dirs(parent)
@@ -151,10 +158,10 @@ class SQLiteStore(Store):
             # isolation_level=None: the sqlite3 module starts no transactions of its own;
             # we issue BEGIN IMMEDIATE / COMMIT / ROLLBACK ourselves.
             conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False, cached_statements=64
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False, cached_statements=64
             )
             try:
-                conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+                conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
                     raise StoreUnavailable(
@@ -193,7 +200,7 @@ class SQLiteStore(Store):
         where = f"{what} in {self.display}"
         if code in (_SQLITE_BUSY, _SQLITE_LOCKED) or "locked" in msg:
             return StoreUnavailable(
-                f"{where}: the database stayed locked by another process for {BUSY_TIMEOUT:g}s ({msg}); "
+                f"{where}: the database stayed locked by another process for {self.busy_timeout:g}s ({msg}); "
                 "retry, or find the process holding a long transaction on it"
             )
         if code == _SQLITE_FULL or "disk is full" in msg:
@@ -233,10 +240,16 @@ class SQLiteStore(Store):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                # SQLite has already rolled back after some errors (SQLITE_FULL, IOERR, ...);
+                # a failed COMMIT leaves the transaction open. Either way leave none behind.
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # the original error is the one to report
                 raise
-            conn.execute("COMMIT")
 
     def _migrate(self) -> None:
         with self._write() as conn:
