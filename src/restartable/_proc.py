@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from functools import lru_cache
 
 from .checkpoint import Owner
@@ -40,7 +41,7 @@ def _machine() -> tuple[str, str, str]:
 
 
 def current_owner() -> Owner:
-    """This process as a lease owner, with the pod's identity when the manifest passes it."""
+    """This runner as a lease owner: the process, a random token, and the pod when the manifest names it."""
     host, boot_id, pidns = _machine()
     pid = os.getpid()
     env = os.environ
@@ -53,6 +54,7 @@ def current_owner() -> Owner:
         pod=env.get("RESTARTABLE_POD_NAME", env.get("POD_NAME", "")),
         pod_uid=env.get("RESTARTABLE_POD_UID", env.get("POD_UID", "")),
         node=env.get("RESTARTABLE_NODE_NAME", env.get("NODE_NAME", "")),
+        token=uuid.uuid4().hex[:12],
     )
 
 

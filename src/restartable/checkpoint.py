@@ -89,31 +89,34 @@ def encode_value(value: Any, path: str = "$") -> Any:
     raise _Unencodable(path, value)
 
 
-def _decode_tag(obj: dict[str, Any]) -> Any:
-    if len(obj) == 1:
-        (tag, v), = obj.items()
-        if tag == "$tuple":
-            return tuple(v)
-        if tag == "$datetime":
-            return _dt.datetime.fromisoformat(v)
-        if tag == "$date":
-            return _dt.date.fromisoformat(v)
-        if tag == "$decimal":
-            return Decimal(v)
-        if tag == "$uuid":
-            return uuid.UUID(v)
-        if tag == "$bytes":
-            return base64.b64decode(v.encode("ascii"), validate=True)
-        if tag == "$dict":
-            return v
-    if any(k.startswith("$") for k in obj):
-        raise ValueError(f"unknown tag in {sorted(obj)!r}")
-    return obj
+_TAGS: dict[str, Any] = {
+    "$datetime": _dt.datetime.fromisoformat,
+    "$date": _dt.date.fromisoformat,
+    "$decimal": Decimal,
+    "$uuid": uuid.UUID,
+    "$bytes": lambda v: base64.b64decode(v.encode("ascii"), validate=True),
+}
 
 
 def decode_value(data: Any) -> Any:
-    """The inverse of :func:`encode_value` for already-parsed JSON data."""
-    return json.loads(json.dumps(data), object_hook=_decode_tag)
+    """The inverse of :func:`encode_value`, on parsed JSON data. Raises ValueError on a bad tag."""
+    t = type(data)
+    if t is list:
+        return [decode_value(v) for v in data]
+    if t is not dict:
+        return data
+    if len(data) == 1:
+        ((tag, v),) = data.items()
+        if tag == "$dict" and type(v) is dict:
+            return {k: decode_value(x) for k, x in v.items()}
+        if tag == "$tuple" and type(v) is list:
+            return tuple(decode_value(x) for x in v)
+        conv = _TAGS.get(tag)
+        if conv is not None and type(v) is str:
+            return conv(v)
+    if any(k.startswith("$") for k in data):
+        raise ValueError(f"unknown tag in {sorted(data)!r}")
+    return {k: decode_value(x) for k, x in data.items()}
 
 
 def dumps(value: Any, *, what: str = "value") -> str:
@@ -134,7 +137,7 @@ def dumps(value: Any, *, what: str = "value") -> str:
 
 def loads(text: str | bytes) -> Any:
     """Parse canonical JSON text written by :func:`dumps`. Raises ``ValueError`` when malformed."""
-    return json.loads(text, object_hook=_decode_tag)
+    return decode_value(json.loads(text))
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,8 @@ class Owner:
     pod: str = ""
     pod_uid: str = ""
     node: str = ""
+    #: Random per runner (per Job), so two runners in one process are two owners.
+    token: str = ""
 
     def describe(self) -> str:
         where = f"pod {self.pod} on {self.node or self.host}" if self.pod else f"host {self.host}"
@@ -273,7 +278,7 @@ def decode_record(text: str | bytes, *, where: str = "checkpoint") -> Checkpoint
     """Parse and validate a record. Raises :class:`CheckpointCorrupt` naming what is wrong."""
     try:
         data = loads(text)
-    except (ValueError, UnicodeDecodeError, TypeError) as exc:
+    except (ValueError, UnicodeDecodeError, TypeError, ArithmeticError) as exc:
         raise CheckpointCorrupt(f"{where} is not valid checkpoint JSON ({exc})") from None
     if not isinstance(data, dict):
         raise CheckpointCorrupt(f"{where} is not a JSON object")

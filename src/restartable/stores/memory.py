@@ -11,7 +11,7 @@ from collections import deque
 from typing import Any, Self
 
 from .._url import StoreURL
-from ..checkpoint import Checkpoint, HistoryEntry, Owner
+from ..checkpoint import Checkpoint, HistoryEntry, Owner, decode_record, encode_record
 from .base import HISTORY_LIMIT, Store
 
 _SHARED: dict[str, "_Data"] = {}
@@ -55,7 +55,7 @@ class MemoryStore(Store):
             else:
                 rec = self._take_over(rec, owner, now, lease_seconds, steal_epoch)
             self._put(rec)
-            return rec
+            return self._d.records[(job, run)]
 
     def save(self, record: Checkpoint, *, lease_seconds: float | None) -> Checkpoint:
         with self._d.lock:
@@ -68,9 +68,12 @@ class MemoryStore(Store):
                 updated=now, heartbeat=now, lease_expires=None if lease_seconds is None else now + lease_seconds
             )
             self._put(rec)
-            return rec
+            return self._d.records[key]
 
     def _put(self, rec: Checkpoint) -> None:
+        # Encode and decode like a real store: refuses non-JSON state before anything
+        # changes, and keeps no reference to the caller's dicts.
+        rec = decode_record(encode_record(rec))
         key = (rec.job, rec.run)
         self._d.records[key] = rec
         self._d.history.setdefault(key, deque(maxlen=HISTORY_LIMIT)).appendleft(rec.history_entry())
