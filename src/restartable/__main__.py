@@ -1,0 +1,5 @@
+"""``python -m restartable`` runs the CLI."""
+
+from .cli import run
+
+run()
