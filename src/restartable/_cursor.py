@@ -85,11 +85,16 @@ class Cursor:
     the done items of the chunk in flight.
     """
 
-    def __init__(self, name: str, *, offset: int, total: int | None, finished: bool) -> None:
+    def __init__(
+        self, name: str, *, offset: int, total: int | None, finished: bool, extra: dict[str, Any] | None = None
+    ) -> None:
         self.name = name
         self.offset = offset
         self.total = total
         self.finished = finished
+        #: Source-specific position data saved with the cursor (a keyset source keeps its
+        #: last key here, a concurrent one its done set). JSON values through the codec.
+        self.extra: dict[str, Any] = dict(extra or {})
         self.started = False
         self.chunk: Iterator[Any] | None = None  # the built-in iterator being yielded from
         self.stop_index: int | None = None  # set by a signal: how many chunk items were handed out
@@ -118,7 +123,7 @@ class Cursor:
         chunk.__setstate__(1 << 62)  # type: ignore[attr-defined]
 
     def as_position(self) -> dict[str, Any]:
-        return {"offset": self.position(), "finished": self.finished, "total": self.total}
+        return {**self.extra, "offset": self.position(), "finished": self.finished, "total": self.total}
 
 
 def run_chunks(

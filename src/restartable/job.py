@@ -431,23 +431,92 @@ class Job:
             raise UsageError(f"seconds must be positive, not {seconds!r}")
         if every is None and seconds is None:
             seconds = DEFAULT_SECONDS
-        cname = name if name is not None else str(self._calls)
-        self._calls += 1
-        if cname in self._cursors:
-            raise UsageError(f"{self.label}: iteration {cname!r} was already used in this run; give each a name=")
         if self.completed:
-            log.info("%s is already complete: iteration %r yields nothing", self.label, cname)
+            log.info("%s is already complete: iteration %r yields nothing", self.label,
+                     name if name is not None else str(self._calls))
+            self._calls += 1
             return iter(())
-        pos = self._record.positions.get(cname, {})
         source = Source(iterable)
-        cursor = Cursor(cname, offset=int(pos.get("offset", 0)), total=source.length,
-                        finished=bool(pos.get("finished", False)))
-        self._cursors[cname] = cursor
+        cursor = self._cursor(name, total=source.length)
         fp = self._check_input(cursor, source, key, on_change or self.on_change)
         if cursor.finished and (source.length is None or cursor.offset >= source.length):
             return iter(())
         cursor.finished = False
-        return self._iterate(cursor, source, fp, every=every, seconds=seconds, progress=progress)
+        hooks = self._loop_hooks(seconds=seconds, progress=progress, fingerprint=fp)
+        return run_chunks(cursor, source, fp, every=every, hooks=hooks)
+
+    # -- the extension API of sources (restartable.sources, concurrency) -------------
+
+    def _cursor(self, name: str | None, *, total: int | None = None) -> Cursor:
+        """Register this run's cursor ``name`` (default: the call's order), loaded from the record.
+
+        Sources build on it: the cursor's ``offset`` counts done items, ``extra`` holds
+        source-specific position data, ``finished`` marks an exhausted source.
+        """
+        if self._record is None:
+            raise UsageError(f"{self.label} is not started: iterate inside `with Job(...) as job:`")
+        cname = name if name is not None else str(self._calls)
+        self._calls += 1
+        if cname in self._cursors:
+            raise UsageError(f"{self.label}: iteration {cname!r} was already used in this run; give each a name=")
+        pos = dict(self._record.positions.get(cname, {}))
+        offset = int(pos.pop("offset", 0))
+        finished = bool(pos.pop("finished", False))
+        stored_total = pos.pop("total", None)
+        cursor = Cursor(cname, offset=offset, total=total if total is not None else stored_total,
+                        finished=finished, extra=pos)
+        self._cursors[cname] = cursor
+        return cursor
+
+    def _loop_hooks(self, *, seconds: float | None, progress: bool | None,
+                    fingerprint: Fingerprinter | None = None) -> _LoopHooks:
+        """The between-items work of one iteration: call ``boundary(cursor, count_due)`` whenever
+        the loop comes back for more (it checkpoints when due and raises Interrupted or Fenced),
+        ``end(cursor)`` when the source is exhausted and ``close(cursor)`` in a ``finally``."""
+        shown = Progress(label=self.label, enabled=progress if progress is not None else self._progress_opt)
+        return _LoopHooks(self, fingerprint, seconds, shown)
+
+    def batches(self, source: Any, **options: Any) -> Iterator[Any]:
+        """Yield batches from a source that resumes by key (``PostgresTable``); see restartable.sources."""
+        from .sources.batches import iterate_batches
+
+        return iterate_batches(self, source, **options)
+
+    def transaction(self, **options: Any) -> Any:
+        """One transaction for the caller's output and the checkpoint's advance (exactly-once)."""
+        from .sources.transaction import transaction
+
+        return transaction(self, **options)
+
+    def files(self, pattern: Any, **options: Any) -> Iterator[Any]:
+        """Yield the files of a glob or directory not yet done, marking each when the loop moves on."""
+        from .sources.files import iterate_files
+
+        return iterate_files(self, pattern, **options)
+
+    def output(self, path: Any, **options: Any) -> Any:
+        """A temp path beside ``path``, renamed into place only when the block succeeds."""
+        from .sources.files import atomic_output
+
+        return atomic_output(self, path, **options)
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], **options: Any) -> Iterator[Any]:
+        """Run ``fn(item)`` on worker threads, resumable with out-of-order completion."""
+        from .concurrent import map_threads
+
+        return map_threads(self, fn, items, **options)
+
+    def aiterate(self, items: Any, **options: Any) -> Any:
+        """``async for item in job.aiterate(items)``: ``iterate`` for asyncio."""
+        from .concurrent import aiterate
+
+        return aiterate(self, items, **options)
+
+    def amap(self, fn: Callable[[Any], Any], items: Any, **options: Any) -> Any:
+        """``async for result in job.amap(coro_fn, items, concurrency=N)``."""
+        from .concurrent import amap
+
+        return amap(self, fn, items, **options)
 
     def _check_input(self, cursor: Cursor, source: Source, key: Callable[[Any], Any] | None,
                      on_change: OnChange) -> Fingerprinter:
@@ -484,17 +553,11 @@ class Job:
         self._fingerprints[cursor.name] = fp.result()
         return fp
 
-    def _iterate(self, cursor: Cursor, source: Source, fp: Fingerprinter, *, every: int | None,
-                 seconds: float | None, progress: bool | None) -> Iterator[Any]:
-        hooks = _LoopHooks(self, fp, seconds, Progress(
-            label=self.label, enabled=progress if progress is not None else self._progress_opt))
-        return run_chunks(cursor, source, fp, every=every, hooks=hooks)
-
 
 class _LoopHooks:
     """Between-chunk work of one ``iterate``: checkpoints, signals, fencing, progress."""
 
-    def __init__(self, job: Job, fp: Fingerprinter, seconds: float | None, shown: Progress) -> None:
+    def __init__(self, job: Job, fp: Fingerprinter | None, seconds: float | None, shown: Progress) -> None:
         self.job = job
         self.fp = fp
         self.seconds = seconds
@@ -517,7 +580,8 @@ class _LoopHooks:
             raise job._interrupted()
         now = time.monotonic()
         if count_due or (self.seconds is not None and now - self.last_save >= self.seconds):
-            job._fingerprints[cur.name] = self.fp.result()
+            if self.fp is not None:
+                job._fingerprints[cur.name] = self.fp.result()
             job._save(RUNNING)
             self.last_save = now
             self.shown.checkpointed(cur.name, cur.offset, cur.total)
@@ -526,7 +590,8 @@ class _LoopHooks:
         cur.finished = True
         if cur.total is None:
             cur.total = cur.offset
-        self.job._fingerprints[cur.name] = self.fp.result()
+        if self.fp is not None:
+            self.job._fingerprints[cur.name] = self.fp.result()
         self.job._save(RUNNING)
         self.shown.stop(cur.offset)
         self.shown.checkpointed(cur.name, cur.offset, cur.total, force=True)
