@@ -189,9 +189,17 @@ def cleanup(store_url: str | None, older_than: str, job_name: str | None, dry_ru
 
 
 def _register_optional() -> None:
-    from .demo import demo
+    """Commands that live in their own modules (each registers one click command)."""
+    import importlib
 
-    cli.add_command(demo)
+    for module, attr in (("demo", "demo"), ("each_file", "each_file"), ("k8s", "k8s")):
+        try:
+            mod = importlib.import_module(f"{__name__}.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{module}":
+                continue  # not built yet
+            raise
+        cli.add_command(getattr(mod, attr))
 
 
 _register_optional()
