@@ -64,7 +64,7 @@ FILE_FORMAT = "restartable-file"
 FILE_VERSION = 1
 #: The header is ~150 bytes; reading this much gets it in one read() without the body.
 _HEAD_BYTES = 512
-#: Lock file descriptors kept open between operations (most processes use one run).
+#: Lock file descriptors (and written generations) kept between operations; most processes use one run.
 _MAX_OPEN_LOCKS = 16
 #: Hex-encoded cursor names longer than this are hashed instead (file names are <= 255 bytes).
 _MAX_CURSOR_HEX = 96
@@ -88,7 +88,6 @@ class _Gen:
 
     record: Checkpoint
     history: list[str]
-    sha256: str
     #: False when it came from ``.prev`` (current missing or damaged): the next write must
     #: not rotate current over the good ``.prev``.
     is_current: bool
@@ -160,7 +159,7 @@ def _read_generation(path: str, where: str) -> _Gen | None:
         raise _Bad(str(exc), newer="upgrade restartable" in str(exc)) from None
     if rec.epoch != head["epoch"]:
         raise _Bad("its header and record disagree on the epoch")
-    return _Gen(rec, history[:HISTORY_LIMIT], sha, True)
+    return _Gen(rec, history[:HISTORY_LIMIT], True)
 
 
 def _dir_from_url(url: StoreURL) -> str:
@@ -193,9 +192,9 @@ class FileStore(Store):
         # (job, run) -> (fd, st_dev, st_ino) of its open lock file, least recently used first.
         self._lock_fds: OrderedDict[tuple[str, str], tuple[int, int, int]] = OrderedDict()
         self._pid = os.getpid()
-        # The generation this store last wrote per run: the next save checks it against the
-        # header's checksum instead of reading and parsing the whole document again.
-        self._cache: dict[tuple[str, str], _Gen] = {}
+        # The bytes and generation this store last wrote per run: the next save compares the
+        # file with them instead of parsing the whole document again.
+        self._cache: dict[tuple[str, str], tuple[bytes, _Gen]] = {}
         with os_errors(self.root, display=self.display):
             make_private_dirs(self.root)
 
@@ -225,7 +224,7 @@ class FileStore(Store):
             temp_prefix=f".{run}.ckpt.",
             temp_re=re.compile(rf"\.{r}\.ckpt\.[0-9a-f]{{16}}\.tmp"),
             markers_prefix=base + ".markers.",
-            markers_re=re.compile(rf"{r}\.markers\.s?[0-9a-f]+\.jsonl"),
+            markers_re=re.compile(rf"{r}\.markers\.(?:s[0-9a-f]{{64}}|[0-9a-f]*)\.jsonl"),
         )
         if len(self._paths) > 1024:
             self._paths.clear()
@@ -290,12 +289,14 @@ class FileStore(Store):
     def _read(self, job: str, run: str, p: _Paths) -> _Gen | None:
         """The newest readable generation, falling back from current to ``.prev``."""
         where = f"job {job!r} run {run!r} in {self.display}"
+        bad_current: _Bad | None = None
         try:
-            return _read_generation(p.current, where)
+            gen = _read_generation(p.current, where)
         except _Bad as exc:
-            bad_current: _Bad | None = exc
+            bad_current = exc
         else:
-            bad_current = None
+            if gen is not None:
+                return gen
         # Here current is missing (a crash between the two renames, or no record) or damaged.
         try:
             prev = _read_generation(p.prev, where)
@@ -310,7 +311,7 @@ class FileStore(Store):
                 f"{self._fix(job, run, bad_current.newer and exc.newer)}"
             ) from None
         if bad_current is None:
-            return None if prev is None else _Gen(prev.record, prev.history, prev.sha256, False)
+            return None if prev is None else _Gen(prev.record, prev.history, False)
         if prev is None:
             raise CheckpointCorrupt(
                 f"no readable checkpoint of {where}: {p.current}: {bad_current}; there is no previous "
@@ -325,7 +326,7 @@ class FileStore(Store):
             bad_current,
             p.prev,
         )
-        return _Gen(prev.record, prev.history, prev.sha256, False)
+        return _Gen(prev.record, prev.history, False)
 
     def _fix(self, job: str, run: str, newer: bool) -> str:
         if newer:
@@ -336,25 +337,25 @@ class FileStore(Store):
         )
 
     def _current(self, job: str, run: str, p: _Paths) -> _Gen | None:
-        """The stored generation, under the flock: from the cache when the header proves it unchanged."""
+        """The stored generation, under the flock: the cached one when the file is byte for byte
+        what this store last wrote (one read and a memcmp, no parsing), else read and checked."""
         cached = self._cache.get((job, run))
         if cached is not None:
+            data, gen = cached
             try:
                 fd = os.open(p.current, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 fd = -1
             if fd >= 0:
                 try:
-                    head = os.read(fd, _HEAD_BYTES)
+                    # One byte more than expected: a longer file must not compare equal.
+                    same = os.read(fd, len(data) + 1) == data
                 finally:
                     os.close(fd)
-                nl = head.find(b"\n")
-                if nl > 0:
-                    try:
-                        if _parse_header(head[:nl])["sha256"] == cached.sha256:
-                            return cached
-                    except _Bad:
-                        pass
+                # Comparing the whole file, not just the header's checksum, matters: a
+                # damaged current must never be rotated over the good .prev.
+                if same:
+                    return gen
         return self._read(job, run, p)
 
     # -- writing -------------------------------------------------------------------
@@ -364,7 +365,8 @@ class FileStore(Store):
         body = ('{"history":[' + ",".join(history) + '],"record":' + encode_record(rec) + "}\n").encode()
         sha = hashlib.sha256(body).hexdigest()
         head = f'{{"format":"{FILE_FORMAT}","version":{FILE_VERSION},"epoch":{rec.epoch},"sha256":"{sha}"}}\n'
-        tmp = write_temp(p.job_dir, p.temp_prefix, head.encode() + body)
+        data = head.encode() + body
+        tmp = write_temp(p.job_dir, p.temp_prefix, data)
         try:
             if rotate:
                 # From here until the next rename only .prev exists: the newest complete generation.
@@ -374,7 +376,11 @@ class FileStore(Store):
             _unlink(tmp)
             raise
         self._fsync_dir(p.job_dir)
-        self._cache[(rec.job, rec.run)] = _Gen(rec, history, sha, True)
+        key = (rec.job, rec.run)
+        self._cache.pop(key, None)
+        self._cache[key] = (data, _Gen(rec, history, True))
+        if len(self._cache) > _MAX_OPEN_LOCKS:
+            del self._cache[next(iter(self._cache))]  # the least recently written run
 
     def _fsync_dir(self, directory: str) -> None:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
