@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["RedisServer", "self_signed_cert", "private_redis", "redis_server_factory"]
+__all__ = ["RedisServer", "private_redis", "redis_server_factory", "self_signed_cert"]
 
 
 def _free_port() -> int:

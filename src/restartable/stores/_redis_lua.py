@@ -6,18 +6,17 @@ restart or SCRIPT FLUSH). Times come from the server (``TIME``) in whole
 milliseconds, so leases expire by one clock whatever the runners' clocks say.
 Redis 7 replicates a script's effects, not the script, so TIME and INFO are allowed.
 
-Every write script takes the same four keys and first four arguments::
+Every write script takes the same three keys and first four arguments::
 
     KEYS[1] run hash       {prefix}run:{job}:{run}
     KEYS[2] history list   {prefix}hist:{job}:{run}
-    KEYS[3] cursor set     {prefix}cursors:{job}:{run}   (encoded names of the marker hashes)
-    KEYS[4] run index      {prefix}runs                  (zset "job\\0run" -> expiry in ms)
+    KEYS[3] run index      {prefix}runs            (zset "job\\0run" -> expiry in ms, see touch)
     ARGV[1] index member   ARGV[2] marker key base ({prefix}markers:{job}:{run}:)
     ARGV[3] retention ms (0 = never expire)   ARGV[4] history limit
 
-The marker hashes are named from ARGV[2] plus the cursor set's members rather than
-passed as KEYS, which is fine on a standalone server or a replicated primary (the
-store does not support Redis Cluster).
+The marker hashes are named from ARGV[2] plus the run hash's ``cursors`` field
+rather than passed as KEYS, which is fine on a standalone server or a replicated
+primary (the store does not support Redis Cluster).
 
 The run hash's fields::
 
@@ -26,17 +25,22 @@ The run hash's fields::
     status    owner (canonical JSON of Owner.to_dict(), "" for none)
     started   updated   heartbeat   lease (ms on the server clock; lease "" when released)
     done      failed    (copied from the record, for the history entry an acquire appends)
+    cursors   " name1 name2 ": the percent-encoded cursor names that have marker hashes
+    expires   when the run's keys expire (ms), "never" with ttl 0 (see touch)
 
 The fields override the same keys inside ``body``: a script never parses JSON
-(cjson would round 16-digit epochs), it only sets fields.
+(cjson would round 16-digit epochs), it only sets fields. Scripts are kept to a
+few commands each (a command costs 2-5 µs inside a script): the epoch check reads
+the cursor list and the expiry in the same HMGET, expiries are pushed ahead in
+steps rather than on every write, and the history is trimmed in batches.
 """
 
 from __future__ import annotations
 
-__all__ = ["ACQUIRE", "SAVE", "RESTORE", "RENEW", "DELETE", "MARK"]
+__all__ = ["ACQUIRE", "DELETE", "MARK", "RENEW", "RESTORE", "SAVE"]
 
 _PRELUDE = r"""
-local run, hist, curs, idx = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local run, hist, idx = KEYS[1], KEYS[2], KEYS[3]
 local member, mbase, ttl, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 
 -- Whole numbers as plain digits: tostring() would print 1.7e+15.
@@ -53,35 +57,50 @@ local function server_id()
   return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
 end
 
+-- The list is trimmed back to the limit once it is a fifth over it, not on every
+-- push; readers never look past the limit.
 local function push_history(entry)
-  redis.call('LPUSH', hist, entry)
-  redis.call('LTRIM', hist, 0, limit - 1)
+  if redis.call('LPUSH', hist, entry) > limit + math.max(1, math.floor(limit / 5)) then
+    redis.call('LTRIM', hist, 0, limit - 1)
+  end
 end
 
--- Refresh the retention of every key of the run, counted from now, and keep the
--- index's score (the run's expiry) in step; the index expires with its last run.
-local function touch(now)
-  local keys = {run, hist, curs}
-  for _, c in ipairs(redis.call('SMEMBERS', curs)) do keys[#keys + 1] = mbase .. c end
-  local score = 'inf'
-  if ttl > 0 then
-    score = num(now + ttl)
-    for _, k in ipairs(keys) do redis.call('PEXPIRE', k, ttl) end
-  else
+-- Keep every key of the run alive for at least `ttl` after now. The expiry (and the
+-- index score, which is the run's expiry) is pushed to now + ttl + step, step a
+-- tenth of ttl and at most a minute, and only when the last push (the run hash's
+-- `expires`) falls outside [now + ttl, now + ttl + step]: most writes skip it, and a
+-- run lives between ttl and ttl + step after its last update. `force` after a new
+-- key was made (a new marker hash), which has no expiry yet.
+local function touch(now, cursors, expires, force)
+  local keys = {run, hist}
+  for c in string.gmatch(cursors or '', '%S+') do keys[#keys + 1] = mbase .. c end
+  if ttl == 0 then
+    if expires == 'never' and not force then return end
     for _, k in ipairs(keys) do redis.call('PERSIST', k) end
+    redis.call('HSET', run, 'expires', 'never')
+    redis.call('ZADD', idx, 'inf', member)
+    redis.call('PERSIST', idx)
+    return
   end
-  redis.call('ZADD', idx, score, member)
+  local step = math.min(math.floor(ttl / 10), 60000)
+  local last = tonumber(expires)
+  if not force and last and last >= now + ttl and last <= now + ttl + step then return end
+  local at = num(now + ttl + step)
+  for _, k in ipairs(keys) do redis.call('PEXPIREAT', k, at) end
+  redis.call('HSET', run, 'expires', at)
+  redis.call('ZADD', idx, at, member)
   redis.call('ZREMRANGEBYSCORE', idx, '-inf', '(' .. num(now))
   local top = redis.call('ZRANGE', idx, -1, -1, 'WITHSCORES')
   if top[2] == 'inf' then redis.call('PERSIST', idx) else redis.call('PEXPIREAT', idx, top[2]) end
 end
 
--- The epoch check shared by save, renew and mark: nil when the caller may write.
-local function refused(epoch)
-  local stored = redis.call('HGET', run, 'epoch')
-  if not stored then return {'missing', server_id()} end
-  if stored ~= epoch then return {'fenced', stored} end
-  return nil
+-- The epoch check shared by save, renew and mark: (nil, cursors, expires) when the
+-- caller may write, else the refusal to return.
+local function check(epoch)
+  local f = redis.call('HMGET', run, 'epoch', 'cursors', 'expires')
+  if not f[1] then return {'missing', server_id()} end
+  if f[1] ~= epoch then return {'fenced', f[1]} end
+  return nil, f[2], f[3]
 end
 """
 
@@ -89,14 +108,13 @@ end
 # [9] started ms, [10] done, [11] failed, [12] lease ms or "" (release),
 # [13] the history entry after its "at" field ('"done":..,"epoch":..}').
 _WRITE = r"""
-local function write(now)
-  local until_ = ''
+local function write(now, cursors, expires)
+  local at, until_ = num(now), ''
   if ARGV[12] ~= '' then until_ = num(now + tonumber(ARGV[12])) end
   redis.call('HSET', run, 'body', ARGV[6], 'epoch', ARGV[5], 'status', ARGV[7], 'owner', ARGV[8],
-    'started', ARGV[9], 'updated', num(now), 'heartbeat', num(now), 'lease', until_,
-    'done', ARGV[10], 'failed', ARGV[11])
-  push_history('{"at":' .. num(now) .. ',' .. ARGV[13])
-  touch(now)
+    'started', ARGV[9], 'updated', at, 'heartbeat', at, 'lease', until_, 'done', ARGV[10], 'failed', ARGV[11])
+  push_history('{"at":' .. at .. ',' .. ARGV[13])
+  touch(now, cursors, expires)
   return until_
 end
 """
@@ -106,29 +124,28 @@ end
 #: Returns {"ok", run_id, field, value, ...} or {"locked", now, owner, heartbeat, lease}.
 ACQUIRE = _PRELUDE + r"""
 local now = clock()
-local owner, lease = ARGV[7], tonumber(ARGV[8])
-local epoch = redis.call('HGET', run, 'epoch')
-local status, done, failed = 'running', '0', '0'
+local at, owner, lease = num(now), ARGV[7], tonumber(ARGV[8])
+local f = redis.call('HMGET', run, 'epoch', 'lease', 'owner', 'status', 'heartbeat', 'done', 'failed', 'cursors',
+  'expires')
+local epoch, status, done, failed = f[1], 'running', '0', '0'
 if not epoch then
   epoch = ARGV[5]
   redis.call('HSET', run, 'body', ARGV[6], 'epoch', epoch, 'status', status, 'owner', owner,
-    'started', num(now), 'updated', num(now), 'heartbeat', num(now), 'lease', num(now + lease),
-    'done', done, 'failed', failed)
+    'started', at, 'updated', at, 'heartbeat', at, 'lease', num(now + lease), 'done', done, 'failed', failed)
 else
-  local f = redis.call('HMGET', run, 'lease', 'owner', 'status', 'heartbeat', 'done', 'failed')
-  local held_until = tonumber(f[1])
+  local held_until = tonumber(f[2])
   -- The rule of Store._take_over: free, stolen from a proven-dead holder, or our own.
-  local free = held_until == nil or held_until <= now or ARGV[9] == epoch or f[2] == owner
-  if not free then return {'locked', num(now), f[2], f[4], f[1]} end
+  local free = held_until == nil or held_until <= now or ARGV[9] == epoch or f[3] == owner
+  if not free then return {'locked', at, f[3], f[5], f[2]} end
   epoch = num(redis.call('HINCRBY', run, 'epoch', 1))
-  if f[3] == 'completed' then status = 'completed' end
-  done, failed = f[5] or '0', f[6] or '0'
-  redis.call('HSET', run, 'status', status, 'owner', owner, 'updated', num(now),
-    'heartbeat', num(now), 'lease', num(now + lease))
+  if f[4] == 'completed' then status = 'completed' end
+  done, failed = f[6] or '0', f[7] or '0'
+  redis.call('HSET', run, 'status', status, 'owner', owner, 'updated', at, 'heartbeat', at,
+    'lease', num(now + lease))
 end
 push_history(string.format('{"at":%s,"done":%s,"epoch":%s,"failed":%s,"status":"%s"}',
-  num(now), done, epoch, failed, status))
-touch(now)
+  at, done, epoch, failed, status))
+touch(now, f[8], f[9])
 local out = {'ok', server_id()}
 for _, v in ipairs(redis.call('HGETALL', run)) do out[#out + 1] = v end
 return out
@@ -137,47 +154,53 @@ return out
 #: Compare-and-set the whole record on its epoch. Returns {"ok", now, lease or ""},
 #: {"fenced", stored epoch} or {"missing", run_id}.
 SAVE = _PRELUDE + _WRITE + r"""
-local no = refused(ARGV[5])
+local no, cursors, expires = check(ARGV[5])
 if no then return no end
 local now = clock()
-return {'ok', num(now), write(now)}
+return {'ok', num(now), write(now, cursors, expires)}
 """
 
 #: Write the record back unconditionally (after the server lost it). Returns {"ok", now, lease, run_id}.
 RESTORE = _PRELUDE + _WRITE + r"""
 local now = clock()
-return {'ok', num(now), write(now), server_id()}
+local f = redis.call('HMGET', run, 'cursors', 'expires')
+return {'ok', num(now), write(now, f[1], f[2]), server_id()}
 """
 
 #: Extend the lease. ARGV[5] epoch, [6] lease ms. Returns {"ok", lease} or a refusal.
 RENEW = _PRELUDE + r"""
-local no = refused(ARGV[5])
+local no, cursors, expires = check(ARGV[5])
 if no then return no end
 local now = clock()
 local until_ = num(now + tonumber(ARGV[6]))
 redis.call('HSET', run, 'heartbeat', num(now), 'lease', until_)
-touch(now)
+touch(now, cursors, expires)
 return {'ok', until_}
 """
 
 #: Remove the run and all its keys. ARGV[5] epoch or "" (any). Returns 1 or 0.
 DELETE = _PRELUDE + r"""
-local stored = redis.call('HGET', run, 'epoch')
-if not stored or (ARGV[5] ~= '' and stored ~= ARGV[5]) then return 0 end
-local keys = {run, hist, curs}
-for _, c in ipairs(redis.call('SMEMBERS', curs)) do keys[#keys + 1] = mbase .. c end
+local f = redis.call('HMGET', run, 'epoch', 'cursors')
+if not f[1] or (ARGV[5] ~= '' and f[1] ~= ARGV[5]) then return 0 end
+local keys = {run, hist}
+for c in string.gmatch(f[2] or '', '%S+') do keys[#keys + 1] = mbase .. c end
 redis.call('DEL', unpack(keys))
 redis.call('ZREM', idx, member)
 return 1
 """
 
-#: Record one item as done. KEYS[5] the cursor's marker hash; ARGV[5] epoch,
+#: Record one item as done. KEYS[4] the cursor's marker hash; ARGV[5] epoch,
 #: [6] encoded cursor name, [7] item key, [8] JSON value. Returns {"ok"} or a refusal.
 MARK = _PRELUDE + r"""
-local no = refused(ARGV[5])
+local no, cursors, expires = check(ARGV[5])
 if no then return no end
-redis.call('HSET', KEYS[5], ARGV[7], ARGV[8])
-redis.call('SADD', curs, ARGV[6])
-touch(clock())
+redis.call('HSET', KEYS[4], ARGV[7], ARGV[8])
+cursors = cursors or ' '
+local new = not string.find(cursors, ' ' .. ARGV[6] .. ' ', 1, true)
+if new then
+  cursors = cursors .. ARGV[6] .. ' '
+  redis.call('HSET', run, 'cursors', cursors)
+end
+touch(clock(), cursors, expires, new)
 return {'ok'}
 """

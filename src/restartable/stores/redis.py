@@ -5,7 +5,8 @@ own query parameters (``ssl_ca_certs``, ``ssl_cert_reqs``, ``socket_timeout``, .
 pass through, restartable's are taken out first:
 
 ``prefix``  key prefix, default ``restartable:``
-``ttl``     retention after the last update, default ``7d`` (``0`` keeps keys forever)
+``ttl``     retention after the last update, default ``7d`` (``0`` keeps keys forever);
+            keys live between ``ttl`` and ``ttl`` plus a tenth of it (at most a minute)
 ``retry``   how long to ride out an unreachable server, default 60s
 
 Keys of one run (names follow the name grammar, so they hold no ``:``; cursor
@@ -13,7 +14,6 @@ names may hold anything and are percent-encoded)::
 
     {prefix}run:{job}:{run}                hash: the record + epoch + lease (see _redis_lua)
     {prefix}hist:{job}:{run}               list: the last HISTORY_LIMIT saves, newest first
-    {prefix}cursors:{job}:{run}            set: encoded names of the run's marker hashes
     {prefix}markers:{job}:{run}:{cursor}   hash: item key -> JSON value
     {prefix}runs                           zset: "job\\0run" -> the run's expiry (ms)
 
@@ -38,23 +38,41 @@ a lost run are gone for good: enable ``appendonly yes`` on servers that matter.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 from urllib.parse import quote
 
 from .._url import StoreURL, parse_duration
-from ..checkpoint import COMPLETED, STATUSES, Checkpoint, HistoryEntry, Owner, decode_record, dumps, encode_record, loads
-from ..errors import CheckpointCorrupt, CheckpointLost, ConfigError, MissingDriver, PermissionDenied, StoreUnavailable
+from ..checkpoint import (
+    COMPLETED,
+    STATUSES,
+    Checkpoint,
+    HistoryEntry,
+    Owner,
+    decode_record,
+    dumps,
+    encode_record,
+    loads,
+)
+from ..errors import (
+    CheckpointCorrupt,
+    CheckpointLost,
+    ConfigError,
+    MissingDriver,
+    PermissionDenied,
+    StoreUnavailable,
+)
 from . import _redis_lua
-from ._retry import DEFAULT_RETRY_SECONDS, call_with_retry
+from ._retry import DEFAULT_RETRY_SECONDS, call_with_retry, log
 from .base import HISTORY_LIMIT, Store, first_epoch
 
 if TYPE_CHECKING:
     import redis as _redis
 
-__all__ = ["RedisStore", "DEFAULT_PREFIX", "DEFAULT_TTL"]
+__all__ = ["DEFAULT_PREFIX", "DEFAULT_TTL", "RedisStore"]
 
 T = TypeVar("T")
 
@@ -83,6 +101,7 @@ def _sec(ms: bytes | str) -> float:
     return int(ms) / 1000
 
 
+@functools.lru_cache(maxsize=64)
 def _owner_json(owner: Owner | None) -> str:
     # Canonical, so the acquire script can compare owners as strings (Owner equality).
     return "" if owner is None else json.dumps(owner.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -90,13 +109,15 @@ def _owner_json(owner: Owner | None) -> str:
 
 def _history_tail(rec: Checkpoint) -> str:
     # The history entry minus its leading '{"at":N,' which the script adds from TIME.
-    entry = {"done": rec.done, "epoch": rec.epoch, "failed": rec.failed, "status": rec.status}
-    return json.dumps(entry, sort_keys=True, separators=(",", ":"))[1:]
+    status = json.dumps(rec.status)
+    return f'"done":{int(rec.done)},"epoch":{int(rec.epoch)},"failed":{int(rec.failed)},"status":{status}}}'
 
 
 def _cursor_name(cursor: str) -> str:
-    # Percent-encoded: no ':' to confuse the key layout, no glob characters for SCAN.
-    return quote(cursor, safe="", errors="surrogateescape")
+    # Percent-encoded: no ':' to confuse the key layout, no glob characters for SCAN,
+    # no spaces (the scripts keep the names space-separated). "%" alone, which no
+    # encoding produces, stands for the empty name.
+    return quote(cursor, safe="", errors="surrogateescape") or "%"
 
 
 def _text(raw: str) -> bytes:
@@ -183,7 +204,7 @@ class RedisStore(Store):
 
     def _keys(self, job: str, run: str) -> list[str]:
         p = self._prefix
-        return [f"{p}run:{job}:{run}", f"{p}hist:{job}:{run}", f"{p}cursors:{job}:{run}", self._index]
+        return [f"{p}run:{job}:{run}", f"{p}hist:{job}:{run}", self._index]
 
     def _common(self, job: str, run: str) -> list[str]:
         return [f"{job}\0{run}", f"{self._prefix}markers:{job}:{run}:", self._ttl_ms, str(HISTORY_LIMIT)]
@@ -228,6 +249,12 @@ class RedisStore(Store):
                     ) from None
                 raise StoreUnavailable(f"{what}: {self.display} refused the write ({exc})") from None
 
+        # The first attempt runs bare: building tenacity's retry machinery costs more than
+        # a loopback round trip, and it is only needed once the server failed to answer.
+        try:
+            return attempt()
+        except self._transient as exc:
+            log.warning("%s on %s failed (%s); retrying for up to %gs", what, self.display, exc, self._retry)
         return call_with_retry(attempt, seconds=self._retry, transient=self._transient, display=self.display,
                                what=what)
 
@@ -279,7 +306,9 @@ class RedisStore(Store):
 
     def load(self, job: str, run: str) -> Checkpoint | None:
         key = self._keys(job, run)[0]
-        fields = self._call(f"loading job {job!r} run {run!r}", lambda: self._client.hgetall(key))
+        # The client returns bytes (decode_responses is off); redis-py's annotations allow str too.
+        fields = cast("dict[bytes, bytes]", self._call(f"loading job {job!r} run {run!r}",
+                                                       lambda: self._client.hgetall(key)))
         return self._record(job, run, fields) if fields else None
 
     def acquire(
@@ -320,7 +349,8 @@ class RedisStore(Store):
         if res[0] != b"ok":
             raise self._refusal(job, run, record.epoch, res)
         now = _sec(res[1])
-        return record.replace(updated=now, heartbeat=now, lease_expires=_sec(res[2]) if res[2] else None)
+        return record.replace(started=_sec(args[8]), updated=now, heartbeat=now,
+                              lease_expires=_sec(res[2]) if res[2] else None)
 
     def restore(self, record: Checkpoint, *, lease_seconds: float) -> Checkpoint:
         """Write ``record`` back unconditionally after :class:`CheckpointLost`, holding the lease."""
@@ -330,7 +360,7 @@ class RedisStore(Store):
         res = self._call(f"restoring job {job!r} run {run!r}", lambda: self._restore(keys=keys, args=args))
         self._seen_server(job, run, res[3])
         now = _sec(res[1])
-        return record.replace(updated=now, heartbeat=now, lease_expires=_sec(res[2]))
+        return record.replace(started=_sec(args[8]), updated=now, heartbeat=now, lease_expires=_sec(res[2]))
 
     def renew(self, job: str, run: str, *, epoch: int, lease_seconds: float) -> float:
         args = self._common(job, run) + [str(epoch), _ms(lease_seconds)]
@@ -349,7 +379,7 @@ class RedisStore(Store):
     def list_runs(self, job: str | None = None) -> list[Checkpoint]:
         def fetch() -> tuple[list[tuple[str, str]], list[dict[bytes, bytes]]]:
             names = []
-            for member in self._client.zrange(self._index, 0, -1):
+            for member in cast("list[bytes]", self._client.zrange(self._index, 0, -1)):
                 j, _, r = member.decode().partition("\0")
                 if job is None or j == job:
                     names.append((j, r))
@@ -367,8 +397,9 @@ class RedisStore(Store):
         if limit <= 0:
             return []
         key = self._keys(job, run)[1]
-        raw = self._call(f"reading the history of job {job!r} run {run!r}",
-                         lambda: self._client.lrange(key, 0, limit - 1))
+        # The scripts trim the list in batches: never read past the limit.
+        last = min(limit, HISTORY_LIMIT) - 1
+        raw = self._call(f"reading the history of job {job!r} run {run!r}", lambda: self._client.lrange(key, 0, last))
         try:
             entries = [json.loads(e) for e in raw]
             return [
@@ -393,7 +424,8 @@ class RedisStore(Store):
 
     def markers(self, job: str, run: str, cursor: str) -> dict[str, Any]:
         mkey = self._marker_key(job, run, cursor)
-        raw = self._call(f"reading the markers of job {job!r} run {run!r}", lambda: self._client.hgetall(mkey))
+        raw = cast("dict[bytes, bytes]", self._call(f"reading the markers of job {job!r} run {run!r}",
+                                                    lambda: self._client.hgetall(mkey)))
         try:
             return {k.decode("utf-8", "surrogateescape"): loads(v) for k, v in raw.items()}
         except ValueError as exc:
