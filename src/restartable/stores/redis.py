@@ -107,9 +107,12 @@ def _owner_json(owner: Owner | None) -> str:
     return "" if owner is None else json.dumps(owner.to_dict(), sort_keys=True, separators=(",", ":"))
 
 
+_STATUS_JSON = {s: json.dumps(s) for s in STATUSES}
+
+
 def _history_tail(rec: Checkpoint) -> str:
     # The history entry minus its leading '{"at":N,' which the script adds from TIME.
-    status = json.dumps(rec.status)
+    status = _STATUS_JSON.get(rec.status) or json.dumps(rec.status)
     return f'"done":{int(rec.done)},"epoch":{int(rec.epoch)},"failed":{int(rec.failed)},"status":{status}}}'
 
 
