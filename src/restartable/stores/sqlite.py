@@ -46,8 +46,11 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
 
 #: Schema migrations in order; version N is ``MIGRATIONS[N - 1]``. Append, never edit.
 MIGRATIONS: list[str] = [
-    # 1: runs, history, markers. WITHOUT ROWID: the primary key is the only lookup path,
-    # so the row lives in the key's b-tree and a save touches one page per table.
+    # 1: runs, history, markers. ``runs`` is a rowid table on purpose: its ~1 KB records
+    # would spill to overflow pages in a WITHOUT ROWID b-tree (about 1 KB of local payload
+    # per cell on 4 KB pages), and every save would write those pages too. A save updates
+    # only non-key columns, so the primary key's index is not written. history and markers
+    # have small rows and are only reached by their key: WITHOUT ROWID keeps them in one b-tree.
     """
     CREATE TABLE runs (
         job TEXT NOT NULL,
@@ -59,7 +62,7 @@ MIGRATIONS: list[str] = [
         updated REAL NOT NULL,
         record TEXT NOT NULL,
         PRIMARY KEY (job, run)
-    ) WITHOUT ROWID;
+    );
     CREATE TABLE history (
         job TEXT NOT NULL,
         run TEXT NOT NULL,
