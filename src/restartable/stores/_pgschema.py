@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg import sql
 
-__all__ = ["MIGRATIONS", "LATEST", "migrate", "current_version"]
+__all__ = ["LATEST", "MIGRATIONS", "current_version", "migrate"]
 
 # Each migration is a list of statements; ``{s}`` is the schema identifier.
 #
@@ -34,9 +34,15 @@ __all__ = ["MIGRATIONS", "LATEST", "migrate", "current_version"]
 #   round-trip byte for byte through the tagged JSON codec. Marker values are text for
 #   the same reason.
 # * ``owner`` is a jsonb column so acquire can compare "is the holder me?" in SQL.
-# * ``saves`` counts the run's saves; a history row's ``seq`` is that count, so a save
-#   prunes its run's history with ``seq <= saves - limit`` in O(1), whatever other runs
-#   write meanwhile (a table-wide bigserial would interleave runs and prune too much).
+# * ``saves`` counts the run's saves. History is a ring of ``keep`` slots per run: a
+#   save writes slot ``saves % keep`` with ``seq = saves`` (an upsert that, once the
+#   ring is full, rewrites a row in place). No pruning, no scan, no growth: the run
+#   keeps exactly its last ``keep`` saves (opened later with a smaller ``keep``, its
+#   ring may still hold older entries in the upper slots). Reading it takes the run's
+#   few rows by the key prefix and orders them by ``seq``.
+# * The only index on runs is its key, and runs and history leave room on their
+#   pages: an update then stays on its page without new index entries (a HOT update,
+#   less WAL). cleanup, which filters on status and age, is rare and scans.
 # * history and markers reference runs ON DELETE CASCADE: deleting a run is one
 #   statement, and a marker written concurrently with a delete either lands before it
 #   (and is cascaded) or finds no run (and is fenced), never an orphan that a recreated
@@ -55,23 +61,20 @@ _V1 = [
         saves bigint NOT NULL DEFAULT 0,
         record text NOT NULL,
         PRIMARY KEY (job, run)
-    )""",
-    # For cleanup: completed runs by age.
-    "CREATE INDEX runs_status_updated ON {s}.runs (status, updated)",
+    ) WITH (fillfactor = 70)""",
     """CREATE TABLE {s}.history (
         job text COLLATE "C" NOT NULL,
         run text COLLATE "C" NOT NULL,
+        slot int NOT NULL,
         seq bigint NOT NULL,
         at timestamptz NOT NULL,
         epoch bigint NOT NULL,
         status text NOT NULL,
         done bigint NOT NULL,
         failed bigint NOT NULL,
-        PRIMARY KEY (job, run, seq),
+        PRIMARY KEY (job, run, slot),
         FOREIGN KEY (job, run) REFERENCES {s}.runs (job, run) ON DELETE CASCADE
-    )""",
-    # The primary key serves "newest first" (a backward scan); this one serves cleanup.
-    "CREATE INDEX history_at ON {s}.history (at)",
+    ) WITH (fillfactor = 80)""",
     """CREATE TABLE {s}.markers (
         job text COLLATE "C" NOT NULL,
         run text COLLATE "C" NOT NULL,
@@ -88,13 +91,13 @@ MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1)]
 LATEST = MIGRATIONS[-1][0]
 
 
-def _q(text: str, schema: "sql.Identifier") -> "sql.Composed":
+def _q(text: str, schema: sql.Identifier) -> sql.Composed:
     from psycopg import sql
 
-    return sql.SQL(text).format(s=schema)  # type: ignore[arg-type]  # constant text, not user data
+    return sql.SQL(text).format(s=schema)  # constant text from this module, never user data
 
 
-def current_version(conn: "psycopg.Connection", schema: str) -> int:
+def current_version(conn: psycopg.Connection, schema: str) -> int:
     """The highest applied migration, or 0 when the schema or its table is missing.
 
     Runs one statement on an autocommit connection; it never fails on a fresh database.
@@ -118,7 +121,7 @@ def _regclass_name(schema: str) -> str:
     return '"' + schema.replace('"', '""') + '".schema_migrations'
 
 
-def migrate(conn: "psycopg.Connection", schema: str) -> int:
+def migrate(conn: psycopg.Connection, schema: str) -> int:
     """Bring ``schema`` to :data:`LATEST`; return the version found before.
 
     ``conn`` must be in autocommit mode. The fast path (already up to date) is one

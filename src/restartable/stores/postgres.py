@@ -21,15 +21,31 @@ nothing a user names becomes SQL text.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from .._names import GRAMMAR, _NAME
+from .._names import _NAME, GRAMMAR
 from .._url import StoreURL, parse_duration
-from ..checkpoint import STATUSES, Checkpoint, HistoryEntry, Owner, decode_record, dumps, encode_record, loads
-from ..errors import CheckpointCorrupt, ConfigError, MissingDriver, PermissionDenied, StoreUnavailable
+from ..checkpoint import (
+    STATUSES,
+    Checkpoint,
+    HistoryEntry,
+    Owner,
+    decode_record,
+    dumps,
+    encode_record,
+    loads,
+)
+from ..errors import (
+    CheckpointCorrupt,
+    ConfigError,
+    MissingDriver,
+    PermissionDenied,
+    StoreUnavailable,
+)
 from . import _pgschema
 from ._retry import DEFAULT_RETRY_SECONDS, call_with_retry
 from .base import HISTORY_LIMIT, Store
@@ -40,6 +56,8 @@ if TYPE_CHECKING:
 __all__ = ["PostgresStore"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("restartable")
 
 _INSTALL = "pip install 'restartable[postgres]'"
 
@@ -69,28 +87,27 @@ WHERE r.lease_expires IS NULL OR r.lease_expires <= {_NOW}
     OR r.epoch = %(steal)s::bigint OR r.owner = excluded.owner
 RETURNING {_COLS}"""
 
-# save: compare-and-set on the epoch, the history row and its pruning in one statement
-# (a data-modifying CTE). ``seq`` is the run's save count, so ``seq <= saves - keep``
-# drops exactly what falls out of the window, without scanning the run's history.
+# save: compare-and-set on the epoch and the history entry in one statement (a
+# data-modifying CTE). History is a ring: the save writes slot ``saves % keep``, so the
+# run keeps its last ``keep`` saves without pruning or scanning (see _pgschema).
+# The owner column is left alone: an equal epoch means the same acquire, which wrote it.
 _SAVE_UPDATE = f"""
-UPDATE {{s}}.runs SET status = %(status)s, owner = %(owner)s, record = %(record)s, saves = saves + 1,
+UPDATE {{s}}.runs SET status = %(status)s, record = %(record)s, saves = saves + 1,
     updated = {_NOW}, heartbeat = {_NOW}, lease_expires = {_LEASE}
-WHERE job = %(job)s AND run = %(run)s AND epoch = %(epoch)s::bigint
-RETURNING job, run, epoch, status, saves, updated, lease_expires"""
+WHERE job = %(job)s AND run = %(run)s AND epoch = %(epoch)s::bigint"""
 _SAVE = f"""
-WITH upd AS ({_SAVE_UPDATE}),
-hist AS (
-    INSERT INTO {{s}}.history (job, run, seq, at, epoch, status, done, failed)
-    SELECT job, run, saves, updated, epoch, status, %(done)s::bigint, %(failed)s::bigint FROM upd
-),
-prune AS (
-    DELETE FROM {{s}}.history h USING upd
-    WHERE h.job = upd.job AND h.run = upd.run AND h.seq <= upd.saves - %(keep)s::bigint
+WITH upd AS ({_SAVE_UPDATE}
+    RETURNING job, run, epoch, status, saves, updated, lease_expires
+), hist AS (
+    INSERT INTO {{s}}.history (job, run, slot, seq, at, epoch, status, done, failed)
+    SELECT job, run, saves %% %(keep)s::int, saves, updated, epoch, status, %(done)s::bigint, %(failed)s::bigint
+    FROM upd
+    ON CONFLICT (job, run, slot) DO UPDATE SET seq = excluded.seq, at = excluded.at, epoch = excluded.epoch,
+        status = excluded.status, done = excluded.done, failed = excluded.failed
 )
 SELECT extract(epoch FROM updated)::float8, extract(epoch FROM lease_expires)::float8 FROM upd"""
-_SAVE_NO_HISTORY = f"""
-WITH upd AS ({_SAVE_UPDATE})
-SELECT extract(epoch FROM updated)::float8, extract(epoch FROM lease_expires)::float8 FROM upd"""
+_SAVE_NO_HISTORY = f"""{_SAVE_UPDATE}
+RETURNING extract(epoch FROM updated)::float8, extract(epoch FROM lease_expires)::float8"""
 
 _RENEW = f"""
 UPDATE {{s}}.runs SET heartbeat = {_NOW}, lease_expires = {_LEASE}
@@ -146,7 +163,7 @@ _AUTH_FAILURES = (
     "permission denied",
     "role \"",
 )
-_CONFIG_FAILURES = ("does not exist", "invalid ", "unsupported ", "unrecognized ")
+_CONFIG_FAILURES = ("does not exist", "invalid ", "unsupported ", "unrecognized ", "certificate")
 
 
 class _Stale(Exception):
@@ -172,9 +189,10 @@ class PostgresStore(Store):
     """A checkpoint store in a PostgreSQL schema. See the module docstring.
 
     One connection per store, guarded by a lock: the heartbeat thread's renew and the
-    main thread's save take turns, each a single round trip. Every operation goes
-    through :func:`~restartable.stores._retry.call_with_retry`, reconnecting after a
-    lost connection until the ``retry`` budget is spent.
+    main thread's save take turns, each a single round trip. An operation that fails
+    with a lost connection (or another transient error) goes on through
+    :func:`~restartable.stores._retry.call_with_retry`, reconnecting before each
+    attempt, until the ``retry`` budget is spent; then it raises StoreUnavailable.
     """
 
     schemes = ("postgresql", "postgres")
@@ -207,7 +225,7 @@ class PostgresStore(Store):
         self._transient: tuple[type[BaseException], ...] = (self._pg.OperationalError, self._pg.InterfaceError)
         ident = sql.Identifier(self._schema)
         # Rendered once: the schema is the only identifier, everything else a parameter.
-        self._sql = {k: sql.SQL(v).format(s=ident).as_bytes(None) for k, v in _STATEMENTS.items()}  # type: ignore[arg-type]
+        self._sql = {k: sql.SQL(v).format(s=ident).as_bytes(None) for k, v in _STATEMENTS.items()}
         self._lock = threading.Lock()
         self._conn: psycopg.Connection | None = None
         self._call("open", lambda conn: _pgschema.migrate(conn, self._schema))
@@ -345,6 +363,7 @@ class PostgresStore(Store):
 
     def now(self) -> float:
         row = self._call("now", lambda c: c.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone())
+        assert row is not None  # SELECT without FROM returns one row
         return float(row[0])
 
     def cleanup(self, *, older_than: float, job: str | None = None) -> list[Checkpoint]:
@@ -402,7 +421,6 @@ class PostgresStore(Store):
             "run": record.run,
             "epoch": record.epoch,
             "status": record.status,
-            "owner": self._jsonb(record.owner.to_dict()) if record.owner else None,
             "record": encode_record(record),
             "lease": None if lease_seconds is None else float(lease_seconds),
             "done": record.done,
@@ -468,6 +486,17 @@ class PostgresStore(Store):
                         conn.close()
                     raise self._translate(exc, what)
 
+        # The first attempt runs bare: building tenacity's retry loop costs ~30 µs, a
+        # tenth of a checkpoint. Only after a transient failure does the operation enter
+        # call_with_retry, whose budget then covers the retries.
+        try:
+            return attempt()
+        except self._transient as exc:
+            log.warning("%s on %s failed (%s); retrying", what, self.display, self._scrub(str(exc).strip()))
+            try:
+                self._reconnect(exc)
+            except self._transient:
+                pass  # the retry loop tries again
         return call_with_retry(
             attempt,
             seconds=self._retry_seconds,
@@ -491,9 +520,9 @@ class PostgresStore(Store):
         # A server that stops answering must not hang a job forever: bound the connect.
         extra = {k: v for k, v in (("connect_timeout", 10), ("application_name", "restartable")) if k not in given}
         try:
-            conn = pg.connect(self._conninfo, autocommit=autocommit, **extra)
+            conn: psycopg.Connection = pg.connect(self._conninfo, autocommit=autocommit, **extra)
         except pg.Error as exc:
-            raise self._translate(exc, "connect") from None
+            raise self._translate(exc, "connect", connecting=True) from None
         try:
             # The contract wants a returned save to survive a power loss, whatever the
             # server's default; this session's commits wait for the WAL flush.
@@ -505,13 +534,13 @@ class PostgresStore(Store):
             raise
         return conn
 
-    def _translate(self, exc: BaseException, what: str) -> BaseException:
+    def _translate(self, exc: BaseException, what: str, *, connecting: bool = False) -> BaseException:
         """The error to raise for a driver error: ours when retrying cannot help, else ``exc`` itself."""
         pg = self._pg
         message = self._scrub(str(exc).strip())
         sqlstate = getattr(exc, "sqlstate", None) or ""
         lowered = message.lower()
-        connecting = isinstance(exc, pg.OperationalError) and sqlstate == "" and "connection failed" in lowered
+        connecting = connecting and sqlstate == ""  # libpq's own report, matched by its words
         err: BaseException | None = None
         if isinstance(exc, pg.errors.InsufficientPrivilege) or sqlstate.startswith("28") or (
             connecting and any(p in lowered for p in _AUTH_FAILURES)

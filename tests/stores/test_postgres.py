@@ -1,0 +1,430 @@
+"""PostgreSQL store specifics beyond the contract suite: schema and migrations, names as
+data, the server's clock, password redaction, riding out a server restart, cleanup.
+
+Tests that stop or reconfigure a server use a private one (tests/pgserver.py); the
+others use the shared server with a schema of their own (``postgres_url``).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import sys
+import threading
+import time
+import traceback
+from urllib.parse import parse_qs, quote, urlsplit
+
+import pgserver
+import pytest
+from pgserver import PgServer, new_server
+
+from restartable._names import check_name
+from restartable.checkpoint import COMPLETED, RUNNING, Owner
+from restartable.errors import (
+    CheckpointCorrupt,
+    ConfigError,
+    Fenced,
+    MissingDriver,
+    PermissionDenied,
+    RunLocked,
+    StoreUnavailable,
+    UsageError,
+)
+from restartable.stores import _pgschema, open_store
+from restartable.stores.postgres import PostgresStore
+
+psycopg = pytest.importorskip("psycopg")
+sql = psycopg.sql
+
+private_postgres = pgserver.private_postgres  # a fixture: a private server of the test's own
+
+ME = Owner(host="host-a", pid=111)
+OTHER = Owner(host="host-b", pid=222)
+
+
+def _schema_of(url: str) -> str:
+    return parse_qs(urlsplit(url).query)["schema"][0]
+
+
+def _base(url: str) -> str:
+    return url.split("?", 1)[0]
+
+
+def _sql(url: str, query: str, *params: object) -> list[tuple]:
+    """Run ``query`` with ``{s}`` the store's schema, on a connection of the test's own."""
+    with psycopg.connect(_base(url), autocommit=True) as conn:
+        cur = conn.execute(sql.SQL(query).format(s=sql.Identifier(_schema_of(url))), params or None)
+        return cur.fetchall() if cur.description else []
+
+
+def _tables(conn_url: str, schema: str) -> set[str]:
+    with psycopg.connect(conn_url) as conn:
+        rows = conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", [schema])
+        return {r[0] for r in rows}
+
+
+# -- schema and migrations -------------------------------------------------------
+
+
+def test_schema_option_is_respected(postgres_url):
+    with open_store(postgres_url) as store:
+        store.acquire("job", "r1", owner=ME, lease_seconds=30)
+    assert _tables(_base(postgres_url), _schema_of(postgres_url)) == {"schema_migrations", "runs", "history", "markers"}
+    assert _sql(postgres_url, "SELECT job, run FROM {s}.runs") == [("job", "r1")]
+
+
+def test_default_schema_is_restartable(private_postgres):
+    with open_store(private_postgres.url()) as store:
+        store.acquire("job", "r1", owner=ME, lease_seconds=30)
+    assert "runs" in _tables(private_postgres.url(), "restartable")
+
+
+def test_migrations_are_versioned_and_reopen_is_idempotent(postgres_url):
+    with open_store(postgres_url) as store:
+        rec = store.acquire("job", "r1", owner=ME, lease_seconds=30)
+        store.save(rec.replace(done=4), lease_seconds=None)
+    first = _sql(postgres_url, "SELECT version, applied_at FROM {s}.schema_migrations ORDER BY version")
+    assert [v for v, _ in first] == [v for v, _ in _pgschema.MIGRATIONS]
+    for _ in range(2):
+        with open_store(postgres_url) as store:
+            assert store.load("job", "r1").done == 4
+    assert _sql(postgres_url, "SELECT version, applied_at FROM {s}.schema_migrations ORDER BY version") == first
+
+
+def test_a_schema_from_a_newer_version_is_refused(postgres_url):
+    open_store(postgres_url).close()
+    _sql(postgres_url, "INSERT INTO {s}.schema_migrations (version) VALUES (%s)", _pgschema.LATEST + 1)
+    with pytest.raises(ConfigError, match="upgrade restartable"):
+        open_store(postgres_url)
+
+
+def _open_and_acquire(url: str, barrier, results, idx: int) -> None:
+    try:
+        barrier.wait()
+        with open_store(url) as store:
+            store.acquire("job", f"run{idx}", owner=Owner(host="h", pid=idx), lease_seconds=30)
+        results.put("ok")
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_concurrent_first_opens_from_several_processes(postgres_url):
+    ctx = multiprocessing.get_context("spawn")
+    n = 4
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_open_and_acquire, args=(postgres_url, barrier, results, i)) for i in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert sorted(results.get(timeout=5) for _ in range(n)) == ["ok"] * n
+    assert len(_sql(postgres_url, "SELECT version FROM {s}.schema_migrations")) == _pgschema.LATEST
+    assert len(_sql(postgres_url, "SELECT run FROM {s}.runs")) == n
+
+
+# -- names are data, never SQL ----------------------------------------------------
+
+EVIL = [
+    "x'); DROP TABLE runs; --",
+    'y"; DROP SCHEMA public CASCADE; --',
+    "%(job)s %s {s} $1 \\ ''",
+    "ünï ✓ ;",
+]
+
+
+def test_injection_shaped_names_are_refused_by_the_grammar():
+    for name in EVIL:
+        with pytest.raises(UsageError):
+            check_name(name)
+
+
+def test_injection_shaped_names_are_stored_as_data(postgres_url):
+    with open_store(postgres_url) as store:
+        for i, name in enumerate(EVIL):
+            rec = store.acquire(name, EVIL[-1 - i], owner=ME, lease_seconds=30)
+            rec = store.save(rec.replace(done=i, state={name: name}), lease_seconds=30)
+            store.mark(name, rec.run, name, name, {name: i}, epoch=rec.epoch)
+        for i, name in enumerate(EVIL):
+            loaded = store.load(name, EVIL[-1 - i])
+            assert loaded.job == name and loaded.state == {name: name} and loaded.done == i
+            assert store.markers(name, loaded.run, name) == {name: {name: i}}
+            assert store.history(name, loaded.run)[0].done == i
+        assert sorted((r.job, r.run) for r in store.list_runs()) == sorted(zip(EVIL, reversed(EVIL)))
+        assert store.delete(EVIL[0], EVIL[-1])
+        assert len(store.list_runs()) == len(EVIL) - 1
+    assert _tables(_base(postgres_url), _schema_of(postgres_url)) == {"schema_migrations", "runs", "history", "markers"}
+    with psycopg.connect(_base(postgres_url)) as conn:
+        assert conn.execute("SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'public'").fetchone()
+
+
+@pytest.mark.parametrize("schema", ['x"; DROP SCHEMA public CASCADE; --', "a b", "-x", ".x", "a" * 64, "x'y"])
+def test_injection_shaped_schema_option_is_refused(schema):
+    # The port is closed: the refusal must come before any connection attempt.
+    with pytest.raises(ConfigError, match="invalid schema"):
+        open_store(f"postgresql://postgres@127.0.0.1:1/postgres?schema={quote(schema)}&retry=0")
+
+
+def test_unusual_but_valid_schema_is_quoted(postgres_server):
+    url = f"{postgres_server}?schema=Rt-Test.Odd_{time.time_ns()}"
+    try:
+        with open_store(url) as store:
+            store.acquire("job", "r1", owner=ME, lease_seconds=30)
+            assert store.load("job", "r1") is not None
+        assert "runs" in _tables(postgres_server, _schema_of(url))
+    finally:
+        _sql(url, "DROP SCHEMA IF EXISTS {s} CASCADE")
+
+
+# -- the server's clock -------------------------------------------------------------
+
+
+def test_lease_expiry_is_judged_by_the_server_clock(postgres_url, monkeypatch):
+    real_time = time.time
+    with open_store(postgres_url) as store:
+        first = store.acquire("job", "r1", owner=ME, lease_seconds=0.5)
+        assert first.lease_expires - first.heartbeat == pytest.approx(0.5, abs=0.01)
+        assert abs(first.heartbeat - store.now()) < 1
+        # A client clock an hour ahead must not make the live lease look expired...
+        monkeypatch.setattr(time, "time", lambda: real_time() + 3600)
+        with pytest.raises(RunLocked):
+            store.acquire("job", "r1", owner=OTHER, lease_seconds=30)
+        # ...and one an hour behind must not keep an expired lease alive.
+        monkeypatch.setattr(time, "time", lambda: real_time() - 3600)
+        time.sleep(0.7)
+        second = store.acquire("job", "r1", owner=OTHER, lease_seconds=30)
+        assert second.epoch == first.epoch + 1 and second.owner == OTHER
+        assert abs(second.heartbeat - store.now()) < 1
+        # The decision reads the column against the server's now(): move it server-side.
+        _sql(postgres_url, "UPDATE {s}.runs SET lease_expires = now() - interval '1 second'")
+        third = store.acquire("job", "r1", owner=ME, lease_seconds=30)
+        assert third.epoch == second.epoch + 1
+
+
+def test_the_same_owner_may_take_its_lease_again(postgres_url):
+    # What a retried acquire whose first attempt committed does.
+    with open_store(postgres_url) as store:
+        first = store.acquire("job", "r1", owner=ME, lease_seconds=30)
+        again = store.acquire("job", "r1", owner=ME, lease_seconds=30)
+        assert again.epoch == first.epoch + 1
+
+
+def test_columns_are_the_authority_and_corruption_is_reported(postgres_url):
+    with open_store(postgres_url) as store:
+        rec = store.acquire("job", "r1", owner=ME, lease_seconds=30)
+        store.save(rec.replace(done=3), lease_seconds=30)
+        _sql(postgres_url, "UPDATE {s}.runs SET status = 'failed', epoch = epoch + 7")
+        loaded = store.load("job", "r1")
+        assert (loaded.status, loaded.epoch, loaded.done) == ("failed", rec.epoch + 7, 3)
+        _sql(postgres_url, "UPDATE {s}.runs SET record = '{{not json'")
+        with pytest.raises(CheckpointCorrupt, match="job 'job' run 'r1'"):
+            store.load("job", "r1")
+
+
+# -- passwords ------------------------------------------------------------------------
+
+PASSWORD = "S3cret/Pw:x"  # has characters that must be percent-encoded in a URL
+QUOTED = quote(PASSWORD, safe="")
+
+
+def _assert_hidden(text: str) -> None:
+    assert PASSWORD not in text and QUOTED not in text and "S3cret" not in text
+
+
+def _everything_about(exc: BaseException | None) -> str:
+    """The messages a traceback of ``exc`` would print, for every exception in its chain.
+
+    (Source lines are left out: this test's own source holds the password.)
+    """
+    text = ""
+    while exc is not None:
+        text += "".join(traceback.format_exception_only(exc)) + repr(exc)
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return text
+
+
+@pytest.fixture
+def password_server():
+    server = new_server(hba=["host all pwuser 127.0.0.1/32 scram-sha-256"])
+    server.execute(f"CREATE ROLE pwuser LOGIN PASSWORD '{PASSWORD}'")
+    server.execute("CREATE ROLE limited LOGIN")
+    server.execute("GRANT CREATE ON DATABASE postgres TO pwuser")
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+def test_password_never_appears(password_server: PgServer, caplog):
+    caplog.set_level(logging.DEBUG)
+    good = password_server.url(user="pwuser", password=QUOTED) + "?schema=pw"
+    with open_store(good) as store:
+        assert "***" in store.display
+        _assert_hidden(store.display + repr(store))
+        store.acquire("job", "r1", owner=ME, lease_seconds=30)
+        with pytest.raises(RunLocked) as locked:
+            store.acquire("job", "r1", owner=OTHER, lease_seconds=30)
+        _assert_hidden(_everything_about(locked.value))
+
+    wrong = password_server.url(user="pwuser", password=quote("S3cret-wrong", safe="")) + "?schema=pw&retry=30s"
+    t0 = time.monotonic()
+    with pytest.raises(PermissionDenied) as denied:
+        open_store(wrong)
+    assert time.monotonic() - t0 < 5  # a refused password is not retried
+    assert "password authentication failed" in str(denied.value)
+    _assert_hidden(_everything_about(denied.value))
+
+    password_server.stop()
+    with pytest.raises(StoreUnavailable) as down:
+        open_store(good.replace("schema=pw", "schema=pw&retry=0.5s"))
+    assert down.value.exit_code == 75
+    _assert_hidden(_everything_about(down.value))
+
+    with pytest.raises(ConfigError) as bad:  # libpq echoes a malformed token: it must be scrubbed
+        open_store("postgresql://pwuser:S3cret%zz@127.0.0.1/postgres")
+    _assert_hidden(_everything_about(bad.value))
+    for record in caplog.records:
+        _assert_hidden(record.getMessage())
+
+
+def test_refused_privileges_are_permission_denied(password_server: PgServer):
+    # "limited" may connect but not create the schema.
+    with pytest.raises(PermissionDenied, match="CREATE"):
+        open_store(password_server.url(user="limited") + "?schema=nope&retry=30s")
+
+
+def test_unknown_database_is_a_config_error(postgres_server):
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match="does not exist"):
+        open_store(_base(postgres_server).rsplit("/", 1)[0] + "/rt_no_such_database")
+    assert time.monotonic() - t0 < 5
+
+
+@pytest.mark.parametrize("query", ["retry=abc", "history=-1", "history=x", "nosuchparam=1"])
+def test_bad_options_are_config_errors(query):
+    with pytest.raises(ConfigError):
+        open_store(f"postgresql://postgres@127.0.0.1:1/postgres?{query}")
+
+
+def test_missing_driver_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # what an environment without it looks like
+    with pytest.raises(MissingDriver, match=r"pip install 'restartable\[postgres\]'"):
+        open_store("postgresql://postgres@127.0.0.1:1/postgres")
+
+
+# -- connection loss ------------------------------------------------------------------
+
+
+def test_saves_keep_going_across_a_server_restart(private_postgres: PgServer, caplog):
+    caplog.set_level(logging.WARNING, logger="restartable")
+    store = open_store(private_postgres.url() + "?schema=rt&retry=30s")
+    rec = store.acquire("job", "r1", owner=ME, lease_seconds=60)
+    errors: list[BaseException] = []
+    counts = {"done": 0}
+    restarted = threading.Event()
+    stop = threading.Event()
+
+    def saver() -> None:
+        nonlocal rec
+        after = 0
+        try:
+            while not stop.is_set() and after < 20:
+                rec = store.save(rec.replace(done=counts["done"] + 1), lease_seconds=60)
+                counts["done"] = rec.done
+                after += restarted.is_set()
+                time.sleep(0.005)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    thread = threading.Thread(target=saver)
+    thread.start()
+    time.sleep(0.2)
+    private_postgres.restart()
+    restarted.set()
+    thread.join(60)
+    stop.set()
+    assert errors == []
+    assert any("retrying" in r.getMessage() for r in caplog.records)
+    loaded = store.load("job", "r1")
+    assert loaded.done == counts["done"] and loaded.epoch == rec.epoch
+    assert store.renew("job", "r1", epoch=rec.epoch, lease_seconds=60) > store.now()
+    store.close()
+
+
+def test_server_down_longer_than_the_budget(private_postgres: PgServer):
+    store = open_store(private_postgres.url() + "?schema=rt&retry=2s")
+    rec = store.acquire("job", "r1", owner=ME, lease_seconds=60)
+    rec = store.save(rec.replace(done=5, state={"k": "v"}), lease_seconds=60)
+    private_postgres.stop()
+    t0 = time.monotonic()
+    with pytest.raises(StoreUnavailable) as info:
+        store.save(rec.replace(done=6), lease_seconds=60)
+    elapsed = time.monotonic() - t0
+    assert 1.5 <= elapsed < 15
+    assert info.value.exit_code == 75 and "?retry=SECONDS" in str(info.value)
+    private_postgres.start()
+    loaded = store.load("job", "r1")  # the same store reconnects
+    assert (loaded.done, loaded.state, loaded.epoch) == (5, {"k": "v"}, rec.epoch)
+    assert store.save(loaded.replace(done=7), lease_seconds=None).done == 7
+    store.close()
+
+
+# -- history and cleanup -----------------------------------------------------------------
+
+
+def test_history_option_bounds_the_table(postgres_url):
+    for keep in (3, 0):
+        url = f"{postgres_url}&history={keep}"
+        with open_store(url) as store:
+            rec = store.acquire("job", f"k{keep}", owner=ME, lease_seconds=30)
+            for i in range(10):
+                rec = store.save(rec.replace(done=i), lease_seconds=30)
+            assert [h.done for h in store.history("job", f"k{keep}")] == [9, 8, 7][:keep]
+        rows = _sql(postgres_url, "SELECT count(*) FROM {s}.history WHERE run = %s", f"k{keep}")
+        assert rows == [(keep,)]
+
+
+def test_cleanup_prunes_completed_runs_and_history_by_retention(postgres_url):
+    with open_store(postgres_url) as store:
+        for run, status in [("old-done", COMPLETED), ("new-done", COMPLETED), ("old-live", RUNNING)]:
+            rec = store.acquire("job", run, owner=ME, lease_seconds=30)
+            for i in range(5):
+                rec = store.save(rec.replace(done=i, status=status), lease_seconds=30)
+            store.mark("job", run, "files", "a.csv", 1, epoch=rec.epoch)
+        _sql(postgres_url, "UPDATE {s}.runs SET updated = now() - interval '10 days' WHERE run LIKE 'old-%'")
+        _sql(postgres_url, "UPDATE {s}.history SET at = now() - interval '10 days' WHERE seq <= 3")
+        _sql(postgres_url, "UPDATE {s}.history SET at = now() - interval '10 days' WHERE run = 'new-done'")
+        removed = store.cleanup(older_than=7 * 86400)
+        assert [r.run for r in removed] == ["old-done"] and removed[0].done == 4
+        assert sorted(r.run for r in store.list_runs()) == ["new-done", "old-live"]
+        assert [h.done for h in store.history("job", "old-live")] == [4, 3]
+        assert [h.done for h in store.history("job", "new-done")] == [4]  # the newest entry stays
+        assert store.markers("job", "old-done", "files") == {}
+        assert store.markers("job", "old-live", "files") == {"a.csv": 1}
+    assert _sql(postgres_url, "SELECT count(*) FROM {s}.history WHERE run = 'old-done'") == [(0,)]
+
+
+# -- one transaction with the caller's writes ---------------------------------------------
+
+
+def test_save_in_joins_the_callers_transaction(postgres_url):
+    with open_store(postgres_url) as store:
+        rec = store.acquire("job", "r1", owner=ME, lease_seconds=30)
+        assert isinstance(store, PostgresStore)
+        conn = store._connect()
+        try:
+            search_path = conn.execute("SHOW search_path").fetchone()[0]
+            conn.rollback()
+            with pytest.raises(RuntimeError), conn.transaction():
+                store._save_in(conn, rec.replace(done=5), lease_seconds=30)
+                raise RuntimeError("the caller's write failed")
+            assert store.load("job", "r1").done == 0
+            with conn.transaction():
+                saved = store._save_in(conn, rec.replace(done=6), lease_seconds=30)
+                assert store.load("job", "r1").done == 0  # not visible before COMMIT
+            assert saved.lease_expires is not None and store.load("job", "r1").done == 6
+            with pytest.raises(Fenced), conn.transaction():
+                store._save_in(conn, rec.replace(epoch=rec.epoch - 1), lease_seconds=30)
+            assert conn.execute("SHOW search_path").fetchone()[0] == search_path
+        finally:
+            conn.close()
