@@ -18,7 +18,7 @@ import base64
 import datetime as _dt
 import json
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -51,42 +51,78 @@ class _Unencodable(Exception):
         self.value = value
 
 
-def encode_value(value: Any, path: str = "$") -> Any:
-    """Turn ``value`` into plain JSON data with tagged values. Raises on anything else."""
-    # Exact type checks first: they are the common case and bool is a subclass of int.
+_PLAIN = frozenset({str, int, bool, type(None)})
+_INF = (float("inf"), float("-inf"))
+
+
+def _enc(value: Any) -> Any:
+    """encode_value without path bookkeeping: the hot path of every checkpoint."""
     t = type(value)
-    if value is None or t is str or t is bool or t is int:
+    if t in _PLAIN:
         return value
     if t is float:
-        if value != value or value in (float("inf"), float("-inf")):
-            raise _Unencodable(path, value)
+        if value != value or value in _INF:
+            raise _Unencodable("$", value)
         return value
-    if t is list:
-        return [encode_value(v, f"{path}[{i}]") for i, v in enumerate(value)]
     if t is dict:
         out = {}
+        dollar = False
         for k, v in value.items():
             if type(k) is not str:
-                raise _Unencodable(f"{path}[{k!r}]", k)
-            out[k] = encode_value(v, f"{path}[{k!r}]")
-        if any(k.startswith("$") for k in out):
-            return {"$dict": out}
-        return out
+                raise _Unencodable("$", k)
+            if k[:1] == "$":
+                dollar = True
+            out[k] = v if type(v) in _PLAIN else _enc(v)
+        return {"$dict": out} if dollar else out
+    if t is list:
+        return [v if type(v) in _PLAIN else _enc(v) for v in value]
     if t is tuple:
-        return {"$tuple": [encode_value(v, f"{path}[{i}]") for i, v in enumerate(value)]}
+        return {"$tuple": [v if type(v) in _PLAIN else _enc(v) for v in value]}
     if t is _dt.datetime:
         return {"$datetime": value.isoformat()}
     if t is _dt.date:
         return {"$date": value.isoformat()}
     if t is Decimal:
         if not value.is_finite():
-            raise _Unencodable(path, value)
+            raise _Unencodable("$", value)
         return {"$decimal": str(value)}
     if t is uuid.UUID:
         return {"$uuid": str(value)}
     if t is bytes:
         return {"$bytes": base64.b64encode(value).decode("ascii")}
-    raise _Unencodable(path, value)
+    raise _Unencodable("$", value)
+
+
+def _locate(value: Any, path: str) -> _Unencodable | None:
+    """The path of the first value :func:`_enc` refuses (the slow path, only on error)."""
+    t = type(value)
+    if t is dict:
+        for k, v in value.items():
+            if type(k) is not str:
+                return _Unencodable(f"{path}[{k!r}]", k)
+            found = _locate(v, f"{path}[{k!r}]")
+            if found:
+                return found
+        return None
+    if t is list or t is tuple:
+        for i, v in enumerate(value):
+            found = _locate(v, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    try:
+        _enc(value)
+    except _Unencodable:
+        return _Unencodable(path, value)
+    return None
+
+
+def encode_value(value: Any, path: str = "$") -> Any:
+    """Turn ``value`` into plain JSON data with tagged values. Raises on anything else."""
+    try:
+        return _enc(value)
+    except _Unencodable:
+        raise (_locate(value, path) or _Unencodable(path, value)) from None
 
 
 _TAGS: dict[str, Any] = {
@@ -165,11 +201,20 @@ class Owner:
         return f"pid {self.pid} on {where}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v not in ("", 0) or k in ("host", "pid")}
+        """The fields that are set (asdict would deep-copy: this runs on every checkpoint)."""
+        out: dict[str, Any] = {"host": self.host, "pid": self.pid}
+        for k in _OWNER_OPTIONAL:
+            v = getattr(self, k)
+            if v:
+                out[k] = v
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Owner:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+_OWNER_OPTIONAL = ("boot_id", "pidns", "start_time", "pod", "pod_uid", "node", "token")
 
 
 @dataclass(frozen=True)
@@ -223,14 +268,15 @@ class Checkpoint:
 
 
 def _record_data(rec: Checkpoint) -> dict[str, Any]:
+    """The record as JSON data. Only positions and state hold user values that need the codec."""
     data = {
         "version": rec.version,
         "job": rec.job,
         "run": rec.run,
         "epoch": rec.epoch,
         "status": rec.status,
-        "positions": rec.positions,
-        "state": rec.state,
+        "positions": encode_value(rec.positions, "$['positions']"),
+        "state": encode_value(rec.state, "$['state']"),
         "done": rec.done,
         "failed": rec.failed,
         "owner": rec.owner.to_dict() if rec.owner else None,
@@ -245,9 +291,8 @@ def _record_data(rec: Checkpoint) -> dict[str, Any]:
 
 def encode_record(rec: Checkpoint) -> str:
     """The record as canonical JSON text. Raises :class:`StateNotSerializable`."""
-    data = _record_data(rec)
     try:
-        encoded = encode_value(data)
+        encoded = _record_data(rec)
     except _Unencodable as exc:
         path = exc.path.replace("$['state']", "job.state", 1)
         raise StateNotSerializable(

@@ -18,6 +18,18 @@ T = TypeVar("T")
 
 log = logging.getLogger("restartable")
 
+def _tenacity_has_multiplier() -> bool:
+    import inspect
+
+    try:
+        import tenacity
+    except ImportError:
+        return False
+    return "multiplier" in inspect.signature(tenacity.wait_exponential_jitter.__init__).parameters
+
+
+_OLD_TENACITY = not _tenacity_has_multiplier()
+
 #: Default budget for riding out a server restart, in seconds (URL option ``retry``).
 DEFAULT_RETRY_SECONDS = 60.0
 
@@ -36,6 +48,10 @@ def call_with_retry(
     ``before_retry`` runs before each new attempt (for example to reconnect, or to
     reload a record whose commit may have succeeded before the connection dropped).
     """
+    try:  # the common case costs one call: tenacity is set up only after a failure
+        return fn()
+    except transient as exc:
+        first = exc
     import tenacity
 
     def _log(state: tenacity.RetryCallState) -> None:
@@ -49,11 +65,18 @@ def call_with_retry(
 
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_delay(seconds),
-        wait=tenacity.wait_exponential_jitter(initial=0.05, max=5.0),
+        wait=tenacity.wait_exponential_jitter(max=5.0, jitter=0.1) if _OLD_TENACITY
+        else tenacity.wait_exponential_jitter(multiplier=0.05, max=5.0, jitter=0.1),
         retry=tenacity.retry_if_exception_type(transient),
         before_sleep=_log,
         reraise=True,
     )
+    log.warning("%s on %s failed (%s); retrying for up to %gs", what, display, first, seconds)
+    if before_retry is not None:
+        try:
+            before_retry(first)
+        except transient:
+            pass
     try:
         return retrying(fn)
     except transient as exc:
