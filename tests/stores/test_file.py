@@ -527,3 +527,43 @@ def test_sigkill_in_the_middle_of_saves_leaves_a_readable_checkpoint(root, caplo
     # The next acquire removes whatever temp file a kill left behind.
     FileStore(root).acquire("job", "k", owner=Owner(host="h", pid=1), lease_seconds=60)
     assert not [n for n in os.listdir(root / "job") if n.endswith(".tmp")]
+
+
+def test_a_stuck_lock_holder_is_store_unavailable_not_a_hang(root):
+    import fcntl
+
+    store = FileStore(root, lock_timeout=0.3)
+    rec = store.acquire("job", "r1", owner=ME, lease_seconds=30)
+    fd = os.open(root / "job" / "r1.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another open file description: conflicts like another process
+        t0 = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="stayed locked"):
+            store.save(rec.replace(done=1), lease_seconds=30)
+        assert 0.25 < time.monotonic() - t0 < 5
+    finally:
+        os.close(fd)
+    store.save(rec.replace(done=1), lease_seconds=30)
+
+
+def _child_saves(store, conn) -> None:
+    try:
+        rec = store.load("job", "r1")
+        store.save(rec.replace(done=7), lease_seconds=30)
+        conn.send("ok")
+    except BaseException as exc:  # noqa: BLE001 - report anything to the parent
+        conn.send(repr(exc))
+
+
+def test_a_forked_child_uses_its_own_lock_descriptors(store):
+    rec = store.acquire("job", "r1", owner=ME, lease_seconds=30)
+    store.save(rec, lease_seconds=30)  # the parent now holds an open lock fd and a cache
+    ctx = multiprocessing.get_context("fork")
+    parent_end, child_end = ctx.Pipe()
+    child = ctx.Process(target=_child_saves, args=(store, child_end))
+    child.start()
+    child.join(30)
+    assert parent_end.recv() == "ok"
+    # The parent's cached generation is stale now: its next save must see the child's write.
+    saved = store.save(rec.replace(done=8), lease_seconds=30)
+    assert saved.done == 8 and store.history("job", "r1", limit=3)[1].done == 7

@@ -324,3 +324,36 @@ def test_bad_names_never_reach_sql_unparameterized(store):
     assert store.load("job", weird) is None
     store.acquire("job", "r1", owner=ME, lease_seconds=30)
     assert store.load("job", "r1") is not None
+
+
+def test_the_callers_own_sql_errors_reach_them_untranslated(store, db):
+    rec = store.acquire("job", "r1", owner=ME, lease_seconds=30)
+    with store.transaction() as conn:
+        conn.execute("CREATE TABLE results (n INTEGER PRIMARY KEY)")
+    with pytest.raises(sqlite3.IntegrityError), store.transaction() as conn:
+        store.save(rec.replace(done=1), lease_seconds=30)
+        conn.executemany("INSERT INTO results VALUES (?)", [(1,), (1,)])
+    assert _results(db) == [] and store.load("job", "r1").done == 0
+
+
+def _save_in_child(store, epoch, conn) -> None:
+    try:
+        rec = store.load("job", "r1")
+        store.save(rec.replace(done=7), lease_seconds=30)
+        conn.send("ok")
+    except BaseException as exc:  # noqa: BLE001 - report anything to the parent
+        conn.send(repr(exc))
+
+
+def test_a_forked_child_opens_its_own_connection(store):
+    import multiprocessing
+
+    rec = store.acquire("job", "r1", owner=ME, lease_seconds=30)
+    ctx = multiprocessing.get_context("fork")
+    parent_end, child_end = ctx.Pipe()
+    child = ctx.Process(target=_save_in_child, args=(store, rec.epoch, child_end))
+    child.start()
+    child.join(30)
+    assert parent_end.recv() == "ok"
+    assert store.load("job", "r1").done == 7  # the parent's connection still works
+    store.save(store.load("job", "r1").replace(done=8), lease_seconds=30)

@@ -42,6 +42,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,7 +53,7 @@ from urllib.parse import unquote, urlsplit
 from .._names import check_name
 from .._url import StoreURL
 from ..checkpoint import Checkpoint, HistoryEntry, Owner, decode_record, dumps, encode_record, loads
-from ..errors import CheckpointCorrupt, ConfigError, UsageError
+from ..errors import CheckpointCorrupt, ConfigError, StoreUnavailable, UsageError
 from ._localfs import FILE_MODE, make_private_dirs, os_errors, write_temp
 from .base import HISTORY_LIMIT, Store
 
@@ -66,6 +67,8 @@ FILE_VERSION = 1
 _HEAD_BYTES = 512
 #: Lock file descriptors (and written generations) kept between operations; most processes use one run.
 _MAX_OPEN_LOCKS = 16
+#: Seconds a write waits for another process's flock on the same run before StoreUnavailable.
+LOCK_TIMEOUT = 10.0
 #: Hex-encoded cursor names longer than this are hashed instead (file names are <= 255 bytes).
 _MAX_CURSOR_HEX = 96
 
@@ -149,7 +152,10 @@ def _read_generation(path: str, where: str) -> _Gen | None:
         raise _Bad("its checksum does not match (torn or damaged)")
     try:
         doc = json.loads(body)
-        history = [json.dumps(h, separators=(",", ":")) for h in doc["history"]]
+        entries = doc["history"]
+        for h in entries:
+            HistoryEntry(**h)  # validates the keys
+        history = [json.dumps(h, separators=(",", ":")) for h in entries]
         record_text = json.dumps(doc["record"], separators=(",", ":"), ensure_ascii=False)
     except (ValueError, KeyError, TypeError) as exc:
         raise _Bad(f"its body is not a checkpoint document ({exc})") from None
@@ -184,7 +190,14 @@ class FileStore(Store):
     schemes = ("file",)
     local = True
 
-    def __init__(self, directory: str | os.PathLike[str], *, display: str | None = None) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], *, display: str | None = None, lock_timeout: float = LOCK_TIMEOUT
+    ) -> None:
+        """Open (creating it 0700 if needed) the store in ``directory``.
+
+        ``lock_timeout`` is how long a write waits for another process's flock on the run.
+        """
+        self.lock_timeout = lock_timeout
         self.root = os.path.normpath(os.path.abspath(directory))
         self.display = display or f"file://{self.root}"
         self._lock = threading.RLock()
@@ -215,6 +228,8 @@ class FileStore(Store):
         if os.path.dirname(os.path.normpath(job_dir)) != self.root:
             raise UsageError(f"job name {job!r} would leave the store directory {self.display}")
         base = os.path.join(job_dir, run)
+        if os.path.dirname(os.path.normpath(base)) != job_dir:
+            raise UsageError(f"run id {run!r} would leave the store directory {self.display}")
         r = re.escape(run)
         p = _Paths(
             job_dir=job_dir,
@@ -258,6 +273,32 @@ class FileStore(Store):
         if entry is not None:
             os.close(entry[0])
 
+    def _flock(self, fd: int, p: _Paths) -> None:
+        """``flock(LOCK_EX)``, waiting at most ``lock_timeout`` seconds (then StoreUnavailable).
+
+        Holders keep the lock for one write, milliseconds; waiting longer means a stuck
+        (stopped, hung) process, which must not hang this one and its heartbeat forever.
+        """
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.001
+        while True:
+            time.sleep(delay)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreUnavailable(
+                        f"{p.lock} stayed locked by another process for {self.lock_timeout:g}s "
+                        f"({self.display}): retry, or find the stuck process with `fuser {p.lock}`"
+                    ) from None
+                delay = min(delay * 2, 0.05)
+
     @contextmanager
     def _flocked(self, job: str, run: str) -> Iterator[_Paths]:
         """Hold the run's flock (and this store's thread lock); translate OSErrors."""
@@ -266,7 +307,7 @@ class FileStore(Store):
         with self._lock, os_errors(p.job_dir, display=self.display):
             while True:
                 fd, dev, ino = self._open_lock(key, p)
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._flock(fd, p)
                 try:
                     st = os.stat(p.lock)
                     if (st.st_dev, st.st_ino) == (dev, ino):
@@ -389,10 +430,12 @@ class FileStore(Store):
         finally:
             os.close(fd)
 
-    def _fenced_by(self, rec_job: str, rec_run: str, epoch: int, gen: _Gen | None) -> None:
+    def _held(self, job: str, run: str, epoch: int, gen: _Gen | None) -> _Gen:
+        """``gen`` when it is at ``epoch`` (the compare of compare-and-set), else raise Fenced."""
         if gen is None or gen.record.epoch != epoch:
-            self._cache.pop((rec_job, rec_run), None)
-            raise self._fenced(rec_job, rec_run, epoch, None if gen is None else gen.record.epoch)
+            self._cache.pop((job, run), None)
+            raise self._fenced(job, run, epoch, None if gen is None else gen.record.epoch)
+        return gen
 
     # -- the contract ----------------------------------------------------------------
 
@@ -422,9 +465,7 @@ class FileStore(Store):
 
     def save(self, record: Checkpoint, *, lease_seconds: float | None) -> Checkpoint:
         with self._flocked(record.job, record.run) as p:
-            gen = self._current(record.job, record.run, p)
-            self._fenced_by(record.job, record.run, record.epoch, gen)
-            assert gen is not None
+            gen = self._held(record.job, record.run, record.epoch, self._current(record.job, record.run, p))
             now = self.now()
             rec = record.replace(
                 updated=now, heartbeat=now, lease_expires=None if lease_seconds is None else now + lease_seconds
@@ -434,9 +475,7 @@ class FileStore(Store):
 
     def renew(self, job: str, run: str, *, epoch: int, lease_seconds: float) -> float:
         with self._flocked(job, run) as p:
-            gen = self._current(job, run, p)
-            self._fenced_by(job, run, epoch, gen)
-            assert gen is not None
+            gen = self._held(job, run, epoch, self._current(job, run, p))
             now = self.now()
             rec = gen.record.replace(heartbeat=now, lease_expires=now + lease_seconds)
             self._write(p, rec, gen.history, rotate=gen.is_current)

@@ -153,34 +153,42 @@ class SQLiteStore(Store):
         self._lock = threading.RLock()
         self._saves: dict[tuple[str, str], int] = {}
         self._conn: sqlite3.Connection | None = None
+        self._pid = os.getpid()
+        self._inherited: sqlite3.Connection | None = None
         with self._errors("opening the store"):
             with os_errors(self.path, display=self.display):
-                parent = os.path.dirname(os.path.abspath(self.path))
-                make_private_dirs(parent)
+                make_private_dirs(os.path.dirname(self.path))
                 create_private_file(self.path)
-            # isolation_level=None: the sqlite3 module starts no transactions of its own;
-            # we issue BEGIN IMMEDIATE / COMMIT / ROLLBACK ourselves.
-            conn = sqlite3.connect(
-                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False, cached_statements=64
-            )
+            self._conn = self._connect()
             try:
-                conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise StoreUnavailable(
-                        f"{self.display}: SQLite refused WAL mode (got {mode!r}); put the database "
-                        "on a local filesystem that supports shared memory"
-                    )
-                # FULL, not NORMAL: in WAL mode NORMAL does not fsync the WAL on commit, so
-                # a power loss can drop the last checkpoints that save() reported as written.
-                conn.execute("PRAGMA synchronous = FULL")
-                conn.execute("PRAGMA foreign_keys = ON")
-                self._conn = conn
                 self._migrate()
             except BaseException:
-                conn.close()
+                self._conn.close()
                 self._conn = None
                 raise
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: the sqlite3 module starts no transactions of its own;
+        # we issue BEGIN IMMEDIATE / COMMIT / ROLLBACK ourselves.
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False, cached_statements=64
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreUnavailable(
+                    f"{self.display}: SQLite refused WAL mode (got {mode!r}); put the database "
+                    "on a local filesystem that supports shared memory"
+                )
+            # FULL, not NORMAL: in WAL mode NORMAL does not fsync the WAL on commit, so
+            # a power loss can drop the last checkpoints that save() reported as written.
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     @classmethod
     def from_url(cls, url: StoreURL) -> Self:
@@ -192,6 +200,12 @@ class SQLiteStore(Store):
     def _c(self) -> sqlite3.Connection:
         if self._conn is None:
             raise StoreUnavailable(f"the store {self.display} is closed")
+        if self._pid != os.getpid():
+            # A forked child must not use its parent's connection (SQLite forbids it), nor
+            # close it (that could disturb the parent's locks): abandon it, open our own.
+            self._pid = os.getpid()
+            self._inherited = self._conn  # kept referenced, so never closed here
+            self._conn = self._connect()
         return self._conn
 
     def _fix(self) -> str:
@@ -245,13 +259,7 @@ class SQLiteStore(Store):
                 yield conn
                 conn.execute("COMMIT")
             except BaseException:
-                # SQLite has already rolled back after some errors (SQLITE_FULL, IOERR, ...);
-                # a failed COMMIT leaves the transaction open. Either way leave none behind.
-                if conn.in_transaction:
-                    try:
-                        conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass  # the original error is the one to report
+                _rollback(conn)
                 raise
 
     def _migrate(self) -> None:
@@ -330,8 +338,24 @@ class SQLiteStore(Store):
         A Fenced save rolls the caller's rows back too. The store's lock is held for
         the whole block (the heartbeat's renew waits), so keep it short.
         """
-        with self._errors("transaction"), self._write() as conn:
-            yield conn
+        # Unlike _write, only BEGIN and COMMIT are translated: an error in the caller's own
+        # SQL (an IntegrityError, say) is theirs and reaches them as sqlite3 raised it.
+        with self._lock:
+            with self._errors("beginning a transaction"):
+                conn = self._c
+                nested = conn.in_transaction
+                if not nested:
+                    conn.execute("BEGIN IMMEDIATE")
+            if nested:  # join the open transaction
+                yield conn
+                return
+            try:
+                yield conn
+                with self._errors("committing a transaction"):
+                    conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
 
     def load(self, job: str, run: str) -> Checkpoint | None:
         with self._lock, self._errors(f"loading job {job!r} run {run!r}"):
@@ -455,6 +479,17 @@ class SQLiteStore(Store):
                     self._conn.close()
                 finally:
                     self._conn = None
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back whatever transaction is open, keeping the error that got us here."""
+    # SQLite has already rolled back after some errors (SQLITE_FULL, IOERR, ...), and a
+    # failed COMMIT leaves the transaction open: either way leave none behind.
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # the original error is the one to report
 
 
 def _corrupt_marker(store: SQLiteStore, job: str, run: str, cursor: str, key: str, exc: Exception) -> NoReturn:
