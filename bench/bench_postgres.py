@@ -7,15 +7,15 @@ Measured side by side, alternating:
 
 * ``PostgresStore.save`` of a realistic record (positions of three cursors, a state
   dict of ~40 values, fingerprints: ~2 KB of JSON), holding the lease: one statement
-  doing the epoch compare-and-set, the history row and its pruning.
+  doing the epoch compare-and-set and writing the run's history entry.
 * The baseline a hand-written checkpoint would use: ``json.dumps`` of the same data
   and ``INSERT ... ON CONFLICT DO UPDATE`` of that text (same size) into a table keyed
   like ours, as ONE autocommit statement on a connection of its own.
-* For information: the store without its history entry (``?history=0``), the
-  same upsert with the JSON pre-encoded (the database path
-  alone), as BEGIN / upsert / COMMIT (three round trips), and the record codec
-  (``encode_record``, tagged JSON) against ``json.dumps`` of the same data: the part
-  of the store's time spent before the statement is sent.
+* For information: the store without its history entry (``?history=0``), the same
+  upsert with the JSON pre-encoded (the database path alone), as BEGIN / upsert /
+  COMMIT (three round trips), and the record codec (``encode_record``, tagged JSON)
+  against ``json.dumps`` of the same data: the part of the store's time spent before
+  the statement is sent.
 
 All connections commit with ``synchronous_commit = on`` (durable), as the store does.
 """
