@@ -41,7 +41,12 @@ def parse_store_url(url: str, *, known_options: frozenset[str] = frozenset()) ->
             f"invalid store URL {redact(str(url))!r}: use sqlite:///path/to.db, file:///abs/dir, "
             "file:rel/dir, postgresql://user@host/db, redis://host:6379/0 or memory://"
         )
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        if "," not in parts.netloc:  # libpq's multi-host URLs have several ports
+            parts.port  # noqa: B018 - validates the port and brackets now, not in a driver
+    except ValueError as exc:
+        raise ConfigError(f"invalid store URL {redact(url)!r}: {exc}") from None
     scheme = parts.scheme.lower()
     ours: dict[str, str] = {}
     theirs: list[tuple[str, str]] = []
