@@ -105,9 +105,11 @@ class _Bad(Exception):
 
 
 def _entry_json(rec: Checkpoint) -> str:
-    return json.dumps(
-        {"at": rec.updated, "epoch": rec.epoch, "status": rec.status, "done": rec.done, "failed": rec.failed},
-        separators=(",", ":"),
+    """One history entry as JSON (built by hand: it is on every save's path; repr of a
+    finite float is the JSON number json.dumps would write)."""
+    return (
+        f'{{"at":{float(rec.updated)!r},"epoch":{int(rec.epoch)},"status":{json.dumps(rec.status)},'
+        f'"done":{int(rec.done)},"failed":{int(rec.failed)}}}'
     )
 
 

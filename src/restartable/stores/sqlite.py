@@ -404,8 +404,23 @@ class SQLiteStore(Store):
             return rec
 
     def save(self, record: Checkpoint, *, lease_seconds: float | None) -> Checkpoint:
-        with self._errors(f"saving job {record.job!r} run {record.run!r}"), self._write() as conn:
-            return self._save_in(conn, record, self.now(), lease_seconds)
+        # The hot path: _write and _errors spelled out inline (two generator context
+        # managers cost more than the statements' own Python overhead).
+        with self._lock:
+            try:
+                conn = self._c
+                if conn.in_transaction:  # inside transaction(): join it
+                    return self._save_in(conn, record, self.now(), lease_seconds)
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    rec = self._save_in(conn, record, self.now(), lease_seconds)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    _rollback(conn)
+                    raise
+                return rec
+            except sqlite3.Error as exc:
+                raise self._translate(exc, f"saving job {record.job!r} run {record.run!r}") from exc
 
     def renew(self, job: str, run: str, *, epoch: int, lease_seconds: float) -> float:
         with self._errors(f"renewing the lease of job {job!r} run {run!r}"), self._write() as conn:
