@@ -22,9 +22,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import interleaved, parser, report  # noqa: E402
+from _common import interleaved, parser, report
 
-from restartable import Job  # noqa: E402
+from restartable import Job
 
 WORKERS = 32
 SLEEP = 0.010

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import threading
@@ -312,10 +313,9 @@ def test_dead_letter_of_an_iterator_item_and_long_errors(url: str) -> None:
 
 def test_skip_budget_then_reprocess_dead_letters(url: str) -> None:
     fn = Flaky({5, 6, 30})
-    with pytest.raises(SkipBudgetExceeded, match="skip budget of 1") as info:
-        with job(url) as j:
-            for _ in j.map(fn, range(60), workers=3, on_error="skip", skip_budget=1):
-                pass
+    with pytest.raises(SkipBudgetExceeded, match="skip budget of 1") as info, job(url) as j:
+        for _ in j.map(fn, range(60), workers=3, on_error="skip", skip_budget=1):
+            pass
     assert exit_code_for(info.value) == 65
     rec = load(url)
     assert rec.status == FAILED
@@ -337,12 +337,65 @@ def test_skip_budget_then_reprocess_dead_letters(url: str) -> None:
     assert not again & (done_of(rec.positions["0"]) - {5, 6}), "done items were processed again"
 
 
+@pytest.mark.parametrize("kind", ["map over a generator", "amap over an async generator"])
+def test_retry_dead_reads_dead_letters_back_from_iterators(url: str, kind: str) -> None:
+    """Dead letters below the watermark are captured while the iterator is skipped."""
+    failing = {2, 40}
+    calls: Counter[int] = Counter()
+
+    def sync_fn(x: int) -> int:
+        calls[x] += 1
+        time.sleep(0.001)
+        if x in failing:
+            raise ValueError(f"bad item {x}")
+        return x
+
+    async def async_fn(x: int) -> int:
+        await asyncio.sleep(0.001)
+        return sync_fn(x)
+
+    def run(**options: Any) -> list[int]:
+        if kind.startswith("map"):
+            with job(url) as j:
+                return list(j.map(sync_fn, (i for i in range(60)), workers=3, on_error="skip", **options))
+
+        async def agen():
+            for i in range(60):
+                yield i
+
+        async def main() -> list[int]:
+            with job(url) as j:
+                return [r async for r in j.amap(async_fn, agen(), concurrency=3, on_error="skip", **options)]
+
+        return asyncio.run(main())
+
+    with pytest.raises(SkipBudgetExceeded):
+        run(skip_budget=1)
+    rec = load(url)
+    assert rec.status == FAILED and set(rec.positions["0"]["dead"]) == {"2", "40"}
+    assert rec.positions["0"]["dead"]["40"]["key"] == 40
+    assert rec.positions["0"]["offset"] > 2
+    done_before = done_of(rec.positions["0"])
+    failing.clear()
+    before = Counter(calls)
+    got = run(retry_dead=True)
+    assert {2, 40} <= set(got) and set(got) == set(range(60)) - done_before | {2, 40}
+    rec = load(url)
+    assert rec.status == COMPLETED and rec.positions["0"]["dead"] == {} and rec.done == 60
+    assert {x for x in calls if calls[x] > before[x]} == set(got)
+
+
+def test_ordered_results_skip_dead_letters(url: str) -> None:
+    with job(url) as j:
+        got = list(j.map(Flaky({3, 4, 11}), range(20), workers=4, ordered=True, on_error="skip"))
+    assert got == [x for x in range(20) if x not in (3, 4, 11)]
+
+
 def test_on_error_stop_fails_the_job_and_the_rerun_retries_the_item(url: str) -> None:
     fn = Flaky({4})
-    with pytest.raises(ValueError, match="bad item 4") as info:
-        with job(url) as j:
-            for _ in j.map(fn, range(10), workers=2):
-                pass
+    with pytest.raises(ValueError, match="bad item 4") as info, job(url) as j:
+        for _ in j.map(fn, range(10), workers=2):
+            pass
     assert any("item 4 failed after 1 attempt" in n for n in getattr(info.value, "__notes__", []))
     rec = load(url)
     assert rec.status == FAILED and 4 not in done_of(rec.positions["0"])
@@ -362,7 +415,7 @@ def test_rate_limit_spaces_the_calls(url: str) -> None:
     with job(url) as j:
         assert sorted(j.map(fn, range(12), workers=4, rate=40)) == list(range(12))
     starts.sort()
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert min(gaps) >= 0.02, gaps  # 25 ms apart at 40/s (a lower bound only: never a timing ceiling)
 
 
