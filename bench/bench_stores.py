@@ -151,8 +151,10 @@ def pwrite_fdatasync(directory: str, size: int) -> tuple[Callable[[int], None], 
 
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
-    n = 30 if args.quick else 200
-    repeat = args.repeat or (3 if args.quick else 7)
+    # Short samples, many of them, interleaved: on a shared disk the load changes within
+    # seconds, and a median over many fine-grained rounds hits all cases alike.
+    n = 20 if args.quick else 50
+    repeat = args.repeat or (3 if args.quick else 25)
     work = tempfile.mkdtemp(prefix=".bench-stores-", dir=os.getcwd())
     try:
         fs = filesystem_of(work)
