@@ -567,3 +567,9 @@ def test_a_forked_child_uses_its_own_lock_descriptors(store):
     # The parent's cached generation is stale now: its next save must see the child's write.
     saved = store.save(rec.replace(done=8), lease_seconds=30)
     assert saved.done == 8 and store.history("job", "r1", limit=3)[1].done == 7
+
+
+def test_a_regular_file_is_not_a_store_directory(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match="not a directory"):
+        open_store(f"file://{tmp_path}/f")

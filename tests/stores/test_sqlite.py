@@ -357,3 +357,8 @@ def test_a_forked_child_opens_its_own_connection(store):
     assert parent_end.recv() == "ok"
     assert store.load("job", "r1").done == 7  # the parent's connection still works
     store.save(store.load("job", "r1").replace(done=8), lease_seconds=30)
+
+
+def test_a_directory_is_not_a_database(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory"):
+        open_store(f"sqlite:///{tmp_path}")

@@ -210,6 +210,8 @@ class FileStore(Store):
         # The bytes and generation this store last wrote per run: the next save compares the
         # file with them instead of parsing the whole document again.
         self._cache: dict[tuple[str, str], tuple[bytes, _Gen]] = {}
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise ConfigError(f"{self.display}: {self.root} is not a directory; the file store needs one")
         with os_errors(self.root, display=self.display):
             make_private_dirs(self.root)
 

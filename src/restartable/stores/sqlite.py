@@ -155,6 +155,8 @@ class SQLiteStore(Store):
         self._conn: sqlite3.Connection | None = None
         self._pid = os.getpid()
         self._inherited: sqlite3.Connection | None = None
+        if os.path.isdir(self.path):
+            raise ConfigError(f"{self.display}: {self.path} is a directory; name a database file in it")
         with self._errors("opening the store"):
             with os_errors(self.path, display=self.display):
                 make_private_dirs(os.path.dirname(self.path))
