@@ -1,0 +1,248 @@
+"""Batches from a source that resumes by key: the driver behind ``job.batches``.
+
+::
+
+    with Job("reindex", store="postgresql://db/app") as job:
+        table = PostgresTable("postgresql://db/app", "large_table", key="id", batch_size=1000)
+        for batch in job.batches(table):
+            with job.transaction() as tx:          # optional: exactly-once output
+                tx.cursor().executemany("INSERT INTO out ...", [...])
+
+The contract:
+
+* A batch source (:class:`BatchSource`; :class:`~restartable.sources.postgres.PostgresTable`,
+  :class:`~restartable.sources.sqlite.SQLiteTable`) returns, for a key position, the
+  next rows in key order strictly AFTER it, and the key of the last of them. The
+  position is the key tuple, saved in the cursor's ``extra["key"]`` through the
+  checkpoint codec (ints, text, timestamps, Decimals, UUIDs keep their types),
+  beside ``offset``, the count of rows done.
+* A batch is done when the loop asks for the next one, as an item of ``iterate`` is.
+  A checkpoint is written every ``every`` done batches (default 1) or ``seconds``
+  seconds, whichever comes first, and when the source is exhausted; a signal or a
+  fencing is acted on between batches (the batch in flight finishes first).
+* A batch shorter than the source's ``batch_size`` ends the iteration without
+  another query; an empty batch ends it too. So the end is always reached, even when
+  only the last row of the table is left (the ``>=`` loop never gets there).
+* Inside the loop, :func:`~restartable.sources.transaction.transaction` commits the
+  caller's output and the position AFTER the batch in flight in one transaction;
+  the batch then counts as done at once, and the driver does not save again for it.
+* A rerun that names different key columns than the checkpoint's is refused
+  (UsageError): the saved key would mean nothing for them.
+
+Memory is one batch (plus what the caller keeps), whatever the table's size.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from ..checkpoint import dumps
+from ..errors import StateNotSerializable, UsageError
+
+if TYPE_CHECKING:
+    from .._cursor import Cursor
+    from ..job import Job, _LoopHooks
+
+__all__ = ["BatchSource", "Batch", "iterate_batches", "active_batch"]
+
+log = logging.getLogger("restartable")
+
+
+@dataclass
+class Batch:
+    """What a source's ``fetch`` returns: the rows, and the key tuple of the last one."""
+
+    rows: list[Any]
+    last_key: tuple[Any, ...] | None
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    """A source of batches in key order that can start strictly after any key.
+
+    ``key_columns`` names the key (saved with the position, checked on resume);
+    ``batch_size`` is the most rows one ``fetch`` returns; ``describe`` names the
+    source in messages (no password). ``open()`` connects and validates (raising
+    UsageError/ConfigError before any work), ``fetch(after)`` returns the next batch
+    after the key tuple ``after`` (None: from the start), ``close()`` releases what
+    ``open`` took. ``fetch`` must not hold a cursor or a transaction across calls.
+    """
+
+    key_columns: tuple[str, ...]
+    batch_size: int
+
+    @property
+    def describe(self) -> str: ...
+
+    def open(self) -> None: ...
+
+    def fetch(self, after: tuple[Any, ...] | None) -> Batch: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(eq=False)
+class _Run:
+    """One ``job.batches`` loop in progress: what ``job.transaction()`` needs to know."""
+
+    job: Job
+    source: BatchSource
+    cursor: Cursor
+    hooks: _LoopHooks
+    #: The batch handed out and not yet done: (rows in it, key of its last row).
+    pending: tuple[int, tuple[Any, ...]] | None = None
+    #: True once a transaction committed the pending batch (the cursor already moved).
+    committed: bool = False
+    #: Resources a transaction keeps for the loop's duration (a connection), closed at its end.
+    resources: dict[str, Any] = field(default_factory=dict)
+
+    def advance(self) -> None:
+        """Count the pending batch as done in memory."""
+        assert self.pending is not None
+        n, last = self.pending
+        self.cursor.offset += n
+        self.cursor.extra["key"] = last
+        self.pending = None
+
+    def close_resources(self) -> None:
+        for res in self.resources.values():
+            try:
+                res.close()
+            except Exception as exc:  # noqa: BLE001 - closing is best effort
+                log.debug("closing %r: %s", res, exc)
+        self.resources.clear()
+
+
+# The batch loops of each job in progress, innermost last. A WeakKeyDictionary keeps the
+# Job class free of source-specific fields and forgets a job that is garbage.
+_RUNS: weakref.WeakKeyDictionary[Job, list[_Run]] = weakref.WeakKeyDictionary()
+
+
+def active_batch(job: Job) -> _Run | None:
+    """The innermost ``job.batches`` loop of ``job`` in progress, or None."""
+    runs = _RUNS.get(job)
+    return runs[-1] if runs else None
+
+
+def iterate_batches(
+    job: Job,
+    source: BatchSource,
+    *,
+    every: int = 1,
+    seconds: float | None = None,
+    name: str | None = None,
+    progress: bool | None = None,
+) -> Iterator[list[Any]]:
+    """Yield the batches of ``source`` after the checkpointed key; see the module docstring.
+
+    ``every``: checkpoint every this many done batches (default 1: each batch);
+    ``seconds``: and at least this often; ``name``: the cursor's name (default: the
+    call's order in the job); ``progress``: progress bar (True), log lines (False),
+    or by terminal (None). Returns a generator: nothing runs until the first ``next``.
+    """
+    if not isinstance(source, BatchSource):
+        raise UsageError(
+            f"job.batches() needs a batch source such as PostgresTable or SQLiteTable, not {type(source).__name__}; "
+            "use job.iterate() for sequences and iterators"
+        )
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise UsageError(f"every must be a positive int (batches), not {every!r}")
+    if seconds is not None and seconds <= 0:
+        raise UsageError(f"seconds must be positive, not {seconds!r}")
+    if job.record is None:
+        raise UsageError(f"{job.label} is not started: call batches inside `with Job(...) as job:`")
+    if job.completed:
+        log.info("%s is already complete: batches of %s yield nothing", job.label, source.describe)
+        job._calls += 1  # keep later iterations' default names where they were
+        return iter(())
+    cursor = job._cursor(name)
+    _check_key_columns(job, cursor, source)
+    if cursor.finished:
+        return iter(())
+    return _drive(job, source, cursor, every=every, seconds=seconds, progress=progress)
+
+
+def _check_key_columns(job: Job, cursor: Cursor, source: BatchSource) -> None:
+    stored = cursor.extra.get("key_columns")
+    columns = list(source.key_columns)
+    if stored is not None and list(stored) != columns:
+        raise UsageError(
+            f"{job.label} iteration {cursor.name!r}: the checkpoint holds a position on key {tuple(stored)!r} "
+            f"but {source.describe} is keyed on {tuple(columns)!r}; use the same key, a new run id, or "
+            f"`restartable reset {job.name}` to start over"
+        )
+    cursor.extra["key_columns"] = columns
+    key = cursor.extra.get("key")
+    if key is not None and (not isinstance(key, tuple) or len(key) != len(columns)):
+        raise UsageError(
+            f"{job.label} iteration {cursor.name!r}: the saved position {key!r:.80} is not a key of "
+            f"{len(columns)} column(s); was this cursor name used by another kind of iteration?"
+        )
+
+
+def _drive(
+    job: Job, source: BatchSource, cursor: Cursor, *, every: int, seconds: float | None, progress: bool | None
+) -> Iterator[list[Any]]:
+    # Opened here, not in iterate_batches: a generator never started must hold nothing.
+    source.open()
+    hooks = job._loop_hooks(seconds=seconds, progress=progress)
+    run = _Run(job=job, source=source, cursor=cursor, hooks=hooks)
+    runs = _RUNS.setdefault(job, [])
+    runs.append(run)
+    cursor.finished = False
+    checked = False
+    since = 0
+    try:
+        hooks.boundary(cursor, False)
+        while True:
+            batch = source.fetch(cursor.extra.get("key"))
+            rows = batch.rows
+            if not rows:
+                break
+            if batch.last_key is None:
+                raise UsageError(f"{source.describe} returned rows without the key of the last one")
+            if not checked:  # once: a key the codec cannot hold fails now, not at the first save
+                _check_encodable(job, source, batch.last_key)
+                checked = True
+            run.pending, run.committed = (len(rows), batch.last_key), False
+            yield rows
+            # The loop came back for the next batch: this one is done.
+            committed = run.committed
+            if not committed:
+                run.advance()
+            run.pending, run.committed = None, False
+            since += 1
+            due = since >= every
+            if due or committed:
+                since = 0
+            if committed:
+                # The transaction saved this position with the output: no second save for it.
+                hooks.last_save = time.monotonic()
+                due = False
+            hooks.boundary(cursor, due)
+            if len(rows) < source.batch_size:
+                break  # a short batch: nothing is left after it (no extra query to find out)
+        hooks.end(cursor)
+    finally:
+        run.pending = None
+        runs.remove(run)
+        if not runs:
+            _RUNS.pop(job, None)
+        run.close_resources()
+        hooks.close(cursor)
+        source.close()
+
+
+def _check_encodable(job: Job, source: BatchSource, key: Sequence[Any]) -> None:
+    try:
+        dumps(tuple(key), what=f"the key {source.key_columns!r}")
+    except StateNotSerializable as exc:
+        raise UsageError(
+            f"{job.label}: {source.describe}: {exc}. Key on columns of integer, numeric, text, date, timestamp, "
+            "uuid, boolean or bytea type"
+        ) from None
