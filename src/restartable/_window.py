@@ -18,10 +18,11 @@ In the checkpoint the watermark is the cursor's ``offset`` and the set is
                                         105 not done, 106 done
 
 (alternately the length of a run of not-done items, then of done ones). Every
-number is at least 1 and they sum to less than ``window``, and a number ``x``
-takes at most ``x`` digits, so the JSON of the list never exceeds
-``2 * window + 2`` bytes (:func:`encoded_bound`), however large the indices are:
-20 KB at the default window of 10,000.
+number is at least 1 and they sum to at most ``window``, and a number ``x`` takes
+at most ``x`` digits, so the JSON of the list never exceeds ``2 * window + 2``
+bytes (:func:`encoded_bound`), however large the indices are: 20 KB at the default
+window of 10,000. (A run resumed with a smaller window keeps the larger bound until
+its watermark has passed the old done set.)
 """
 
 from __future__ import annotations
