@@ -140,3 +140,20 @@ def test_demo_resumes_with_exactly_once_output(tmp_path):
     assert "3,000 lines, 0 duplicates, 0 missing" in proc.stdout
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert again.returncode == 0 and "already completed" in again.stdout
+
+
+def test_sharded_run_is_one_line_in_status_and_detailed_in_show(capsys, tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    for i in range(3):
+        with Job("sharded", run="uid", store=url, shard=(i, 3), progress=False) as job:
+            for x in job.iterate(list(range(30)), shard="auto"):
+                if i == 2 and x == 25:
+                    break
+    code, out, _ = run_cli(capsys, "status", "--store", url, "--json")
+    runs = json.loads(out)["runs"]
+    assert len(runs) == 1 and runs[0]["run"] == "uid [2/3 shards done]"
+    assert runs[0]["done"] == 25 and runs[0]["total"] == 30 and runs[0]["status"] == "interrupted"
+    code, out, _ = run_cli(capsys, "status", "--store", url, "--json", "--shards")
+    assert len(json.loads(out)["runs"]) == 3
+    code, out, _ = run_cli(capsys, "show", "sharded", "--run", "uid", "--store", url)
+    assert code == 0 and out.count("job sharded  run uid.shard-") == 3

@@ -248,3 +248,31 @@ def test_on_checkpoint_runs_before_each_save(url):
         j.on_checkpoint(lambda: calls.append(j.record.done if j.record else None))
         list(j.iterate(range(30), every=10))
     assert len(calls) >= 3
+
+
+def test_shards_split_the_input_and_keep_their_own_checkpoints(url):
+    seen = []
+    for i in range(3):
+        with job(url, run="r1", shard=(i, 3)) as j:
+            assert j.run == f"r1.shard-{i}-of-3"
+            seen.extend(j.iterate(list(range(10)), shard="auto"))
+    assert sorted(seen) == list(range(10))
+    runs = sorted(r.run for r in open_store(url).list_runs("j"))
+    assert runs == ["r1.shard-0-of-3", "r1.shard-1-of-3", "r1.shard-2-of-3"]
+
+
+def test_shard_from_kubernetes_env(url, monkeypatch):
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "1")
+    monkeypatch.setenv("RESTARTABLE_SHARDS", "2")
+    with job(url, run="uid") as j:
+        assert j.shard == (1, 2) and j.run == "uid.shard-1-of-2"
+        assert list(j.iterate(iter(range(6)), shard="auto")) == [1, 3, 5]
+    monkeypatch.delenv("RESTARTABLE_SHARDS")
+    with pytest.raises(UsageError, match="RESTARTABLE_SHARDS"):
+        Job("j", store=url)
+
+
+def test_shard_auto_outside_a_sharded_job_is_refused(url):
+    with job(url) as j:
+        with pytest.raises(UsageError, match="shard"):
+            j.iterate(range(3), shard="auto")

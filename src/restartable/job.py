@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
-from . import _lease
+from . import _lease, _shard
 from ._cursor import Cursor, Source, run_chunks, skip
 from ._fingerprint import Fingerprinter, sample_indices
 from ._names import check_name
@@ -103,6 +103,9 @@ class Job:
         from its start, or ``"force"`` resuming at the position anyway.
     :param progress: a progress bar (True), log lines (False), or by terminal (None).
     :param handle_signals: install SIGTERM/SIGINT handlers (main thread only).
+    :param shard: ``"auto"`` (default: inside a Kubernetes Indexed Job, the pod's
+        ``JOB_COMPLETION_INDEX`` of ``$RESTARTABLE_SHARDS``), ``(index, count)``, or None.
+        A shard keeps its own checkpoint, under the run ``<run>.shard-<i>-of-<n>``.
     """
 
     def __init__(
@@ -118,9 +121,15 @@ class Job:
         on_change: OnChange = "refuse",
         progress: bool | None = None,
         handle_signals: bool = True,
+        shard: Any = "auto",
     ) -> None:
         self.name = check_name(name, "job name")
-        self.run = check_name(run if run is not None else os.environ.get("RESTARTABLE_RUN") or "default", "run")
+        base_run = check_name(run if run is not None else os.environ.get("RESTARTABLE_RUN") or "default", "run")
+        #: ``(index, count)`` when this runner is one shard of the run (an Indexed Job's pod), else None.
+        self.shard = _shard.resolve(shard)
+        #: The run this runner's record is stored under: ``<run>.shard-<i>-of-<n>`` for a shard.
+        self.run = check_name(_shard.shard_run(base_run, self.shard) if self.shard else base_run, "run")
+        self.base_run = base_run
         self._store_arg = store
         lease = lease_seconds if lease_seconds is not None else _env_float("RESTARTABLE_LEASE_SECONDS")
         self.lease_seconds = float(lease if lease is not None else DEFAULT_LEASE_SECONDS)
@@ -412,6 +421,7 @@ class Job:
         key: Callable[[Any], Any] | None = None,
         on_change: OnChange | None = None,
         progress: bool | None = None,
+        shard: Any = None,
     ) -> Iterator[Any]:
         """Yield the items of ``iterable`` not yet done in this run, checkpointing as it goes.
 
@@ -422,6 +432,8 @@ class Job:
         items (O(position)). ``key(item)`` gives each item a stable JSON identity for
         the input fingerprint when the items themselves are not JSON values.
         Each call has its own cursor: ``name``, by default its order in the job.
+        ``shard="auto"`` processes only this runner's shard (``Job(shard=...)``): a
+        contiguous block of a sequence, every n-th item of an iterator.
         """
         if self._record is None:
             raise UsageError(f"{self.label} is not started: call iterate inside `with Job(...) as job:`")
@@ -436,6 +448,14 @@ class Job:
                      name if name is not None else str(self._calls))
             self._calls += 1
             return iter(())
+        if shard is not None:
+            chosen = self.shard if shard == "auto" else _shard.resolve(shard)
+            if chosen is None:
+                raise UsageError(f"{self.label}: shard='auto' outside a sharded job: pass Job(shard=(i, n)) "
+                                 "or run as a Kubernetes Indexed Job with RESTARTABLE_SHARDS set")
+            if self.shard is not None and chosen != self.shard:
+                raise UsageError(f"{self.label}: iterate(shard={chosen}) differs from the job's shard {self.shard}")
+            iterable = _shard.slice_for(iterable, chosen)
         source = Source(iterable)
         cursor = self._cursor(name, total=source.length)
         fp = self._check_input(cursor, source, key, on_change or self.on_change)

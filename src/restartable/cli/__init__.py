@@ -20,7 +20,7 @@ from ..entry import report_error
 from ..errors import ConfigError, RunLocked, UsageError
 from ..stores import open_store
 from ..stores.base import Store
-from ._report import iso, lease_state, progress_text, record_json, summarize
+from ._report import group_shards, iso, lease_state, progress_text, record_json, summarize
 
 __all__ = ["main", "run", "cli"]
 
@@ -47,13 +47,16 @@ def cli() -> None:
 @store_option
 @click.option("--job", "job_name", default=None, help="Only this job's runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def status(store_url: str | None, job_name: str | None, as_json: bool) -> None:
+@click.option("--shards", is_flag=True, help="List each shard of a sharded run instead of one line per run.")
+def status(store_url: str | None, job_name: str | None, as_json: bool, shards: bool) -> None:
     """Every run: status, progress, rate, ETA, last update and owner; stale leases flagged."""
     with _open(store_url) as store:
         if job_name is not None:
             check_name(job_name, "job name")
         now = store.now()
         rows = [summarize(rec, store.history(rec.job, rec.run, limit=10), now) for rec in store.list_runs(job_name)]
+        if not shards:
+            rows = group_shards(rows)
         if as_json:
             click.echo(json.dumps({"store": store.display, "runs": [r.to_json() for r in rows]}, indent=2))
             return
@@ -100,42 +103,56 @@ def show(store_url: str | None, job: str, run: str | None, as_json: bool, limit:
     """One run's record and its recent history."""
     check_name(job, "job name")
     with _open(store_url) as store:
+        if run is not None and store.load(job, check_name(run, "run")) is None:
+            from .._shard import parse_shard_run
+
+            shard_runs = [r for r in store.list_runs(job) if (p := parse_shard_run(r.run)) and p[0] == run]
+            if shard_runs:
+                for rec in shard_runs:
+                    _show_one(store, rec, as_json=as_json, limit=limit)
+                return
         run = _pick_run(store, job, run)
         rec = store.load(job, run)
         if rec is None:
             raise UsageError(f"no run {run!r} of job {job!r} in {store.display}")
-        history = store.history(job, run, limit=max(limit, 2))
-        summary = summarize(rec, history, store.now())
-        if as_json:
-            data: dict[str, Any] = record_json(rec)
-            data["summary"] = summary.to_json()
-            data["history"] = [
-                {"at": iso(h.at), "epoch": h.epoch, "status": h.status, "done": h.done, "failed": h.failed}
-                for h in history[:limit]
-            ]
-            click.echo(json.dumps(data, indent=2, ensure_ascii=False))
-            return
-        click.echo(f"job {rec.job}  run {rec.run}  ({store.display})")
-        click.echo(f"  status    {rec.status}   epoch {rec.epoch}")
-        click.echo(f"  progress  {progress_text(summary)}" + (f"   failed {rec.failed:,}" if rec.failed else ""))
-        if summary.rate:
-            click.echo(f"  rate      {summary.rate:,.1f} items/s   ETA {human_duration(summary.eta)}")
-        click.echo(f"  started   {iso(rec.started)}   updated {iso(rec.updated)} ({human_duration(summary.age)} ago)")
-        if rec.owner:
-            click.echo(f"  owner     {rec.owner.describe()}   lease {summary.lease}"
-                       + (f" until {iso(rec.lease_expires)}" if rec.lease_expires else ""))
-        for name, pos in rec.positions.items():
-            total = pos.get("total")
-            extra = {k: v for k, v in pos.items() if k not in ("offset", "finished", "total")}
-            click.echo(f"  iteration {name!r}: {pos.get('offset', 0):,}" + (f"/{total:,}" if total else "")
-                       + ("  finished" if pos.get("finished") else "") + (f"  {extra}" if extra else ""))
-        if rec.state:
-            text = json.dumps(record_json(rec)["state"], ensure_ascii=False)
-            click.echo(f"  state     {text if len(text) <= 200 else text[:197] + '...'}")
-        if history:
-            click.echo("  recent saves (newest first):")
-            for h in history[:limit]:
-                click.echo(f"    {iso(h.at)}  {h.status:<11} {h.done:>12,} done  epoch {h.epoch}")
+        _show_one(store, rec, as_json=as_json, limit=limit)
+
+
+def _show_one(store: Store, rec: Any, *, as_json: bool, limit: int) -> None:
+    """Print one run's record and recent history (text or JSON)."""
+    job, run = rec.job, rec.run
+    history = store.history(job, run, limit=max(limit, 2))
+    summary = summarize(rec, history, store.now())
+    if as_json:
+        data: dict[str, Any] = record_json(rec)
+        data["summary"] = summary.to_json()
+        data["history"] = [
+            {"at": iso(h.at), "epoch": h.epoch, "status": h.status, "done": h.done, "failed": h.failed}
+            for h in history[:limit]
+        ]
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    click.echo(f"job {rec.job}  run {rec.run}  ({store.display})")
+    click.echo(f"  status    {rec.status}   epoch {rec.epoch}")
+    click.echo(f"  progress  {progress_text(summary)}" + (f"   failed {rec.failed:,}" if rec.failed else ""))
+    if summary.rate:
+        click.echo(f"  rate      {summary.rate:,.1f} items/s   ETA {human_duration(summary.eta)}")
+    click.echo(f"  started   {iso(rec.started)}   updated {iso(rec.updated)} ({human_duration(summary.age)} ago)")
+    if rec.owner:
+        click.echo(f"  owner     {rec.owner.describe()}   lease {summary.lease}"
+                   + (f" until {iso(rec.lease_expires)}" if rec.lease_expires else ""))
+    for name, pos in rec.positions.items():
+        total = pos.get("total")
+        extra = {k: v for k, v in pos.items() if k not in ("offset", "finished", "total")}
+        click.echo(f"  iteration {name!r}: {pos.get('offset', 0):,}" + (f"/{total:,}" if total else "")
+                   + ("  finished" if pos.get("finished") else "") + (f"  {extra}" if extra else ""))
+    if rec.state:
+        text = json.dumps(record_json(rec)["state"], ensure_ascii=False)
+        click.echo(f"  state     {text if len(text) <= 200 else text[:197] + '...'}")
+    if history:
+        click.echo("  recent saves (newest first):")
+        for h in history[:limit]:
+            click.echo(f"    {iso(h.at)}  {h.status:<11} {h.done:>12,} done  epoch {h.epoch}")
 
 
 @cli.command()

@@ -97,6 +97,45 @@ def summarize(rec: Checkpoint, history: list[HistoryEntry], now: float) -> RunSu
     )
 
 
+def group_shards(rows: list[RunSummary]) -> list[RunSummary]:
+    """One summary per sharded run (``<run>.shard-<i>-of-<n>``), the others unchanged."""
+    from .._shard import parse_shard_run
+
+    out: list[RunSummary] = []
+    groups: dict[tuple[str, str, int], list[RunSummary]] = {}
+    for r in rows:
+        parsed = parse_shard_run(r.run)
+        if parsed is None:
+            out.append(r)
+        else:
+            groups.setdefault((r.job, parsed[0], parsed[1][1]), []).append(r)
+    for (job, base, n), shards in groups.items():
+        statuses = {s.status for s in shards}
+        if statuses == {"completed"} and len(shards) == n:
+            status = "completed"
+        elif "failed" in statuses:
+            status = "failed"
+        elif "running" in statuses:
+            status = "running"
+        else:
+            status = "interrupted" if statuses - {"completed"} else "running"
+        totals = [s.total for s in shards]
+        rates = [s.rate for s in shards if s.rate]
+        done = sum(s.done for s in shards)
+        total = sum(totals) if len(shards) == n and all(t is not None for t in totals) else None  # type: ignore[misc]
+        rate = sum(rates) if rates else None
+        eta = max((s.eta for s in shards if s.eta is not None), default=None)
+        stale = [s.lease for s in shards if s.lease in ("stale", "dead owner")]
+        out.append(RunSummary(
+            job=job, run=f"{base} [{sum(s.status == 'completed' for s in shards)}/{n} shards done]",
+            status=status, done=done, total=total, rate=rate, eta=eta,
+            updated=max(s.updated for s in shards), age=min(s.age for s in shards),
+            owner=f"{sum(s.lease == 'held' for s in shards)} live shard(s)",
+            lease=stale[0] if stale else ("held" if any(s.lease == "held" for s in shards) else "free"),
+        ))
+    return sorted(out, key=lambda r: (r.job, r.run))
+
+
 def progress_text(s: RunSummary) -> str:
     if s.total:
         return f"{s.done:,}/{s.total:,} ({100.0 * s.done / s.total:.1f}%)"
@@ -123,4 +162,4 @@ def record_json(rec: Checkpoint) -> dict[str, Any]:
     }
 
 
-__all__ = ["RunSummary", "summarize", "progress_text", "record_json", "iso", "human_duration"]
+__all__ = ["RunSummary", "summarize", "group_shards", "progress_text", "record_json", "iso", "human_duration"]
