@@ -320,21 +320,28 @@ class Job:
         return sum(int(p.get("offset", 0)) for p in self._positions().values())
 
     def _positions(self) -> dict[str, dict[str, Any]]:
+        # Cursors not used by this process keep their stored positions; a used cursor
+        # owns its whole position (its extra was loaded from the record).
         positions = dict(self._record.positions) if self._record else {}
         for name, cur in self._cursors.items():
-            merged = dict(positions.get(name, {}))
-            merged.update(cur.as_position())
-            positions[name] = merged
+            positions[name] = cur.as_position()
         return positions
 
-    def on_checkpoint(self, callback: Callable[[], None]) -> None:
+    def on_checkpoint(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback()`` before every checkpoint is written, in the saving thread.
 
         Use it to make output durable before the checkpoint claims it: flush and fsync
         an output file and put its length in ``job.state``; on resume, truncate the file
         to that length and nothing is written twice (``restartable demo`` does this).
+        Returns a function that unregisters the callback.
         """
         self._before_save.append(callback)
+
+        def remove() -> None:
+            if callback in self._before_save:
+                self._before_save.remove(callback)
+
+        return remove
 
     def _save(self, status: str, *, release: bool = False) -> Checkpoint:
         if self._fenced is not None:

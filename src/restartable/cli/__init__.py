@@ -118,6 +118,13 @@ def show(store_url: str | None, job: str, run: str | None, as_json: bool, limit:
         _show_one(store, rec, as_json=as_json, limit=limit)
 
 
+def _short(value: Any, width: int = 160) -> str:
+    from ..checkpoint import encode_value
+
+    text = json.dumps(encode_value(value), ensure_ascii=False)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def _show_one(store: Store, rec: Any, *, as_json: bool, limit: int) -> None:
     """Print one run's record and recent history (text or JSON)."""
     job, run = rec.job, rec.run
@@ -143,9 +150,19 @@ def _show_one(store: Store, rec: Any, *, as_json: bool, limit: int) -> None:
                    + (f" until {iso(rec.lease_expires)}" if rec.lease_expires else ""))
     for name, pos in rec.positions.items():
         total = pos.get("total")
-        extra = {k: v for k, v in pos.items() if k not in ("offset", "finished", "total")}
         click.echo(f"  iteration {name!r}: {pos.get('offset', 0):,}" + (f"/{total:,}" if total else "")
-                   + ("  finished" if pos.get("finished") else "") + (f"  {extra}" if extra else ""))
+                   + ("  finished" if pos.get("finished") else ""))
+        for key, value in pos.items():
+            if key in ("offset", "finished", "total") or value in (None, [], {}):
+                continue
+            if isinstance(value, dict):  # e.g. dead letters or failed files: one per line
+                click.echo(f"    {key} ({len(value)}):")
+                for k, v in list(value.items())[:20]:
+                    click.echo(f"      {k}: {_short(v)}")
+                if len(value) > 20:
+                    click.echo(f"      ... {len(value) - 20} more (--json shows all)")
+            else:
+                click.echo(f"    {key}: {_short(value)}")
     if rec.state:
         text = json.dumps(record_json(rec)["state"], ensure_ascii=False)
         click.echo(f"  state     {text if len(text) <= 200 else text[:197] + '...'}")
