@@ -66,15 +66,15 @@ def transaction(job: Job) -> Any:
     store, a ``sqlite3.Connection`` for a SQLite store.
     """
     run = active_batch(job)
+    if run is not None and run.committed:
+        raise UsageError(
+            f"{job.label}: this batch was already committed by a job.transaction(); use one transaction per "
+            "batch (a second one could be redone after a crash without the first)"
+        )
     if run is None or run.pending is None:
         raise UsageError(
             f"{job.label}: job.transaction() belongs inside `for batch in job.batches(...)`: it commits your "
             "writes together with the position after the batch in flight"
-        )
-    if run.committed:
-        raise UsageError(
-            f"{job.label}: this batch was already committed by a job.transaction(); use one transaction per "
-            "batch (a second one could be redone after a crash without the first)"
         )
     store = job.store
     if isinstance(store, PostgresStore):
