@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from procs import clean_env, local_store_url
 
-from restartable import DataError, Job, PermissionDenied, SkipBudgetExceeded, UsageError
+from restartable import DataError, Job, SkipBudgetExceeded, UsageError
 from restartable.sources.files import FileItem, resolve
 from restartable.stores import open_store
 
@@ -58,7 +57,8 @@ def test_yields_sorted_files_and_outputs_atomically(tmp_path, url):
             seen.append(f.key)
             with f, j.output(tmp_path / "out" / f.name) as tmp:
                 assert tmp.parent == tmp_path / "out" and tmp.name.startswith(".")
-                tmp.write_text(open(f).read().upper())  # the handle is a path
+                with open(f) as src:  # the handle is a path
+                    tmp.write_text(src.read().upper())
     assert seen == [f"part-{i:03d}.csv" for i in range(5)]
     assert sorted(os.listdir(tmp_path / "out")) == seen  # no temp left behind
     assert (tmp_path / "out" / "part-002.csv").read_text() == "ID,VALUE\n2,14\n"
@@ -87,11 +87,10 @@ def test_recursive_glob_keys_are_relative(tmp_path):
 def test_a_file_is_done_when_the_loop_moves_on(tmp_path, url):
     make_inputs(tmp_path / "in", 6)
     pattern = tmp_path / "in" / "*.csv"
-    with pytest.raises(RuntimeError):
-        with job(url) as j:
-            for f in j.files(pattern):
-                if f.name == "part-003.csv":
-                    raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), job(url) as j:
+        for f in j.files(pattern):
+            if f.name == "part-003.csv":
+                raise RuntimeError("boom")
     with open_store(url) as s:
         assert sorted(s.markers("files", "default", "0")) == ["part-000.csv", "part-001.csv", "part-002.csv"]
         assert s.load("files", "default").status == "failed"
@@ -128,12 +127,11 @@ def test_every_checkpoints_by_count(tmp_path, url):
 
 def _fail_at(url: str, pattern: Path, name: str, **kw) -> list[str]:
     seen = []
-    with pytest.raises(RuntimeError):
-        with job(url) as j:
-            for f in j.files(pattern, **kw):
-                seen.append(f.name)
-                if f.name == name:
-                    raise RuntimeError("stop here")
+    with pytest.raises(RuntimeError), job(url) as j:
+        for f in j.files(pattern, **kw):
+            seen.append(f.name)
+            if f.name == name:
+                raise RuntimeError("stop here")
     return seen
 
 
@@ -187,12 +185,11 @@ def test_retries_yield_the_same_file_again(tmp_path, url):
 def test_backoff_doubles(tmp_path, url):
     make_inputs(tmp_path / "in", 1)
     stamps = []
-    with pytest.raises(ValueError) as info:
-        with job(url) as j:
-            for f in j.files(tmp_path / "in", attempts=3, backoff=0.05):
-                with f:
-                    stamps.append(time.monotonic())
-                    raise ValueError("always")
+    with pytest.raises(ValueError) as info, job(url) as j:
+        for f in j.files(tmp_path / "in", attempts=3, backoff=0.05):
+            with f:
+                stamps.append(time.monotonic())
+                raise ValueError("always")
     assert len(stamps) == 3
     assert stamps[1] - stamps[0] >= 0.05 and stamps[2] - stamps[1] >= 0.1
     assert any("failed after 3 attempt(s)" in n for n in info.value.__notes__)
@@ -203,10 +200,9 @@ def test_backoff_doubles(tmp_path, url):
 
 def test_plain_use_without_with_propagates(tmp_path, url):
     make_inputs(tmp_path / "in", 2)
-    with pytest.raises(KeyError):
-        with job(url) as j:
-            for f in j.files(tmp_path / "in", attempts=5):
-                raise KeyError(f.name)
+    with pytest.raises(KeyError), job(url) as j:
+        for f in j.files(tmp_path / "in", attempts=5):
+            raise KeyError(f.name)
     with open_store(url) as s:
         assert s.markers("files", "default", "0") == {}
 
@@ -232,13 +228,12 @@ def test_skip_records_failed_files_and_goes_on(tmp_path, url):
 def test_skip_budget_exceeded_fails_with_65(tmp_path, url):
     make_inputs(tmp_path / "in", 6)
     seen = []
-    with pytest.raises(SkipBudgetExceeded) as info:
-        with job(url) as j:
-            for f in j.files(tmp_path / "in", on_error="skip", skip_budget=2):
-                with f:
-                    seen.append(f.name)
-                    if f.name != "part-000.csv":
-                        raise ValueError("bad")
+    with pytest.raises(SkipBudgetExceeded) as info, job(url) as j:
+        for f in j.files(tmp_path / "in", on_error="skip", skip_budget=2):
+            with f:
+                seen.append(f.name)
+                if f.name != "part-000.csv":
+                    raise ValueError("bad")
     assert info.value.exit_code == 65
     assert "more than the skip budget of 2" in str(info.value)
     assert seen == ["part-000.csv", "part-001.csv", "part-002.csv", "part-003.csv"]
@@ -250,14 +245,13 @@ def test_skip_budget_exceeded_fails_with_65(tmp_path, url):
 
 def test_failed_files_are_retried_by_a_rerun(tmp_path, url):
     make_inputs(tmp_path / "in", 3)
-    with pytest.raises(RuntimeError):
-        with job(url) as j:
-            for f in j.files(tmp_path / "in", on_error="skip"):
-                with f:
-                    if f.name == "part-000.csv":
-                        raise ValueError("bad")
-                if f.name == "part-002.csv":
-                    raise RuntimeError("crash before the end")
+    with pytest.raises(RuntimeError), job(url) as j:
+        for f in j.files(tmp_path / "in", on_error="skip"):
+            with f:
+                if f.name == "part-000.csv":
+                    raise ValueError("bad")
+            if f.name == "part-002.csv":
+                raise RuntimeError("crash before the end")
     with job(url) as j:
         again = [f.name for f in j.files(tmp_path / "in", on_error="skip")]
     assert again == ["part-000.csv", "part-002.csv"]
@@ -267,12 +261,11 @@ def test_failed_files_are_retried_by_a_rerun(tmp_path, url):
 
 def test_interrupt_during_backoff_does_not_mark(tmp_path, url):
     make_inputs(tmp_path / "in", 2)
-    with pytest.raises(SystemExit) as info:
-        with job(url) as j:
-            for f in j.files(tmp_path / "in", attempts=3, backoff=5):
-                with f:
-                    j._on_signal(signal.SIGTERM)  # as the handler would
-                    raise OSError("flaky")
+    with pytest.raises(SystemExit) as info, job(url) as j:
+        for f in j.files(tmp_path / "in", attempts=3, backoff=5):
+            with f:
+                j._on_signal(signal.SIGTERM)  # as the handler would
+                raise OSError("flaky")
     assert info.value.code == 143
     with open_store(url) as s:
         assert s.markers("files", "default", "0") == {}
@@ -312,16 +305,14 @@ def test_marker_dir_recheck_uses_mtimes(tmp_path, url):
 def test_output_exception_leaves_nothing(tmp_path, url):
     dest = tmp_path / "out" / "result.csv"
     with job(url) as j:
-        with pytest.raises(ZeroDivisionError):
-            with j.output(dest) as tmp:
-                tmp.write_text("half")
-                1 / 0
+        with pytest.raises(ZeroDivisionError), j.output(dest) as tmp:
+            tmp.write_text("half")
+            raise ZeroDivisionError
         assert not dest.exists() and os.listdir(tmp_path / "out") == []
         dest.write_text("old")
-        with pytest.raises(ZeroDivisionError):
-            with j.output(dest) as tmp:
-                tmp.write_text("new")
-                1 / 0
+        with pytest.raises(ZeroDivisionError), j.output(dest) as tmp:
+            tmp.write_text("new")
+            raise ZeroDivisionError
         assert dest.read_text() == "old"
         with j.output(dest) as tmp:
             tmp.write_text("new")
@@ -329,10 +320,8 @@ def test_output_exception_leaves_nothing(tmp_path, url):
 
 
 def test_output_block_that_writes_nothing(tmp_path, url):
-    with job(url) as j:
-        with pytest.raises(UsageError, match="wrote nothing"):
-            with j.output(tmp_path / "x.csv"):
-                pass
+    with job(url) as j, pytest.raises(UsageError, match="wrote nothing"), j.output(tmp_path / "x.csv"):
+        pass
 
 
 def test_output_survives_sigkill_as_old_or_new(tmp_path):
@@ -379,12 +368,11 @@ def test_glob_matching_nothing(tmp_path, url):
 def test_empty_match_after_files_were_done_is_fine(tmp_path, url):
     """A job that moves its inputs away once done: a resume sees no file, which is not an error."""
     files = make_inputs(tmp_path / "in", 3)
-    with pytest.raises(RuntimeError):
-        with job(url) as j:
-            for f in j.files(tmp_path / "in" / "*.csv"):
-                if f.name == "part-002.csv":
-                    raise RuntimeError
-                os.rename(f, tmp_path / f.name)
+    with pytest.raises(RuntimeError), job(url) as j:
+        for f in j.files(tmp_path / "in" / "*.csv"):
+            if f.name == "part-002.csv":
+                raise RuntimeError
+            os.rename(f, tmp_path / f.name)
     files[2].unlink()
     with job(url) as j:
         assert list(j.files(tmp_path / "in" / "*.csv")) == []
@@ -433,7 +421,7 @@ except RestartableError as exc:
 
 def run_as_nobody(cfg: dict) -> str:
     proc = subprocess.run([sys.executable, "-c", AS_NOBODY, json.dumps(cfg)], capture_output=True, text=True,
-                          env=clean_env(), cwd="/", timeout=60)
+                          env=clean_env(), cwd="/", timeout=60, check=False)
     return proc.stdout + proc.stderr
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -11,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from procs import clean_env, local_store_url
 
 from restartable import StateNotSerializable, UsageError

@@ -52,16 +52,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Self
 
-from ..checkpoint import RUNNING
 from ..errors import DataError, PermissionDenied, SkipBudgetExceeded, UsageError
 from ..stores._localfs import FILE_MODE, fsync_dir
 
 if TYPE_CHECKING:
     from ..job import Job
 
-__all__ = ["iterate_files", "atomic_output", "FileItem", "FileSet", "Entry", "commit_output", "temp_path_for"]
+__all__ = ["Entry", "FileItem", "FileSet", "atomic_output", "commit_output", "iterate_files", "temp_path_for"]
 
 log = logging.getLogger("restartable")
 
@@ -332,7 +331,7 @@ class FileItem:
     last attempt's exception, if any).
     """
 
-    __slots__ = ("path", "key", "attempt", "error", "_str", "_loop", "_state")
+    __slots__ = ("_loop", "_state", "_str", "attempt", "error", "key", "path")
 
     def __init__(self, entry: Entry, loop: _FileLoop) -> None:
         self._str = entry.path
@@ -370,7 +369,7 @@ class FileItem:
     def __hash__(self) -> int:
         return hash(self._str)
 
-    def __enter__(self) -> FileItem:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:

@@ -52,7 +52,7 @@ from ..checkpoint import INTERRUPTED, RUNNING, Checkpoint, dumps
 from ..errors import DataError, UsageError
 from ..job import Job
 
-__all__ = ["Pipeline", "StageJob", "StagesChanged", "describe_stages", "PIPELINE_CURSOR"]
+__all__ = ["PIPELINE_CURSOR", "Pipeline", "StageJob", "StagesChanged", "describe_stages"]
 
 log = logging.getLogger("restartable")
 
