@@ -573,3 +573,58 @@ def test_a_regular_file_is_not_a_store_directory(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(ConfigError, match="not a directory"):
         open_store(f"file://{tmp_path}/f")
+
+
+def test_saves_recycle_the_rotated_out_file_but_never_a_hard_linked_one(store, root):
+    rec = _two_generations(store)
+    current, prev = root / "job" / "r1.ckpt", root / "job" / "r1.ckpt.prev"
+    inodes = {current.stat().st_ino, prev.stat().st_ino}
+    for i in range(4):
+        rec = store.save(rec.replace(done=10 + i), lease_seconds=30)
+    assert {current.stat().st_ino, prev.stat().st_ino} == inodes  # no file created or freed
+    # A backup made with hard links (cp -al, rsnapshot) must never change under it.
+    backup = root / "backup.prev"
+    os.link(prev, backup)
+    before = backup.read_bytes()
+    rec = store.save(rec.replace(done=20), lease_seconds=30)
+    assert backup.read_bytes() == before
+    assert store.load("job", "r1").done == 20
+    rec = store.save(rec.replace(done=21), lease_seconds=30)
+    assert backup.read_bytes() == before and store.load("job", "r1").done == 21
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from restartable.checkpoint import Owner
+    from restartable.stores import open_store
+    s = open_store(sys.argv[1])
+    rec = s.load("job", "k")
+    print("ready", flush=True)
+    deadline = time.monotonic() + float(sys.argv[2])
+    while time.monotonic() < deadline:
+        rec = s.save(rec.replace(done=rec.done + 1, state={"i": rec.done + 1}), lease_seconds=60)
+    """
+)
+
+
+def test_readers_racing_a_writer_never_see_damage(root, caplog):
+    url = f"file://{root}"
+    with open_store(url) as s:
+        s.save(s.acquire("job", "k", owner=ME, lease_seconds=60), lease_seconds=60)
+    caplog.set_level(logging.WARNING, logger="restartable")
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, url, "1.5"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        reader, last, reads = FileStore(root), 0, 0
+        while writer.poll() is None:
+            rec = reader.load("job", "k")
+            assert rec.state.get("i", 0) == rec.done >= last
+            last, reads = rec.done, reads + 1
+            assert len(reader.history("job", "k", limit=2)) >= 1
+            assert [r.run for r in reader.list_runs("job")] == ["k"]
+    finally:
+        writer.wait(30)
+        writer.stdout.close()
+    assert writer.returncode == 0 and reads > 10 and last > 0
+    assert _warnings(caplog) == []
