@@ -39,6 +39,7 @@ The contract:
 from __future__ import annotations
 
 import logging
+import select
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -95,7 +96,9 @@ def _postgres(job: Job, run: _Run, store: PostgresStore) -> Iterator[Any]:
     if job._fenced is not None:
         raise job._fenced
     conn = run.resources.get("postgres-transaction")
-    if conn is None or conn.closed or conn.broken:
+    if conn is None or not _usable(conn):
+        if conn is not None:
+            conn.close()
         conn = store._connect()  # rides out a restart within the store's retry budget
         run.resources["postgres-transaction"] = conn
     what = f"{job.label}: the transaction of batch after {_key_text(run)} on {store.display}"
@@ -220,6 +223,22 @@ def _adopt(job: Job, run: _Run, saved: Checkpoint) -> None:
 def _fence(job: Job, exc: Fenced) -> None:
     job._fenced = exc
     log.error("%s", exc)
+
+
+def _usable(conn: Any) -> bool:
+    """False when the idle connection is known lost, or the server said something unasked.
+
+    An idle connection has nothing to read, unless the server ended it (a restart sends
+    "terminating connection" and closes): one poll, no round trip, saves handing the
+    caller a dead connection that would fail the batch after a restart between batches.
+    """
+    if conn.closed or conn.broken:
+        return False
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
 
 
 def _rollback(conn: Any) -> None:
