@@ -142,13 +142,6 @@ def test_second_sigterm_during_the_save_exits_at_once(spawn: Spawner, tmp_path: 
     assert len(done) - cfg["n"] <= 5, "more than `every` items redone"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a signal that lands during a periodic checkpoint save (at a chunk boundary, no item in "
-    "flight) is only noticed at the NEXT boundary: Cursor.stop_soon is a no-op while cursor.chunk is None "
-    "and _LoopHooks.boundary checks job._signal before the save, not after, so a whole further chunk "
-    "(here 1000 items) is handed out after the signal",
-)
 def test_signal_during_a_periodic_save_hands_out_no_further_item(spawn: Spawner, tmp_path: Path) -> None:
     url = local_store_url("sqlite", tmp_path)
     log = tmp_path / "items.log"

@@ -98,6 +98,7 @@ class Cursor:
         self.started = False
         self.chunk: Iterator[Any] | None = None  # the built-in iterator being yielded from
         self.stop_index: int | None = None  # set by a signal: how many chunk items were handed out
+        self.stop_pending = False  # a signal came between chunks: hand out nothing more
 
     def position(self) -> int:
         """Items done: the item in flight (handed out, loop not yet back) is not done."""
@@ -114,7 +115,10 @@ class Cursor:
     def stop_soon(self) -> None:
         """End the current chunk after the item in flight (signal-handler safe)."""
         chunk = self.chunk
-        if chunk is None or self.stop_index is not None:
+        if chunk is None:
+            self.stop_pending = True  # between chunks: the next chunk hands out nothing
+            return
+        if self.stop_index is not None:
             return
         red = chunk.__reduce__()
         if len(red) < 3:
@@ -161,6 +165,9 @@ def run_chunks(
             it = iter(chunk)
             cursor.stop_index = None
             cursor.chunk = it
+            if cursor.stop_pending:  # a signal arrived at the boundary: nothing more goes out
+                cursor.stop_index = 0
+                it.__setstate__(1 << 62)  # type: ignore[attr-defined]
             yield from it
             # The loop came back for the item after the chunk's last one: all of it is done,
             # unless a signal ended the chunk early.

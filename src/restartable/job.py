@@ -601,17 +601,21 @@ class _LoopHooks:
         if job._fenced is not None:
             raise job._fenced
         self.shown.update(cur.offset)
-        if job._signal is not None:
-            job._save(INTERRUPTED, release=True)
-            self.shown.stop(cur.offset)
-            raise job._interrupted()
         now = time.monotonic()
-        if count_due or (self.seconds is not None and now - self.last_save >= self.seconds):
+        if job._signal is None and (count_due or (self.seconds is not None and now - self.last_save >= self.seconds)):
             if self.fp is not None:
                 job._fingerprints[cur.name] = self.fp.result()
             job._save(RUNNING)
             self.last_save = now
             self.shown.checkpointed(cur.name, cur.offset, cur.total)
+        # Checked after the periodic save too: a signal that arrived during it must stop
+        # the loop now, not a chunk later.
+        if job._signal is not None:
+            if self.fp is not None:
+                job._fingerprints[cur.name] = self.fp.result()
+            job._save(INTERRUPTED, release=True)
+            self.shown.stop(cur.offset)
+            raise job._interrupted()
 
     def end(self, cur: Cursor) -> None:
         cur.finished = True
