@@ -405,9 +405,11 @@ class FileStore(Store):
 
     # -- writing -------------------------------------------------------------------
 
-    def _write(self, p: _Paths, rec: Checkpoint, history: list[str], *, rotate: bool) -> None:
-        """Write ``rec`` as the new current generation; ``rotate`` keeps the old one as .prev."""
-        body = ('{"history":[' + ",".join(history) + '],"record":' + encode_record(rec) + "}\n").encode()
+    def _write(self, p: _Paths, rec: Checkpoint, history: list[str], *, rotate: bool, text: str | None = None) -> None:
+        """Write ``rec`` (whose JSON is ``text`` when given) as the new current generation;
+        ``rotate`` keeps the old one as .prev."""
+        text = encode_record(rec) if text is None else text
+        body = ('{"history":[' + ",".join(history) + '],"record":' + text + "}\n").encode()
         sha = hashlib.sha256(body).hexdigest()
         head = f'{{"format":"{FILE_FORMAT}","version":{FILE_VERSION},"epoch":{rec.epoch},"sha256":"{sha}"}}\n'
         data = head.encode() + body
@@ -521,13 +523,17 @@ class FileStore(Store):
             return rec
 
     def save(self, record: Checkpoint, *, lease_seconds: float | None) -> Checkpoint:
+        # Stamped and encoded before the flock is taken: other processes wait for our file
+        # operations only, not for our JSON encoding.
+        now = self.now()
+        rec = record.replace(
+            updated=now, heartbeat=now, lease_expires=None if lease_seconds is None else now + lease_seconds
+        )
+        text = encode_record(rec)
         with self._flocked(record.job, record.run) as p:
             gen = self._held(record.job, record.run, record.epoch, self._current(record.job, record.run, p))
-            now = self.now()
-            rec = record.replace(
-                updated=now, heartbeat=now, lease_expires=None if lease_seconds is None else now + lease_seconds
-            )
-            self._write(p, rec, [_entry_json(rec), *gen.history[: HISTORY_LIMIT - 1]], rotate=gen.is_current)
+            history = [_entry_json(rec), *gen.history[: HISTORY_LIMIT - 1]]
+            self._write(p, rec, history, rotate=gen.is_current, text=text)
             return rec
 
     def renew(self, job: str, run: str, *, epoch: int, lease_seconds: float) -> float:

@@ -304,6 +304,23 @@ class SQLiteStore(Store):
         if n % _PRUNE_EVERY == 0:
             conn.execute(_PRUNE_HISTORY, (rec.job, rec.run, HISTORY_LIMIT))
 
+    def _stamped(self, record: Checkpoint, now: float, lease_seconds: float | None) -> tuple[Checkpoint, str]:
+        """``record`` as :meth:`save` stores it, and its JSON text."""
+        rec = record.replace(
+            updated=now, heartbeat=now, lease_expires=None if lease_seconds is None else now + lease_seconds
+        )
+        return rec, encode_record(rec)
+
+    def _cas_in(self, conn: sqlite3.Connection, rec: Checkpoint, text: str) -> None:
+        """The compare-and-set statements of a save: UPDATE on the epoch, then the history row."""
+        cur = conn.execute(
+            _UPDATE_RUN,
+            (rec.epoch, rec.status, rec.lease_expires, rec.heartbeat, rec.updated, text, rec.job, rec.run, rec.epoch),
+        )
+        if cur.rowcount == 0:
+            raise self._fenced(rec.job, rec.run, rec.epoch, self._stored_epoch(conn, rec.job, rec.run))
+        self._history_in(conn, rec)
+
     def _save_in(
         self, conn: sqlite3.Connection, record: Checkpoint, now: float, lease_seconds: float | None
     ) -> Checkpoint:
@@ -312,17 +329,8 @@ class SQLiteStore(Store):
         Raises Fenced when the stored epoch differs; the caller must then roll back
         (``_write`` and :meth:`transaction` do).
         """
-        rec = record.replace(
-            updated=now, heartbeat=now, lease_expires=None if lease_seconds is None else now + lease_seconds
-        )
-        text = encode_record(rec)
-        cur = conn.execute(
-            _UPDATE_RUN,
-            (rec.epoch, rec.status, rec.lease_expires, now, now, text, rec.job, rec.run, rec.epoch),
-        )
-        if cur.rowcount == 0:
-            raise self._fenced(rec.job, rec.run, rec.epoch, self._stored_epoch(conn, rec.job, rec.run))
-        self._history_in(conn, rec)
+        rec, text = self._stamped(record, now, lease_seconds)
+        self._cas_in(conn, rec, text)
         return rec
 
     # -- the contract ------------------------------------------------------------
@@ -406,16 +414,20 @@ class SQLiteStore(Store):
             return rec
 
     def save(self, record: Checkpoint, *, lease_seconds: float | None) -> Checkpoint:
+        # Stamped and encoded before the write lock is taken, so that other processes wait
+        # for our statements only, not for our JSON encoding.
+        rec, text = self._stamped(record, self.now(), lease_seconds)
         # The hot path: _write and _errors spelled out inline (two generator context
         # managers cost more than the statements' own Python overhead).
         with self._lock:
             try:
                 conn = self._c
                 if conn.in_transaction:  # inside transaction(): join it
-                    return self._save_in(conn, record, self.now(), lease_seconds)
+                    self._cas_in(conn, rec, text)
+                    return rec
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    rec = self._save_in(conn, record, self.now(), lease_seconds)
+                    self._cas_in(conn, rec, text)
                     conn.execute("COMMIT")
                 except BaseException:
                     _rollback(conn)
