@@ -24,13 +24,16 @@ then the body ``{"history":[...],"record":{...}}`` (the record as
 :func:`encode_record` writes it; history newest first, capped to HISTORY_LIMIT).
 
 A save takes ``flock(LOCK_EX)`` on the lock file for the whole read-check-write (the
-cross-process compare-and-set), compares the epoch in the current header, writes a
-temp file in the same directory and fsyncs it, renames current to ``.prev`` and the
-temp file to current, and fsyncs the directory. A crash between the two renames
-leaves only ``.prev``: the newest complete generation, loaded without a warning.
-A damaged current generation (torn, empty, bad checksum, bad header, another
-format version) falls back to ``.prev`` with a warning on the "restartable" logger;
-with both damaged, :class:`CheckpointCorrupt` names both files and the fix.
+cross-process compare-and-set), checks that the current file is the one this store
+last wrote (else reads it and compares its epoch), writes a temp file in the same
+directory and fsyncs it, renames current to ``.prev`` and the temp file to current,
+and fsyncs the directory. The temp file is the old ``.prev`` renamed aside and
+refilled, so a save neither allocates nor frees an inode (see ``_recycle``). A crash
+between the two renames leaves only ``.prev``: the newest complete generation,
+loaded without a warning. A damaged current generation (torn, empty, bad checksum,
+bad header, another format version) falls back to ``.prev`` with a warning on the
+"restartable" logger; with both damaged, :class:`CheckpointCorrupt` names both files
+and the fix. Reads take no lock unless something looks odd (see ``_read_unlocked``).
 """
 
 from __future__ import annotations
