@@ -21,9 +21,9 @@ from restartable.sources.batches import iterate_batches
 from restartable.sources.sqlite import SQLiteTable
 
 psycopg = pytest.importorskip("psycopg")
-from psycopg import sql  # noqa: E402
+from psycopg import sql
 
-from restartable.sources.postgres import PostgresTable  # noqa: E402
+from restartable.sources.postgres import PostgresTable
 
 
 @pytest.fixture
@@ -134,7 +134,7 @@ def test_composite_key_with_a_non_unique_first_column(pg):
     [
         ("bigint", lambda i: 10**12 + i, int),
         ("text", lambda i: f"name-{i:04d}", str),
-        ("timestamptz", lambda i: dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(minutes=i),
+        ("timestamptz", lambda i: dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=i),
          dt.datetime),
         ("timestamp", lambda i: dt.datetime(2026, 1, 1) + dt.timedelta(seconds=i), dt.datetime),
         ("numeric(12,3)", lambda i: Decimal(i) / 8, Decimal),
@@ -184,9 +184,8 @@ def test_tuple_rows_and_where_params(pg):
 
 
 def _refusal(pg, name="t", **kw) -> str:
-    with pg.job(f"r{uuid.uuid4().hex[:6]}") as job:
-        with pytest.raises(UsageError) as info:
-            next(job.batches(pg.table(name, **kw)))
+    with pg.job(f"r{uuid.uuid4().hex[:6]}") as job, pytest.raises(UsageError) as info:
+        next(job.batches(pg.table(name, **kw)))
     return str(info.value)
 
 
@@ -218,18 +217,16 @@ def test_refuses_unknown_columns_and_tables(pg):
     assert "no column 'nope'" in _refusal(pg, columns=["nope"])
     assert "no column 'k'" in _refusal(pg, key="k")
     assert "no such table" in _refusal(pg, name="missing")
-    with pg.job() as job:
-        with pytest.raises(UsageError, match="pass schema="):
-            next(job.batches(PostgresTable(pg.url, f"{pg.schema}.t")))
+    with pg.job() as job, pytest.raises(UsageError, match="pass schema="):
+        next(job.batches(PostgresTable(pg.url, f"{pg.schema}.t")))
     pg.run("CREATE VIEW {s}.v AS SELECT * FROM {s}.t")
     assert "is not a table" in _refusal(pg, name="v")
     with pytest.raises(UsageError, match="identifier"):
         PostgresTable(pg.url, "x" * 64)
     with pytest.raises(UsageError, match="batch_size"):
         PostgresTable(pg.url, "t", batch_size=0)
-    with pg.job() as job:
-        with pytest.raises(UsageError, match="check where"):
-            next(job.batches(pg.table("t", where="no_such_col = 1")))
+    with pg.job() as job, pytest.raises(UsageError, match="check where"):
+        next(job.batches(pg.table("t", where="no_such_col = 1")))
 
 
 @pytest.mark.parametrize("name", ['t; DROP TABLE victim; --', 'x" OR 1=1 --', "t')) UNION SELECT 1 --", "Robert'); DROP TABLE victim;--"])
@@ -261,9 +258,8 @@ def test_a_resume_with_another_key_is_refused(pg):
         next(it)
         next(it)
         it.close()
-    with pg.job() as job:
-        with pytest.raises(UsageError, match="keyed on"):
-            job.batches(pg.table("t", key=("a", "b")))
+    with pg.job() as job, pytest.raises(UsageError, match="keyed on"):
+        job.batches(pg.table("t", key=("a", "b")))
 
 
 # -- the plan and the memory ----------------------------------------------------------------
@@ -370,3 +366,20 @@ def test_sqlite_refusals(lite):
         got = [r["id"] for b in job.batches(SQLiteTable(lite.path, 'x"; DROP TABLE t; --'), name="5") for r in b]
         assert got == [1, 2]
     assert lite.conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+
+
+def test_a_connection_passed_in_is_used_and_left_idle(pg):
+    pg.run("CREATE TABLE {s}.t (id int PRIMARY KEY)")
+    pg.run("INSERT INTO {s}.t SELECT generate_series(1, 25)")
+    conn = psycopg.connect(pg.url)  # not autocommit: each batch's read transaction must end at once
+    try:
+        with pg.job() as job:
+            for batch in job.batches(PostgresTable(conn, "t", schema=pg.schema, batch_size=10)):
+                assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+                assert batch
+        assert job.completed and job.record.done == 25
+        assert not conn.closed  # ours to close, not the source's
+    finally:
+        conn.close()
+    with pg.job("lost") as job, pytest.raises(Exception, match="cannot reconnect"):
+        next(job.batches(PostgresTable(conn, "t", schema=pg.schema)))

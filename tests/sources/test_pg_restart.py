@@ -14,15 +14,15 @@ import pytest
 
 pytest.importorskip("psycopg")
 
-import psycopg  # noqa: E402
-import pgserver  # noqa: E402
-from pgserver import PgServer  # noqa: E402
+import pgserver
+import psycopg
+from pgserver import PgServer
 
-from restartable import Job  # noqa: E402
-from restartable.checkpoint import COMPLETED  # noqa: E402
-from restartable.errors import StoreUnavailable, TemporaryError  # noqa: E402
-from restartable.sources.postgres import PostgresTable  # noqa: E402
-from restartable.stores import open_store  # noqa: E402
+from restartable import Job
+from restartable.checkpoint import COMPLETED
+from restartable.errors import StoreUnavailable, TemporaryError
+from restartable.sources.postgres import PostgresTable
+from restartable.stores import open_store
 
 private_postgres = pgserver.private_postgres  # a fixture: a private server of the test's own
 
@@ -110,9 +110,9 @@ def test_a_long_outage_fails_with_75_and_the_checkpoint_stands(private_postgres:
             private_postgres.stop()
 
     t0 = time.monotonic()
-    with pytest.raises(StoreUnavailable) as info:
-        with Job("outage", store=store_url, progress=False, lease_seconds=2) as job:
-            _copy(job, PostgresTable(url, "src", batch_size=BATCH, retry=2), on_batch=stop_after_20)
+    with pytest.raises(StoreUnavailable) as info, \
+            Job("outage", store=store_url, progress=False, lease_seconds=2) as job:
+        _copy(job, PostgresTable(url, "src", batch_size=BATCH, retry=2), on_batch=stop_after_20)
     assert info.value.exit_code == 75
     assert time.monotonic() - t0 < 30  # the retry budgets, not forever
     private_postgres.start()

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from .._cursor import Cursor
     from ..job import Job, _LoopHooks
 
-__all__ = ["BatchSource", "Batch", "iterate_batches", "active_batch"]
+__all__ = ["Batch", "BatchSource", "active_batch", "iterate_batches"]
 
 log = logging.getLogger("restartable")
 
@@ -189,7 +189,11 @@ def _drive(
     job: Job, source: BatchSource, cursor: Cursor, *, every: int, seconds: float | None, progress: bool | None
 ) -> Iterator[list[Any]]:
     # Opened here, not in iterate_batches: a generator never started must hold nothing.
-    source.open()
+    try:
+        source.open()
+    except BaseException:
+        source.close()  # a refusal after connecting must not leave the connection behind
+        raise
     hooks = job._loop_hooks(seconds=seconds, progress=progress)
     run = _Run(job=job, source=source, cursor=cursor, hooks=hooks)
     runs = _RUNS.setdefault(job, [])

@@ -48,7 +48,13 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._url import parse_duration, parse_store_url, redact
-from ..errors import ConfigError, MissingDriver, PermissionDenied, StoreUnavailable, UsageError
+from ..errors import (
+    ConfigError,
+    MissingDriver,
+    PermissionDenied,
+    StoreUnavailable,
+    UsageError,
+)
 from ..stores._retry import DEFAULT_RETRY_SECONDS, call_with_retry
 from ..stores.postgres import _AUTH_FAILURES, _CONFIG_FAILURES, _scrub, _secrets_of
 from .batches import Batch
@@ -158,7 +164,11 @@ class PostgresTable:
         elif isinstance(url_or_conn, self._pg.Connection):
             self._owns = False
             self._given = url_or_conn
-            self._conninfo, self._display = "", f"postgresql connection to {url_or_conn.info.dbname!r}"
+            try:
+                self._display = f"a psycopg connection to {url_or_conn.info.dbname!r}"
+            except self._pg.Error:  # already closed: fails at open(), with the fix
+                self._display = "a psycopg connection"
+            self._conninfo = ""
             self._secrets = ()
         else:
             raise UsageError(f"PostgresTable needs a postgresql:// URL or a psycopg connection, not "
@@ -340,7 +350,7 @@ class PostgresTable:
         try:
             self._conn = pg.connect(self._conninfo, autocommit=True, **extra)
         except pg.Error as exc:
-            raise self._translate(exc, "connecting", connecting=True) from None
+            raise self._translate(exc, "connecting", connecting=True)
         return self._conn
 
     def _run(self, what: str, fn: Any) -> Any:
@@ -366,7 +376,7 @@ class PostgresTable:
                             f"{self.describe}: {what} lost the connection passed in ({self._scrub(exc)}); "
                             "pass a postgresql:// URL so that PostgresTable can reconnect"
                         ) from None
-                raise self._translate(exc, what) from None
+                raise self._translate(exc, what)
 
         return call_with_retry(attempt, seconds=self.retry_seconds, transient=transient, display=self._display,
                                what=f"{what} of {self._name}")
