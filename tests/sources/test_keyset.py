@@ -383,3 +383,33 @@ def test_a_connection_passed_in_is_used_and_left_idle(pg):
         conn.close()
     with pg.job("lost") as job, pytest.raises(Exception, match="cannot reconnect"):
         next(job.batches(PostgresTable(conn, "t", schema=pg.schema)))
+
+
+def test_sigterm_finishes_the_batch_in_flight_then_stops(lite):
+    import os
+    import signal
+
+    from restartable.errors import Interrupted
+
+    lite.conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER NOT NULL)")
+    lite.conn.execute("CREATE TABLE out (id INTEGER)")
+    lite.conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, i) for i in range(1, 101)])
+    done = []
+    with pytest.raises(Interrupted), lite.job() as job:
+        for batch in job.batches(SQLiteTable(lite.path, "t", batch_size=10)):
+            if batch[0]["id"] == 31:
+                os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-batch: the batch still finishes
+            with job.transaction() as conn:
+                conn.executemany("INSERT INTO out VALUES (?)", [(r["id"],) for r in batch])
+            done.extend(r["id"] for r in batch)
+    assert done == list(range(1, 41))
+    from restartable.stores import open_store
+
+    with open_store(lite.store) as store:
+        rec = store.load("ks", "default")
+    assert rec.status == "interrupted" and rec.positions["0"]["key"] == (40,) and rec.lease_expires is None
+    with lite.job() as job:
+        for batch in job.batches(SQLiteTable(lite.path, "t", batch_size=10)):
+            with job.transaction() as conn:
+                conn.executemany("INSERT INTO out VALUES (?)", [(r["id"],) for r in batch])
+    assert lite.conn.execute("SELECT count(*), count(DISTINCT id) FROM out").fetchone() == (100, 100)
