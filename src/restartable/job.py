@@ -319,6 +319,7 @@ class Job:
         """Items done in this run, over every iteration (those of earlier processes too)."""
         return sum(int(p.get("offset", 0)) for p in self._positions().values())
 
+
     def _positions(self) -> dict[str, dict[str, Any]]:
         # Cursors not used by this process keep their stored positions; a used cursor
         # owns its whole position (its extra was loaded from the record).
@@ -343,20 +344,39 @@ class Job:
 
         return remove
 
-    def _save(self, status: str, *, release: bool = False) -> Checkpoint:
+    def _record_for_save(self, status: str, *, positions: dict[str, dict[str, Any]] | None = None) -> Checkpoint:
+        """Run the on_checkpoint callbacks, then build the record a save writes now.
+
+        ``positions`` overrides the cursors' own (a transaction saves the position after
+        the batch in flight). Raises Fenced once this runner was fenced.
+        """
         if self._fenced is not None:
             raise self._fenced
         for callback in self._before_save:
             callback()
         rec = self._record
         assert rec is not None
-        new = rec.replace(
+        positions = self._positions() if positions is None else positions
+        return rec.replace(
             status=status,
-            positions=self._positions(),
+            positions=positions,
             state=self.state,
-            done=self._done(),
+            done=sum(int(p.get("offset", 0)) for p in positions.values()),
             fingerprints=dict(self._fingerprints),
         )
+
+    def _adopt_saved(self, saved: Checkpoint) -> None:
+        """``saved`` is now the stored record (its dicts are ours to keep: copy the state)."""
+        self._record = saved.replace(state=dict(self.state))
+        self._last_save = time.monotonic()
+
+    def _fence(self, exc: Fenced) -> None:
+        """This runner was fenced off: nothing more may be saved."""
+        self._fenced = exc
+        log.error("%s", exc)
+
+    def _save(self, status: str, *, release: bool = False) -> Checkpoint:
+        new = self._record_for_save(status)
         lease = None if release else self.lease_seconds
         with self._save_lock:
             try:
@@ -367,12 +387,9 @@ class Job:
                 if release:
                     saved = self.store.save(new, lease_seconds=None)
             except Fenced as exc:
-                self._fenced = exc
-                log.error("%s", exc)
+                self._fence(exc)
                 raise
-        # The saved record keeps our dicts by reference; keep state ours to mutate.
-        self._record = saved.replace(state=dict(self.state))
-        self._last_save = time.monotonic()
+        self._adopt_saved(saved)
         return saved
 
     def checkpoint(self) -> None:
@@ -397,9 +414,8 @@ class Job:
             self._active.stop_soon()
 
     def _on_fenced(self, exc: Fenced) -> None:
-        self._fenced = exc
-        log.error("%s", exc)
-        # The main thread notices at the next chunk boundary (at most one chunk later).
+        # From the heartbeat thread: the main thread notices at the next chunk boundary.
+        self._fence(exc)
 
     def _on_lost(self, exc: CheckpointLost) -> None:
         log.error("%s: %s; writing the checkpoint back from memory", self.label, exc)
@@ -616,6 +632,10 @@ class _LoopHooks:
             job._save(INTERRUPTED, release=True)
             self.shown.stop(cur.offset)
             raise job._interrupted()
+
+    def saved(self) -> None:
+        """A checkpoint was written by the source itself (a transaction): restart the clock."""
+        self.last_save = time.monotonic()
 
     def end(self, cur: Cursor) -> None:
         cur.finished = True

@@ -17,8 +17,10 @@ The contract:
   checkpoint codec (ints, text, timestamps, Decimals, UUIDs keep their types),
   beside ``offset``, the count of rows done.
 * A batch is done when the loop asks for the next one, as an item of ``iterate`` is.
-  A checkpoint is written every ``every`` done batches (default 1) or ``seconds``
-  seconds, whichever comes first, and when the source is exhausted; a signal or a
+  A checkpoint is written every ``every`` done batches or ``seconds`` seconds,
+  whichever comes first, and when the source is exhausted; with neither, every
+  :data:`~restartable.job.DEFAULT_SECONDS` seconds, as ``iterate`` does (a durable
+  commit per batch would cost about as much as reading the batch); a signal or a
   fencing is acted on between batches (the batch in flight finishes first).
 * A batch shorter than the source's ``batch_size`` ends the iteration without
   another query; an empty batch ends it too. So the end is always reached, even when
@@ -35,7 +37,6 @@ Memory is one batch (plus what the caller keeps), whatever the table's size.
 from __future__ import annotations
 
 import logging
-import time
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -133,15 +134,15 @@ def iterate_batches(
     job: Job,
     source: BatchSource,
     *,
-    every: int = 1,
+    every: int | None = None,
     seconds: float | None = None,
     name: str | None = None,
     progress: bool | None = None,
 ) -> Iterator[list[Any]]:
     """Yield the batches of ``source`` after the checkpointed key; see the module docstring.
 
-    ``every``: checkpoint every this many done batches (default 1: each batch);
-    ``seconds``: and at least this often; ``name``: the cursor's name (default: the
+    ``every``: checkpoint every this many done batches; ``seconds``: and at least
+    this often (with neither: every DEFAULT_SECONDS seconds); ``name``: the cursor's name (default: the
     call's order in the job); ``progress``: progress bar (True), log lines (False),
     or by terminal (None). Returns a generator: nothing runs until the first ``next``.
     """
@@ -150,8 +151,12 @@ def iterate_batches(
             f"job.batches() needs a batch source such as PostgresTable or SQLiteTable, not {type(source).__name__}; "
             "use job.iterate() for sequences and iterators"
         )
-    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+    if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
         raise UsageError(f"every must be a positive int (batches), not {every!r}")
+    if every is None and seconds is None:
+        from ..job import DEFAULT_SECONDS
+
+        seconds = DEFAULT_SECONDS
     if seconds is not None and seconds <= 0:
         raise UsageError(f"seconds must be positive, not {seconds!r}")
     if job.record is None:
@@ -186,7 +191,8 @@ def _check_key_columns(job: Job, cursor: Cursor, source: BatchSource) -> None:
 
 
 def _drive(
-    job: Job, source: BatchSource, cursor: Cursor, *, every: int, seconds: float | None, progress: bool | None
+    job: Job, source: BatchSource, cursor: Cursor, *, every: int | None, seconds: float | None,
+    progress: bool | None
 ) -> Iterator[list[Any]]:
     # Opened here, not in iterate_batches: a generator never started must hold nothing.
     try:
@@ -221,12 +227,12 @@ def _drive(
                 run.advance()
             run.pending, run.committed = None, False
             since += 1
-            due = since >= every
+            due = every is not None and since >= every
             if due or committed:
                 since = 0
             if committed:
                 # The transaction saved this position with the output: no second save for it.
-                hooks.last_save = time.monotonic()
+                hooks.saved()
                 due = False
             hooks.boundary(cursor, due)
             if len(rows) < source.batch_size:

@@ -41,7 +41,6 @@ from __future__ import annotations
 import logging
 import select
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -110,16 +109,13 @@ def _postgres(job: Job, run: _Run, store: PostgresStore) -> Iterator[Any]:
             raise StoreUnavailable(f"{what} lost its connection ({exc}); nothing of it was committed, "
                                    "a rerun does the batch again") from exc
         raise
-    record = _record_after_batch(job, run)
     try:
-        if job._fenced is not None:
-            raise job._fenced
-        for callback in job._before_save:
-            callback()
+        record = _record_after_batch(job, run)
         saved = store._save_in(conn, record, lease_seconds=job.lease_seconds)
     except Fenced as exc:
         _rollback(conn)
-        _fence(job, exc)
+        if job._fenced is None:
+            job._fence(exc)
         raise
     except psycopg.Error as exc:
         _rollback(conn)
@@ -149,13 +145,10 @@ def _sqlite(job: Job, run: _Run, store: SQLiteStore) -> Iterator[sqlite3.Connect
         with store.transaction() as conn:
             yield conn
             record = _record_after_batch(job, run)
-            if job._fenced is not None:
-                raise job._fenced
-            for callback in job._before_save:
-                callback()
             saved = store.save(record, lease_seconds=job.lease_seconds)  # joins the open transaction
     except Fenced as exc:
-        _fence(job, exc)
+        if job._fenced is None:
+            job._fence(exc)
         raise
     except StoreUnavailable as exc:
         if record is None:
@@ -174,13 +167,7 @@ def _record_after_batch(job: Job, run: _Run) -> Checkpoint:
     position = dict(positions.get(cur.name, {}))
     position.update(offset=cur.offset + n, key=last, finished=False)
     positions[cur.name] = position
-    return job.record.replace(
-        status=RUNNING,
-        positions=positions,
-        state=job.state,
-        done=sum(int(p.get("offset", 0)) for p in positions.values()),
-        fingerprints=dict(job._fingerprints),
-    )
+    return job._record_for_save(RUNNING, positions=positions)
 
 
 def _resolve_commit(job: Job, store: Any, record: Checkpoint, what: str, exc: BaseException) -> Checkpoint:
@@ -192,7 +179,7 @@ def _resolve_commit(job: Job, store: Any, record: Checkpoint, what: str, exc: Ba
     stored = store.load(job.name, job.run)  # retries within the store's budget, or StoreUnavailable
     if stored is not None and stored.epoch != record.epoch:
         fenced = store._fenced(job.name, job.run, record.epoch, stored.epoch)
-        _fence(job, fenced)
+        job._fence(fenced)
         raise fenced
     if stored is not None and _same_position(stored, record):
         log.warning("%s: the checkpoint shows the commit happened; going on", what)
@@ -215,14 +202,7 @@ def _adopt(job: Job, run: _Run, saved: Checkpoint) -> None:
     """The transaction committed: the batch is done in memory too, as ``Job._save`` would record it."""
     run.advance()
     run.committed = True
-    # The saved record keeps job.state by reference; keep state ours to mutate.
-    job._record = saved.replace(state=dict(job.state))
-    job._last_save = time.monotonic()
-
-
-def _fence(job: Job, exc: Fenced) -> None:
-    job._fenced = exc
-    log.error("%s", exc)
+    job._adopt_saved(saved)
 
 
 def _usable(conn: Any) -> bool:
