@@ -18,8 +18,10 @@ job's store written when its command exits 0, changed files processed again.
   writes ``{out}``, a hidden temp file beside it, renamed into place (after an fsync)
   only when the command exits 0, so a killed command never leaves a partial output
   under the final name.
-* ``-j N`` runs N files at once; each file is marked when its command finishes. With
-  N > 1 each output line is prefixed with ``[file name]``.
+* ``-j N`` runs N commands at once; each file is marked when its command finishes
+  (its output rename and marker are written while the next command already runs,
+  so their fsyncs add nothing to a file's time). With N > 1 each output line is
+  prefixed with ``[file name]``.
 * Failures: ``--attempts`` tries per file, ``--backoff`` seconds before the second,
   doubled after. Then ``--on-error stop`` (default, as the bash loop) launches
   nothing more, lets the running commands finish and exits 1; ``skip`` records the

@@ -201,7 +201,8 @@ class FileSet:
         failed = self.cursor.extra.get("failed")
         #: Failed (skipped) files of this run: key -> error text. Saved with the cursor.
         self.failed: dict[str, str] = dict(failed) if isinstance(failed, dict) else {}
-        self.cursor.extra["failed"] = self.failed
+        if self.failed:  # (an empty map is only saved once there was something to clear)
+            self.cursor.extra["failed"] = self.failed
         self.pending: list[Entry] = []
         changed: list[str] = []
         for entry in entries:
@@ -310,6 +311,7 @@ class FileSet:
     def record_failure(self, entry: Entry, error: str, cause: BaseException | None = None) -> None:
         """Record a skipped file; raise SkipBudgetExceeded when more files failed than the budget."""
         self.failed[entry.key] = error[:ERROR_TEXT_LIMIT]
+        self.cursor.extra["failed"] = self.failed
         log.warning("%s: skipping %s after its last attempt failed: %s", self.describe, entry.path, error)
         if self.skip_budget is not None and len(self.failed) > self.skip_budget:
             raise SkipBudgetExceeded(
