@@ -35,12 +35,19 @@ from .errors import (
     UsageError,
 )
 from .job import Job
+from .sources.postgres import PostgresTable
+from .sources.sqlite import SQLiteTable
+from .sources.stages import Pipeline, StagesChanged
 from .stores import DEFAULT_STORE, Store, open_store
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Job",
+    "Pipeline",
+    "PostgresTable",
+    "SQLiteTable",
+    "StagesChanged",
     "Store",
     "open_store",
     "DEFAULT_STORE",

@@ -6,3 +6,9 @@ Plain sequences and iterators are handled by ``Job.iterate`` itself
 ``job._loop_hooks(...)`` gives the between-items work (checkpoint when due, stop on a
 signal or fencing, progress).
 """
+
+from .postgres import PostgresTable
+from .sqlite import SQLiteTable
+from .stages import Pipeline, StagesChanged
+
+__all__ = ["PostgresTable", "SQLiteTable", "Pipeline", "StagesChanged"]

@@ -18,17 +18,15 @@ T = TypeVar("T")
 
 log = logging.getLogger("restartable")
 
-def _tenacity_has_multiplier() -> bool:
+def _wait() -> object:
+    """Exponential backoff with jitter from 50 ms up to 5 s (tenacity 9.2 renamed ``initial``)."""
     import inspect
 
-    try:
-        import tenacity
-    except ImportError:
-        return False
-    return "multiplier" in inspect.signature(tenacity.wait_exponential_jitter.__init__).parameters
+    import tenacity
 
-
-_OLD_TENACITY = not _tenacity_has_multiplier()
+    if "multiplier" in inspect.signature(tenacity.wait_exponential_jitter.__init__).parameters:
+        return tenacity.wait_exponential_jitter(multiplier=0.05, max=5.0, jitter=0.1)
+    return tenacity.wait_exponential_jitter(initial=0.05, max=5.0, jitter=0.1)
 
 #: Default budget for riding out a server restart, in seconds (URL option ``retry``).
 DEFAULT_RETRY_SECONDS = 60.0
@@ -65,8 +63,7 @@ def call_with_retry(
 
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_delay(seconds),
-        wait=tenacity.wait_exponential_jitter(max=5.0, jitter=0.1) if _OLD_TENACITY
-        else tenacity.wait_exponential_jitter(multiplier=0.05, max=5.0, jitter=0.1),
+        wait=_wait(),
         retry=tenacity.retry_if_exception_type(transient),
         before_sleep=_log,
         reraise=True,
