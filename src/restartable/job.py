@@ -362,6 +362,8 @@ class Job:
             positions=positions,
             state=self.state,
             done=sum(int(p.get("offset", 0)) for p in positions.values()),
+            # Skipped items: failed files and dead letters, kept per cursor by their sources.
+            failed=sum(len(p[k]) for p in positions.values() for k in ("failed", "dead") if isinstance(p.get(k), dict)),
             fingerprints=dict(self._fingerprints),
         )
 

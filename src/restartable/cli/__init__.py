@@ -148,7 +148,12 @@ def _show_one(store: Store, rec: Any, *, as_json: bool, limit: int) -> None:
     if rec.owner:
         click.echo(f"  owner     {rec.owner.describe()}   lease {summary.lease}"
                    + (f" until {iso(rec.lease_expires)}" if rec.lease_expires else ""))
+    from ..sources.stages import PIPELINE_CURSOR, describe_stages
+
+    stages = rec.positions.get(PIPELINE_CURSOR, {}).get("stages") or []
     for name, pos in rec.positions.items():
+        if name == PIPELINE_CURSOR or any(name.startswith(f"{stage}:") for stage in stages):
+            continue  # printed with its stage below
         total = pos.get("total")
         click.echo(f"  iteration {name!r}: {pos.get('offset', 0):,}" + (f"/{total:,}" if total else "")
                    + ("  finished" if pos.get("finished") else ""))
@@ -163,6 +168,8 @@ def _show_one(store: Store, rec: Any, *, as_json: bool, limit: int) -> None:
                     click.echo(f"      ... {len(value) - 20} more (--json shows all)")
             else:
                 click.echo(f"    {key}: {_short(value)}")
+    for line in describe_stages(rec):
+        click.echo(line)
     if rec.state:
         text = json.dumps(record_json(rec)["state"], ensure_ascii=False)
         click.echo(f"  state     {text if len(text) <= 200 else text[:197] + '...'}")
