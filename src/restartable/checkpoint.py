@@ -300,7 +300,8 @@ def encode_record(rec: Checkpoint) -> str:
             f"({exc.value!r:.60}), which a JSON checkpoint cannot hold: store str, int, float, bool, "
             "None, list, dict with str keys, tuple, datetime, date, Decimal, UUID or bytes"
         ) from None
-    return json.dumps(encoded, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    # Not sorted, ASCII-escaped: the C encoder's fastest path (a record is not compared as text).
+    return json.dumps(encoded, separators=(",", ":"), allow_nan=False)
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
