@@ -1,0 +1,406 @@
+"""A dynamic work queue: Kubernetes' "fine parallel processing with a work queue", with leases.
+
+::
+
+    from restartable.queue import WorkQueue, ranges
+
+    with WorkQueue("postgresql://db/app?schema=ckpt", "reindex") as queue:
+        queue.fill(ranges(10_000_000, 50_000))         # every worker may call it: the first one fills
+        for claim in queue.claims():                   # until every task is done
+            with claim:                                # completed (fenced) when the block succeeds
+                reindex(claim.start, claim.stop)
+
+Any number of worker processes (the pods of a Job with ``parallelism: P``) run the same
+code against one PostgreSQL or Redis. The contract:
+
+* A task is a string key (``fill(["a", "b"])``) or a range (``fill([(0, 100), ...])``,
+  key ``"0-100"``, ``claim.start``/``claim.stop``). ``fill`` is idempotent, an
+  insert-if-absent of each task in one transaction (PostgreSQL; chunks of 1000 in Redis),
+  then the queue is marked filled: filling again with the same tasks adds nothing, and a
+  completed task is never done again. ``claims()`` waits (up to ``fill_wait``) for a
+  queue that no worker has filled yet.
+* A claim holds its task for ``lease_seconds``, renewed by a heartbeat thread every third
+  of it. Each claim bumps the task's ``epoch``, the claim's fencing token: ``complete()``,
+  ``checkpoint()`` and ``release()`` compare it in the same statement (PostgreSQL) or
+  script (Redis), so a worker whose lease ran out while it was stopped (a zombie: SIGSTOP,
+  a long GC pause, a partitioned node) and whose task was claimed again gets Fenced
+  (exit 75) and changes nothing.
+* PostgreSQL claims with ``FOR UPDATE SKIP LOCKED``: workers never wait for each other's
+  rows. Redis claims in one Lua script on the server's clock.
+* A task held by a dead worker is claimed again once its lease expires; ``claim.offset``
+  then holds the last ``claim.checkpoint(offset)`` of the earlier holder.
+* ``with claim:`` completes the task when the block succeeds and releases it (claimable
+  at once by anyone, ``attempts`` counted) when the block raises.
+  ``claim.transaction()`` (PostgreSQL) is a connection in an open transaction whose
+  commit includes the fenced completion: output written there is committed exactly once.
+* ``claims()`` ends when every task is done; while other workers hold the rest it polls,
+  so it takes over what a dead worker leaves. SIGTERM/SIGINT (main thread): the claim in
+  flight finishes, then Interrupted is raised (exit 143/130) instead of the next claim.
+
+Storage: PostgreSQL tables ``queue_tasks`` and ``queues`` in the store URL's ``schema``
+(default ``restartable``); Redis keys ``{prefix}queue:{NAME}:*`` (a hash tag: one slot).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from ._names import check_name
+from ._proc import current_owner
+from ._signals import SignalGuard
+from ._url import parse_duration, parse_store_url
+from .errors import ConfigError, Fenced, Interrupted, StoreUnavailable, UsageError
+from .stores import resolve_store_url
+
+__all__ = ["WorkQueue", "Claim", "Counts", "ranges"]
+
+log = logging.getLogger("restartable")
+
+DEFAULT_LEASE_SECONDS = 30.0
+_MAX_KEY = 512
+
+
+def ranges(total: int, size: int, *, start: int = 0) -> list[tuple[int, int]]:
+    """``[(start, start+size), ...]`` covering ``start..start+total``, the last one shorter."""
+    if total < 0 or size < 1:
+        raise UsageError(f"ranges needs total >= 0 and size >= 1, not {total}, {size}")
+    return [(a, min(a + size, start + total)) for a in range(start, start + total, size)]
+
+
+@dataclass(frozen=True)
+class Counts:
+    """``total`` tasks, ``done``, ``leased`` (live leases), ``pending`` (claimable now)."""
+
+    total: int
+    done: int
+    leased: int
+    next_expiry: float | None = None  # seconds until the earliest live lease expires
+
+    @property
+    def pending(self) -> int:
+        return self.total - self.done - self.leased
+
+
+@dataclass
+class _Row:
+    key: str
+    payload: Any
+    epoch: int
+    attempts: int
+    offset: int
+
+
+class Claim:
+    """One claimed task. Use it as a context manager; see the module docstring."""
+
+    def __init__(self, queue: WorkQueue, row: _Row) -> None:
+        self._queue = queue
+        self.key = row.key
+        self.payload = row.payload
+        #: The fencing token: the task's epoch when this claim took it.
+        self.epoch = row.epoch
+        #: How many times the task was claimed, this claim included.
+        self.attempts = row.attempts
+        #: The last checkpointed offset (0 for a fresh task).
+        self.offset = row.offset
+        self.state = "held"  # held -> completed | released | fenced
+        self._lost: Fenced | None = None
+
+    @property
+    def start(self) -> int | None:
+        return self.payload.get("start") if isinstance(self.payload, dict) else None
+
+    @property
+    def stop(self) -> int | None:
+        return self.payload.get("stop") if isinstance(self.payload, dict) else None
+
+    def __repr__(self) -> str:
+        return f"<Claim {self._queue.name}/{self.key} epoch={self.epoch} {self.state}>"
+
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            if self.state in ("held", "fenced"):
+                self.complete()  # a fenced claim raises its Fenced again: the loop must not go on
+        elif isinstance(exc, Fenced):
+            self._queue._lose(self, exc)
+        elif self.state == "held":
+            self.release()
+
+    def complete(self) -> None:
+        """Mark the task done. Raises Fenced (nothing changed) if another claim took it over."""
+        self._queue._finish(self, "complete")
+
+    def release(self) -> None:
+        """Give the task back, claimable at once. A fenced claim releases nothing (no error)."""
+        try:
+            self._queue._finish(self, "release")
+        except Fenced:
+            pass
+
+    def checkpoint(self, offset: int) -> None:
+        """Save progress inside the task (and renew the lease); a later claim starts from ``offset``."""
+        self._queue._checkpoint(self, int(offset))
+        self.offset = int(offset)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """PostgreSQL: a connection in a transaction that commits your writes with the completion."""
+        with self._queue._transaction(self) as conn:
+            yield conn
+
+
+class WorkQueue:
+    """A named queue of tasks in a PostgreSQL or Redis store. See the module docstring.
+
+    :param store: the store URL (default ``$RESTARTABLE_STORE``); ``postgresql://`` or ``redis://``.
+    :param name: the queue's name (``[A-Za-z0-9][A-Za-z0-9._-]{0,127}``).
+    :param lease_seconds: how long a claim holds its task without a heartbeat (default 30).
+    :param poll: seconds between looks while other workers hold the remaining tasks.
+    :param fill_wait: how long ``claims()`` waits for some worker to fill the queue.
+    :param handle_signals: stop at the next claim on SIGTERM/SIGINT (main thread only).
+    """
+
+    def __init__(self, store: str | None, name: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS,
+                 poll: float | None = None, fill_wait: float = 60.0, handle_signals: bool = True) -> None:
+        self.name = check_name(name, "queue name")
+        if lease_seconds <= 0:
+            raise UsageError(f"lease_seconds must be positive, not {lease_seconds}")
+        self.lease_seconds = float(lease_seconds)
+        self.poll = float(poll) if poll is not None else min(1.0, self.lease_seconds / 4)
+        self.fill_wait = float(fill_wait)
+        self._handle_signals = handle_signals
+        owner = current_owner()
+        self.owner = f"{owner.describe()} token {owner.token}"
+        url = resolve_store_url(store)
+        scheme = url.split(":", 1)[0].lower()
+        if scheme in ("postgresql", "postgres"):
+            from ._queue_backends import PostgresQueue as backend_cls
+        elif scheme in ("redis", "rediss"):
+            from ._queue_backends import RedisQueue as backend_cls  # type: ignore[assignment]
+        else:
+            raise ConfigError(f"a work queue needs a postgresql:// or redis:// store shared by its workers, not "
+                              f"{parse_store_url(url).display}")
+        parsed = parse_store_url(url, known_options=backend_cls.options)
+        retry = parse_duration(parsed.options.get("retry", 60.0), "retry option")
+        self._backend = backend_cls(parsed, self.name, retry=retry)
+        self.display = parsed.display
+        self._held: dict[str, Claim] = {}
+        self._held_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        self._signal: int | None = None
+
+    def __enter__(self) -> WorkQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def label(self) -> str:
+        return f"queue {self.name!r} on {self.display}"
+
+    def close(self) -> None:
+        """Stop the heartbeat (held claims then expire) and close the connections."""
+        self._stop.set()
+        if self._heartbeat is not None and self._heartbeat is not threading.current_thread():
+            self._heartbeat.join(timeout=5)
+        self._backend.close()
+
+    # -- filling and looking ---------------------------------------------------------
+
+    def fill(self, tasks: Iterable[str | tuple[int, int]]) -> int:
+        """Insert the tasks that are not there yet; return how many were added. Idempotent."""
+        if self._backend.filled():
+            return 0  # the fast path for the workers that start after the first
+        rows: list[tuple[str, str]] = []
+        for task in tasks:
+            if isinstance(task, str):
+                key, payload = task, None
+            elif isinstance(task, tuple) and len(task) == 2 and all(isinstance(x, int) for x in task):
+                key, payload = f"{task[0]}-{task[1]}", {"start": task[0], "stop": task[1]}
+            else:
+                raise UsageError(f"{self.label}: a task is a string or a (start, stop) pair of ints, not {task!r}")
+            if not key or len(key) > _MAX_KEY:
+                raise UsageError(f"{self.label}: task keys are 1-{_MAX_KEY} characters, not {key[:40]!r}")
+            rows.append((key, json.dumps(payload)))
+        added = self._backend.fill(rows)
+        self._backend.mark_filled()
+        log.info("%s: filled with %d task(s), %d new", self.label, len(rows), added)
+        return added
+
+    def counts(self) -> Counts:
+        return self._backend.counts()
+
+    def drop(self) -> None:
+        """Delete the queue and all its tasks (for tests and re-runs)."""
+        self._backend.drop()
+
+    @property
+    def stopping(self) -> bool:
+        """True once SIGTERM/SIGINT arrived while ``claims()`` ran."""
+        return self._signal is not None
+
+    # -- claiming ------------------------------------------------------------------------
+
+    def claim(self) -> Claim | None:
+        """Claim the next claimable task (pending, or whose lease expired), or None."""
+        row = self._backend.claim(self.owner, self.lease_seconds)
+        if row is None:
+            return None
+        claim = Claim(self, row)
+        with self._held_lock:
+            self._held[claim.key] = claim
+        self._ensure_heartbeat()
+        if row.attempts > 1:
+            log.info("%s: took over task %r (attempt %d, from offset %d)", self.label, row.key, row.attempts,
+                     row.offset)
+        return claim
+
+    def claims(self, *, wait: bool = True) -> Iterator[Claim]:
+        """Yield claims until every task is done (``wait=False``: until none is claimable now)."""
+        guard = SignalGuard(self._on_signal, self.label) if self._handle_signals else None
+        if guard is not None:
+            guard.install()
+        previous: Claim | None = None
+        try:
+            self._wait_filled()
+            while True:
+                if previous is not None and previous.state == "held":
+                    # Going on would claim it again at once: a loop that never ends.
+                    previous.release()
+                    raise UsageError(f"{self.label}: task {previous.key!r} was neither completed nor released "
+                                     "before the next claim (released now): use `with claim:` in the loop")
+                if self._signal is not None:
+                    raise self._interrupted()
+                claim = self.claim()
+                if claim is not None:
+                    previous = claim
+                    yield claim
+                    continue
+                counts = self.counts()
+                if counts.done >= counts.total or not wait:
+                    return
+                delay = self.poll if counts.next_expiry is None else min(self.poll, max(0.01, counts.next_expiry))
+                if self._stop.wait(delay) and self._signal is None:
+                    return  # closed
+        finally:
+            if guard is not None:
+                guard.restore()
+
+    def _wait_filled(self) -> None:
+        deadline = time.monotonic() + self.fill_wait
+        announced = False
+        while not self._backend.filled():
+            if time.monotonic() >= deadline:
+                raise UsageError(f"{self.label} was never filled (waited {self.fill_wait:g}s): call "
+                                 "queue.fill(tasks) first (every worker may: the first one fills it)")
+            if not announced:
+                log.info("%s: waiting for a worker to fill it", self.label)
+                announced = True
+            if self._signal is not None:
+                raise self._interrupted()
+            time.sleep(min(0.5, self.poll))
+
+    def _on_signal(self, signum: int) -> None:
+        self._signal = signum
+
+    def _interrupted(self) -> Interrupted:
+        import signal
+
+        signum = self._signal or signal.SIGTERM
+        msg = f"{self.label}: interrupted by {signal.Signals(signum).name}; the claimed tasks were finished"
+        log.warning("%s", msg)
+        return Interrupted(msg, signum=signum)
+
+    # -- the fenced operations (called by Claim) ---------------------------------------------
+
+    def _fenced(self, claim: Claim, what: str) -> Fenced:
+        epoch, owner, done = self._backend.holder(claim.key)
+        now = f"done by claim {epoch}" if done else f"held by claim {epoch}" + (f" ({owner})" if owner else "")
+        return Fenced(f"{self.label}: cannot {what} task {claim.key!r}: this worker's claim {claim.epoch} lost its "
+                      f"lease and the task was claimed again (now {now}); this worker's work on it is discarded")
+
+    def _finish(self, claim: Claim, op: str) -> None:
+        if claim._lost is not None:  # fenced earlier (by the heartbeat or another call): stays fenced
+            self._lose(claim, claim._lost)
+            if op == "complete":
+                raise claim._lost
+            return
+        if claim.state != "held":
+            if op == "complete" and claim.state != "completed":
+                raise UsageError(f"{self.label}: task {claim.key!r} was already {claim.state}")
+            return
+        ok = getattr(self._backend, op)(claim.key, claim.epoch)
+        if not ok:
+            raise self._lose(claim, self._fenced(claim, op))
+        self._drop(claim)
+        claim.state = "completed" if op == "complete" else "released"
+
+    def _lose(self, claim: Claim, exc: Fenced) -> Fenced:
+        """Mark ``claim`` fenced for good: every later complete() raises ``exc`` again."""
+        claim._lost = exc
+        claim.state = "fenced"
+        self._drop(claim)
+        return exc
+
+    def _checkpoint(self, claim: Claim, offset: int) -> None:
+        if claim.state != "held":
+            raise UsageError(f"{self.label}: task {claim.key!r} is {claim.state}, not held")
+        if claim._lost is not None:
+            raise self._lose(claim, claim._lost)
+        if not self._backend.checkpoint(claim.key, claim.epoch, offset, self.lease_seconds):
+            raise self._lose(claim, self._fenced(claim, "checkpoint"))
+
+    @contextmanager
+    def _transaction(self, claim: Claim) -> Iterator[Any]:
+        if claim._lost is not None:
+            raise self._lose(claim, claim._lost)
+        if claim.state != "held":
+            raise UsageError(f"{self.label}: task {claim.key!r} is {claim.state}, not held")
+        with self._backend.transaction(claim.key, claim.epoch) as (conn, result):
+            yield conn
+        if not result["ok"]:
+            raise self._lose(claim, self._fenced(claim, "complete"))
+        self._drop(claim)
+        claim.state = "completed"
+
+    def _drop(self, claim: Claim) -> None:
+        with self._held_lock:
+            if self._held.get(claim.key) is claim:
+                del self._held[claim.key]
+
+    # -- the heartbeat ----------------------------------------------------------------------
+
+    def _ensure_heartbeat(self) -> None:
+        if self._heartbeat is None or not self._heartbeat.is_alive():
+            self._heartbeat = threading.Thread(target=self._beat, name=f"restartable-queue-{self.name}",
+                                               daemon=True)
+            self._heartbeat.start()
+
+    def _beat(self) -> None:
+        interval = self.lease_seconds / 3
+        while not self._stop.wait(interval):
+            with self._held_lock:
+                held = list(self._held.values())
+            interval = self.lease_seconds / 3
+            for claim in held:
+                try:
+                    if not self._backend.renew(claim.key, claim.epoch, self.lease_seconds) and claim.state == "held":
+                        log.error("%s", self._lose(claim, self._fenced(claim, "renew the lease of")))
+                except StoreUnavailable as exc:
+                    log.warning("%s: lease renewal of task %r failed (%s); retrying", self.label, claim.key, exc)
+                    interval = max(0.05, min(1.0, self.lease_seconds / 10))
+                except Exception as exc:  # noqa: BLE001 - a flaky store must not kill the heartbeat
+                    log.warning("%s: lease renewal of task %r failed (%r); retrying", self.label, claim.key, exc)
+                    interval = max(0.05, min(1.0, self.lease_seconds / 10))
