@@ -368,7 +368,9 @@ class RedisQueue:
     def holder(self, key: str) -> tuple[int, str | None, bool]:
         def read() -> tuple[int, str | None, bool]:
             pipe = self._client.pipeline(transaction=True)
-            pipe.hget(self._keys[3], key).hget(self._keys[5], key).hexists(self._keys[8], key)
+            pipe.hget(self._keys[3], key)
+            pipe.hget(self._keys[5], key)
+            pipe.hexists(self._keys[8], key)
             epoch, owner, done = pipe.execute()
             return int(epoch or 0), owner.decode() if owner else None, bool(done)
 

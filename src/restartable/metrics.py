@@ -49,7 +49,7 @@ from typing import Any
 from .checkpoint import COMPLETED
 from .errors import MissingDriver, UsageError
 
-__all__ = ["attach", "Pusher", "ENV_GATEWAY", "ENV_INTERVAL", "DEFAULT_INTERVAL"]
+__all__ = ["DEFAULT_INTERVAL", "ENV_GATEWAY", "ENV_INTERVAL", "Pusher", "attach"]
 
 log = logging.getLogger("restartable")
 
@@ -150,6 +150,7 @@ class Pusher:
         job = self.job
         registry = CollectorRegistry(auto_describe=False)
         registry.register(families)
+        assert self.gateway is not None
         try:
             pushadd_to_gateway(self.gateway, job=job.name, registry=registry, grouping_key=self.grouping(),
                                timeout=_TIMEOUT)

@@ -50,7 +50,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from ._names import check_name
 from ._proc import current_owner
@@ -59,7 +59,7 @@ from ._url import parse_duration, parse_store_url
 from .errors import ConfigError, Fenced, Interrupted, StoreUnavailable, UsageError
 from .stores import resolve_store_url
 
-__all__ = ["WorkQueue", "Claim", "Counts", "ranges"]
+__all__ = ["Claim", "Counts", "WorkQueue", "ranges"]
 
 log = logging.getLogger("restartable")
 
@@ -124,7 +124,7 @@ class Claim:
     def __repr__(self) -> str:
         return f"<Claim {self._queue.name}/{self.key} epoch={self.epoch} {self.state}>"
 
-    def __enter__(self) -> Claim:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
@@ -200,7 +200,7 @@ class WorkQueue:
         self._heartbeat: threading.Thread | None = None
         self._signal: int | None = None
 
-    def __enter__(self) -> WorkQueue:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

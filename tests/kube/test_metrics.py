@@ -125,11 +125,11 @@ def test_a_failed_run_keeps_the_last_success_of_an_earlier_one(pushgateway: str,
     assert first is not None
     success = _value(first, "restartable_last_success_timestamp_seconds")
     assert success is not None
-    with pytest.raises(RuntimeError):
-        with attach(Job("export-fail", run="bad", store=store, progress=False), gateway=pushgateway) as job:
-            for i in job.iterate(range(10), every=1):
-                if i == 7:
-                    raise RuntimeError("the job's own bug")
+    with pytest.raises(RuntimeError), attach(Job("export-fail", run="bad", store=store, progress=False),
+                                             gateway=pushgateway) as job:
+        for i in job.iterate(range(10), every=1):
+            if i == 7:
+                raise RuntimeError("the job's own bug")
     after = _group(pushgateway, job="export-fail")
     assert after is not None
     assert _value(after, "restartable_items_processed_total") == 7  # the failed run's progress
@@ -162,6 +162,5 @@ def test_without_a_gateway_or_with_a_dead_one_the_job_just_runs(store: str, monk
             pass
     assert job.completed and dead.pushes == 0 and dead.failures >= 1
     assert "pushing metrics" in caplog.text
-    with Job("entered", store=store, progress=False) as job:
-        with pytest.raises(UsageError, match="not started yet"):
-            attach(job)
+    with Job("entered", store=store, progress=False) as job, pytest.raises(UsageError, match="not started yet"):
+        attach(job)

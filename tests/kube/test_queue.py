@@ -60,9 +60,8 @@ def test_a_failed_block_releases_and_string_tasks(queue_url: str) -> None:
         q.fill(["alpha", "beta"])
         first = q.claim()
         assert first is not None and first.key == "alpha" and first.payload is None
-        with pytest.raises(RuntimeError):
-            with first:
-                raise RuntimeError("boom")
+        with pytest.raises(RuntimeError), first:
+            raise RuntimeError("boom")
         assert first.state == "released"
         again = q.claim()
         assert again is not None and again.key == "alpha" and again.attempts == 2 and again.epoch == 2
@@ -98,9 +97,8 @@ def test_an_expired_lease_is_claimed_again_and_the_old_claim_is_fenced(queue_url
 def test_only_shared_stores_and_a_clear_error_for_a_never_filled_queue(tmp_path: Path, postgres_url: str) -> None:
     with pytest.raises(ConfigError, match="postgresql:// or redis://"):
         WorkQueue(f"sqlite:///{tmp_path}/x.db", "q")
-    with _queue(postgres_url, fill_wait=0.3) as q:
-        with pytest.raises(UsageError, match="never filled"):
-            next(iter(q.claims()))
+    with _queue(postgres_url, fill_wait=0.3) as q, pytest.raises(UsageError, match="never filled"):
+        next(iter(q.claims()))
 
 
 def test_postgres_transaction_commits_output_with_the_completion(postgres_url: str) -> None:
@@ -119,9 +117,8 @@ def test_postgres_transaction_commits_output_with_the_completion(postgres_url: s
         time.sleep(0.8)
         new = fast.claim()
         assert new is not None
-        with pytest.raises(Fenced):
-            with old.transaction() as tx:
-                tx.execute(f'INSERT INTO "{schema}".out VALUES (1)')
+        with pytest.raises(Fenced), old.transaction() as tx:
+            tx.execute(f'INSERT INTO "{schema}".out VALUES (1)')
         with new.transaction() as tx:
             tx.execute(f'INSERT INTO "{schema}".out VALUES (2)')
         assert new.state == "completed"
@@ -134,9 +131,8 @@ def test_redis_has_no_transaction(redis_url: str) -> None:
         q.fill(["t"])
         claim = q.claim()
         assert claim is not None
-        with pytest.raises(UsageError, match="PostgreSQL"):
-            with claim.transaction():
-                pass
+        with pytest.raises(UsageError, match="PostgreSQL"), claim.transaction():
+            pass
 
 
 # -- worker processes -----------------------------------------------------------------------
@@ -227,7 +223,7 @@ def test_workers_killed_mid_lease_complete_every_item(tmp_path: Path, queue_url:
             joined += 1
         time.sleep(0.02)
     for p in procs:
-        out, err = p.communicate()
+        _, err = p.communicate()
         assert p.returncode in (0, -9), err
     assert kills >= 4 and sum(p.returncode == 0 for p in procs) >= 3
     with WorkQueue(queue_url, "work", handle_signals=False) as q:

@@ -20,7 +20,14 @@ from typing import Any
 
 import click
 
-from ..kube.manifests import ACCESS_MODES, DEFAULT_GRACE, DEFAULT_KUBE_VERSION, WorkloadSpec, build, dump_yaml
+from ..kube.manifests import (
+    ACCESS_MODES,
+    DEFAULT_GRACE,
+    DEFAULT_KUBE_VERSION,
+    WorkloadSpec,
+    build,
+    dump_yaml,
+)
 from ..kube.rules import enforce
 
 __all__ = ["k8s"]

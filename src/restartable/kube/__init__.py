@@ -7,16 +7,23 @@ rules (:mod:`restartable.kube.rules`). See docs/kubernetes.md.
 
 from __future__ import annotations
 
-from .manifests import DEFAULT_KUBE_VERSION, MIN_KUBE_VERSION, Built, WorkloadSpec, build, dump_yaml
+from .manifests import (
+    DEFAULT_KUBE_VERSION,
+    MIN_KUBE_VERSION,
+    Built,
+    WorkloadSpec,
+    build,
+    dump_yaml,
+)
 from .rules import check, enforce
 
 __all__ = [
-    "WorkloadSpec",
-    "Built",
-    "build",
-    "dump_yaml",
-    "check",
-    "enforce",
     "DEFAULT_KUBE_VERSION",
     "MIN_KUBE_VERSION",
+    "Built",
+    "WorkloadSpec",
+    "build",
+    "check",
+    "dump_yaml",
+    "enforce",
 ]

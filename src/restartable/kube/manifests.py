@@ -55,16 +55,16 @@ from ..entry import PERMANENT_CODES
 from ..errors import MissingDriver, UsageError
 
 __all__ = [
-    "WorkloadSpec",
+    "CONTAINER",
+    "DATA_DIR",
+    "DEFAULT_KUBE_VERSION",
+    "MARKER",
+    "MIN_KUBE_VERSION",
     "Built",
+    "WorkloadSpec",
     "build",
     "dump_yaml",
     "parse_kube_version",
-    "DEFAULT_KUBE_VERSION",
-    "MIN_KUBE_VERSION",
-    "CONTAINER",
-    "DATA_DIR",
-    "MARKER",
 ]
 
 Kind = Literal["job", "indexed-job", "statefulset"]
@@ -163,7 +163,7 @@ def build(spec: WorkloadSpec) -> Built:
 def dump_yaml(documents: list[dict[str, Any]]) -> str:
     """Multi-document YAML (PyYAML's safe dumper, keys in the order built)."""
     try:
-        import yaml
+        import yaml  # type: ignore[import-untyped]
     except ImportError:
         raise MissingDriver("printing Kubernetes manifests needs PyYAML: pip install 'restartable[kube]' "
                             "(or pip install PyYAML)") from None

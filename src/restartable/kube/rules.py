@@ -31,7 +31,7 @@ from typing import Any
 
 from ..errors import UsageError
 
-__all__ = ["check", "enforce", "RULES"]
+__all__ = ["RULES", "check", "enforce"]
 
 RULES = (
     "never-with-failure-policy",
@@ -59,7 +59,7 @@ def check(documents: list[dict[str, Any]]) -> list[str]:
         kind = doc.get("kind", "?")
         where = f"{kind}/{(doc.get('metadata') or {}).get('name', '?')}"
 
-        def bad(rule: str, what: str) -> None:
+        def bad(rule: str, what: str, where: str = where) -> None:
             problems.append(f"{rule}: {where}: {what}")
 
         spec = doc.get("spec") or {}
