@@ -396,8 +396,12 @@ class WorkQueue:
             interval = self.lease_seconds / 3
             for claim in held:
                 try:
-                    if not self._backend.renew(claim.key, claim.epoch, self.lease_seconds) and claim.state == "held":
-                        log.error("%s", self._lose(claim, self._fenced(claim, "renew the lease of")))
+                    if self._backend.renew(claim.key, claim.epoch, self.lease_seconds) or claim.state != "held":
+                        continue
+                    epoch, _, done = self._backend.holder(claim.key)
+                    if done and epoch == claim.epoch:
+                        continue  # completed by this very claim a moment ago, not lost
+                    log.error("%s", self._lose(claim, self._fenced(claim, "renew the lease of")))
                 except StoreUnavailable as exc:
                     log.warning("%s: lease renewal of task %r failed (%s); retrying", self.label, claim.key, exc)
                     interval = max(0.05, min(1.0, self.lease_seconds / 10))
