@@ -35,6 +35,7 @@ from .errors import (
     UsageError,
 )
 from .job import Job
+from .queue import WorkQueue
 from .sources.postgres import PostgresTable
 from .sources.sqlite import SQLiteTable
 from .sources.stages import Pipeline, StagesChanged
@@ -44,6 +45,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Job",
+    "WorkQueue",
     "Pipeline",
     "PostgresTable",
     "SQLiteTable",
