@@ -478,3 +478,28 @@ def test_bad_options_are_usage_errors(url: str) -> None:
             j.map(abs, agen())
         with pytest.raises(UsageError, match="callable"):
             j.map(3, range(3))  # type: ignore[arg-type]
+
+
+def test_dead_letters_of_a_completed_run_are_reprocessed_after_reopen(tmp_path, capsys):
+    from restartable import Job
+    from restartable.cli import main as cli_main
+
+    url = f"sqlite:///{tmp_path}/reopen.db"
+    flaky = {3, 7}
+
+    def fn(x):
+        if x in flaky:
+            raise ValueError(f"bad {x}")
+        return x
+
+    with Job("reopen", store=url, progress=False) as job:
+        first = sorted(job.map(fn, list(range(10)), workers=2, on_error="skip"))
+    assert first == [0, 1, 2, 4, 5, 6, 8, 9] and job.record.status == "completed"
+    assert job.record.failed == 2
+    assert cli_main(["reopen", "reopen", "--store", url]) == 0
+    assert "reopened" in capsys.readouterr().out
+    flaky.clear()
+    with Job("reopen", store=url, progress=False) as job:
+        again = sorted(job.map(fn, list(range(10)), workers=2, on_error="skip", retry_dead=True))
+    assert again == [3, 7]
+    assert job.record.status == "completed" and job.record.failed == 0

@@ -206,6 +206,33 @@ def reset(store_url: str | None, job: str, run: str | None, all_runs: bool, forc
 
 @cli.command()
 @store_option
+@click.argument("job")
+@click.option("--run", default=None, help="Which run (needed when the job has several).")
+def reopen(store_url: str | None, job: str, run: str | None) -> None:
+    """Mark a completed run interrupted, keeping its positions, so a rerun can do more work.
+
+    For reprocessing what a completed run skipped: rerun it with ``retry_dead=True``
+    (``job.map``/``job.amap`` dead letters); skipped files are retried by any rerun.
+    """
+    from .._proc import current_owner
+    from ..checkpoint import COMPLETED, INTERRUPTED
+
+    check_name(job, "job name")
+    with _open(store_url) as store:
+        run = _pick_run(store, job, run)
+        rec = store.load(job, run)
+        if rec is None:
+            raise UsageError(f"no run {run!r} of job {job!r} in {store.display}")
+        if rec.status != COMPLETED:
+            raise UsageError(f"job {job!r} run {run!r} is {rec.status}, not completed: a rerun resumes it as it is")
+        held = store.acquire(job, run, owner=current_owner(), lease_seconds=30)
+        store.save(held.replace(status=INTERRUPTED), lease_seconds=None)
+        dead = sum(len(p.get("dead") or {}) + len(p.get("failed") or {}) for p in rec.positions.values())
+        click.echo(f"reopened job {job} run {run} ({rec.done:,} done, {dead} skipped): rerun it to continue")
+
+
+@cli.command()
+@store_option
 @click.option("--older-than", default="7d", show_default=True, help="Age of completed runs to delete (30m, 12h, 7d).")
 @click.option("--job", "job_name", default=None, help="Only this job's runs.")
 @click.option("--dry-run", is_flag=True, help="List what would be deleted.")
