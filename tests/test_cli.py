@@ -157,3 +157,33 @@ def test_sharded_run_is_one_line_in_status_and_detailed_in_show(capsys, tmp_path
     assert len(json.loads(out)["runs"]) == 3
     code, out, _ = run_cli(capsys, "show", "sharded", "--run", "uid", "--store", url)
     assert code == 0 and out.count("job sharded  run uid.shard-") == 3
+
+
+@pytest.mark.parametrize("server", ["postgres_url", "redis_url"])
+def test_cli_works_unchanged_on_network_stores(capsys, request, server):
+    url = request.getfixturevalue(server)
+    with Job("net", run="a", store=url, progress=False) as job:
+        list(job.iterate(range(20), every=5))
+    with pytest.raises(RuntimeError):
+        with Job("net", run="b", store=url, progress=False) as job:
+            for i in job.iterate(range(20), every=5):
+                if i == 12:
+                    raise RuntimeError
+    code, out, _ = run_cli(capsys, "status", "--store", url, "--json")
+    assert code == 0
+    runs = {r["run"]: r for r in json.loads(out)["runs"]}
+    assert runs["a"]["status"] == "completed" and runs["b"]["done"] == 12
+    code, out, _ = run_cli(capsys, "show", "net", "--run", "b", "--store", url)
+    assert code == 0 and "12/20" in out
+    code, out, _ = run_cli(capsys, "cleanup", "--older-than", "0s", "--store", url)
+    assert code == 0 and "deleted 1" in out
+    code, out, _ = run_cli(capsys, "reset", "net", "--run", "b", "--store", url)
+    assert code == 0
+    code, out, _ = run_cli(capsys, "status", "--store", url, "--json")
+    assert json.loads(out)["runs"] == []
+
+
+def test_cli_redacts_passwords(capsys, postgres_server):
+    url = postgres_server.replace("postgres@", "postgres:hunter2@")
+    code, out, err = run_cli(capsys, "status", "--store", url)
+    assert "hunter2" not in out + err
