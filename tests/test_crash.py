@@ -127,11 +127,24 @@ def _check_campaign(url: str, run: str, variant: Variant, log: Path, kills: list
     return redone
 
 
-@pytest.mark.parametrize("variant_name", sorted(VARIANTS))
-@pytest.mark.parametrize("store_kind", ["sqlite", "file"])
-def test_sigkill_at_random_moments(spawn: Spawner, tmp_path: Path, store_kind: str, variant_name: str) -> None:
+_CASES = [(store, v) for store in ("sqlite", "file") for v in sorted(VARIANTS)] + [
+    # The network stores get the quick variant: their kills are the same code path.
+    ("postgresql", "small"),
+    ("redis", "small"),
+]
+
+
+@pytest.mark.parametrize("store_kind,variant_name", _CASES)
+def test_sigkill_at_random_moments(
+    spawn: Spawner, tmp_path: Path, store_kind: str, variant_name: str, request: pytest.FixtureRequest
+) -> None:
     variant = VARIANTS[variant_name]
-    url = local_store_url(store_kind, tmp_path)
+    if store_kind == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+    elif store_kind == "redis":
+        url = request.getfixturevalue("redis_url")
+    else:
+        url = local_store_url(store_kind, tmp_path)
     target = max(KILLS, variant.kills)
     seed = f"{store_kind}-{variant_name}-{os.environ.get('RESTARTABLE_TORTURE_SEED', '1')}"
     rng = random.Random(seed)
