@@ -28,6 +28,8 @@ checkpoint in one transaction (exactly-once output into the same database).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import sqlite3
 import threading
@@ -134,6 +136,29 @@ def _path_from_url(url: StoreURL) -> str:
     return path
 
 
+@contextlib.contextmanager
+def _init_lock(path: str, timeout: float, display: str) -> Iterator[None]:
+    """Hold an exclusive flock on ``<path>.lock`` while a process opens the database."""
+    with os_errors(path, display=display):
+        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreUnavailable(
+                        f"{display}: another process kept the database's open lock ({path}.lock) for "
+                        f"{timeout:g}s; retry, or find the stuck process"
+                    ) from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 class SQLiteStore(Store):
     """The Store contract on one SQLite file. Thread-safe: one connection behind a lock."""
 
@@ -161,15 +186,21 @@ class SQLiteStore(Store):
             with os_errors(self.path, display=self.display):
                 make_private_dirs(os.path.dirname(self.path))
                 create_private_file(self.path)
-            self._conn = self._connect()
-            try:
-                self._migrate()
-            except BaseException:
-                self._conn.close()
-                self._conn = None
-                raise
+            # Opening is serialized between processes with an flock on a sidecar file: two
+            # processes creating one database at once can otherwise deadlock on the switch
+            # to WAL (it needs an exclusive lock while the other holds a shared one, and
+            # SQLite then answers SQLITE_BUSY without waiting).
+            with _init_lock(self.path, self.busy_timeout, self.display):
+                self._conn = self._connect()
+                try:
+                    self._migrate()
+                except BaseException:
+                    self._conn.close()
+                    self._conn = None
+                    raise
 
     def _connect(self) -> sqlite3.Connection:
+        """A connection in WAL mode with our pragmas (the switch to WAL only once per database)."""
         # isolation_level=None: the sqlite3 module starts no transactions of its own;
         # we issue BEGIN IMMEDIATE / COMMIT / ROLLBACK ourselves.
         conn = sqlite3.connect(
@@ -177,7 +208,9 @@ class SQLiteStore(Store):
         )
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":  # persistent: only the first open of a database switches
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreUnavailable(
                     f"{self.display}: SQLite refused WAL mode (got {mode!r}); put the database "
