@@ -349,6 +349,8 @@ class WorkQueue:
 
     def _lose(self, claim: Claim, exc: Fenced) -> Fenced:
         """Mark ``claim`` fenced for good: every later complete() raises ``exc`` again."""
+        if claim._lost is None:
+            log.error("%s", exc)  # Fenced is a SystemExit: uncaught, it would exit 75 silently
         claim._lost = exc
         claim.state = "fenced"
         self._drop(claim)
