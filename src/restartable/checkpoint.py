@@ -320,12 +320,22 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def decode_record(text: str | bytes, *, where: str = "checkpoint") -> Checkpoint:
-    """Parse and validate a record. Raises :class:`CheckpointCorrupt` naming what is wrong."""
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number a checkpoint can hold")
+
+
+def decode_record(
+    text: str | bytes, *, where: str = "checkpoint", expect: tuple[str, str] | None = None
+) -> Checkpoint:
+    """Parse and validate a record. Raises :class:`CheckpointCorrupt` naming what is wrong.
+
+    ``expect`` is the ``(job, run)`` the record was stored under: a record that names
+    another run is refused too (it was copied or planted in the wrong place).
+    """
     try:
-        data = loads(text)
-    except (ValueError, UnicodeDecodeError, TypeError, ArithmeticError) as exc:
-        raise CheckpointCorrupt(f"{where} is not valid checkpoint JSON ({exc})") from None
+        data = decode_value(json.loads(text, parse_constant=_no_constant))
+    except (ValueError, UnicodeDecodeError, TypeError, ArithmeticError, RecursionError) as exc:
+        raise CheckpointCorrupt(f"{where} is not valid checkpoint JSON ({str(exc)[:200]})") from None
     if not isinstance(data, dict):
         raise CheckpointCorrupt(f"{where} is not a JSON object")
     version = data.get("version")
@@ -342,6 +352,14 @@ def decode_record(text: str | bytes, *, where: str = "checkpoint") -> Checkpoint
             raise CheckpointCorrupt(f"{where}: field {key!r} is missing or has the wrong type")
     if data["status"] not in STATUSES:
         raise CheckpointCorrupt(f"{where}: unknown status {data['status']!r}")
+    for name, pos in data["positions"].items():
+        if not isinstance(pos, dict) or type(pos.get("offset", 0)) is not int or pos.get("offset", 0) < 0:
+            raise CheckpointCorrupt(f"{where}: the position of iteration {name!r} is not valid ({pos!r:.80})")
+    if expect is not None and (data["job"], data["run"]) != expect:
+        raise CheckpointCorrupt(
+            f"{where} holds the record of job {data['job']!r} run {data['run']!r}, not of job {expect[0]!r} "
+            f"run {expect[1]!r}: it was copied into the wrong place; restore the right one or reset the run"
+        )
     lease = data.get("lease_expires")
     owner = data.get("owner")
     try:

@@ -162,10 +162,13 @@ def _read_generation(path: str, where: str) -> _Gen | None:
             HistoryEntry(**h)  # validates the keys
         history = [json.dumps(h, separators=(",", ":")) for h in entries]
         record_text = json.dumps(doc["record"], separators=(",", ":"), ensure_ascii=False)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise _Bad(f"its body is not a checkpoint document ({exc})") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise _Bad(f"its body is not a checkpoint document ({str(exc)[:200]})") from None
+    # <dir>/<job>/<run>.ckpt[.prev]: the record must name the run it is stored as.
+    base = os.path.basename(path)
+    expect = (os.path.basename(os.path.dirname(path)), base[: base.index(".ckpt")] if ".ckpt" in base else base)
     try:
-        rec = decode_record(record_text, where=where)
+        rec = decode_record(record_text, where=where, expect=expect)
     except CheckpointCorrupt as exc:
         raise _Bad(str(exc), newer="upgrade restartable" in str(exc)) from None
     if rec.epoch != head["epoch"]:

@@ -450,7 +450,7 @@ class PostgresStore(Store):
         if status not in STATUSES:
             raise CheckpointCorrupt(f"{where}: unknown status {status!r}")
         try:
-            rec = decode_record(text, where=where)
+            rec = decode_record(text, where=where, expect=(job, run))
         except CheckpointCorrupt:
             if not lenient:
                 raise

@@ -317,7 +317,8 @@ class SQLiteStore(Store):
     def _row_to_record(self, job: str, run: str, row: tuple[Any, ...]) -> Checkpoint:
         epoch, status, lease_expires, heartbeat, updated, text = row
         try:
-            rec = decode_record(text, where=f"the record of job {job!r} run {run!r} in {self.display}")
+            rec = decode_record(text, where=f"the record of job {job!r} run {run!r} in {self.display}",
+                                expect=(job, run))
         except CheckpointCorrupt as exc:
             raise CheckpointCorrupt(f"{exc}; {self._fix()}") from None
         # The columns are the authority: renew() updates only them.
