@@ -213,7 +213,7 @@ def _cases() -> list[Any]:
     for kind in STORES:
         for case_id, doc, match, bug in CORPUS:
             if kind == "sqlite" and case_id == "non-utf8":
-                bug = BUG_SQLITE_UTF8
+                bug = None
             marks = [pytest.mark.xfail(strict=True, reason=bug)] if bug else []
             out.append(pytest.param(kind, doc, match, id=f"{kind}-{case_id}", marks=marks))
     return out
@@ -237,7 +237,7 @@ def test_corrupt_checkpoint_is_refused_clearly_and_never_reset(store_url: str, d
 
 
 @pytest.mark.parametrize("store_url,case_id", [
-    pytest.param(k, c, id=f"{k}-{c}", marks=[pytest.mark.xfail(strict=True, reason=BUG_SQLITE_UTF8)]
+    pytest.param(k, c, id=f"{k}-{c}", marks=[]
                  if (k, c) == ("sqlite", "non-utf8") else [])
     for k in STORES for c in ("truncated", "version-newer", "non-utf8")], indirect=["store_url"])
 def test_cli_on_a_corrupt_checkpoint_prints_one_line_and_exits_65(store_url: str, case_id: str) -> None:
@@ -346,7 +346,7 @@ def test_hostile_cursor_names_and_file_names_are_data(store_url: str, tmp_path: 
 
 
 @pytest.mark.parametrize("store_url", [
-    pytest.param(k, marks=[pytest.mark.xfail(strict=True, reason=BUG_SURROGATE)] if k != "redis" else [])
+    pytest.param(k)
     for k in STORES], indirect=True)
 def test_text_that_is_not_utf8(store_url: str, tmp_path: Path) -> None:
     """A file name that is not UTF-8 is processed and marked; a lone surrogate in state round-trips."""

@@ -79,6 +79,16 @@ class Entry(NamedTuple):
     path: str
 
 
+def _entry(rel: str, path: str) -> Entry:
+    """An entry whose key is valid text: a name that is not UTF-8 (surrogate-escaped by
+    Python) gets its undecodable bytes spelled ``\\xNN``, stable across runs."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        rel = os.fsencode(rel).decode("utf-8", "backslashreplace")
+    return Entry(rel, path)
+
+
 # -- resolving the input --------------------------------------------------------------
 
 
@@ -121,10 +131,10 @@ def resolve(pattern: str | os.PathLike[str]) -> tuple[str, list[Entry]]:
                     found = [e.path for e in it if not e.name.startswith(".") and e.is_file()]
             except OSError as exc:
                 raise _listing_error(exc, text, "input directory") from exc
-            return text, sorted(Entry(os.path.relpath(p, text), p) for p in found)
+            return text, sorted(_entry(os.path.relpath(p, text), p) for p in found)
         if os.path.isfile(text):
             base = os.path.dirname(text) or "."
-            return base, [Entry(os.path.basename(text), text)]
+            return base, [_entry(os.path.basename(text), text)]
         parent = os.path.dirname(text) or "."
         if not os.path.isdir(parent):
             raise DataError(f"the input directory {parent} does not exist (for {text}): create it, "
@@ -139,7 +149,7 @@ def resolve(pattern: str | os.PathLike[str]) -> tuple[str, list[Entry]]:
             pass
     except OSError as exc:
         raise _listing_error(exc, base, "input directory") from exc
-    entries = [Entry(os.path.relpath(p, base), p) for p in glob.glob(text, recursive=True) if os.path.isfile(p)]
+    entries = [_entry(os.path.relpath(p, base), p) for p in glob.glob(text, recursive=True) if os.path.isfile(p)]
     return base, sorted(entries)
 
 

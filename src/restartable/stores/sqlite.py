@@ -265,6 +265,8 @@ class SQLiteStore(Store):
                 f"directory readable and writable by uid {os.geteuid()} (SQLite creates -wal and -shm "
                 "files beside it), or point the store elsewhere"
             )
+        if "decode to UTF-8" in msg:  # a record whose bytes are not text: damaged, not busy
+            return CheckpointCorrupt(f"{where}: a record in {self.path} is not UTF-8 text ({msg}); {self._fix()}")
         if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "not a database" in msg or "malformed" in msg:
             return CheckpointCorrupt(f"{where}: {self.path} is not a readable SQLite database ({msg}); {self._fix()}")
         return StoreUnavailable(f"{where}: SQLite error: {msg}")
