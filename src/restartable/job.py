@@ -394,6 +394,26 @@ class Job:
         self._adopt_saved(saved)
         return saved
 
+    def _mark(self, cursor: str, key: str, value: Any) -> None:
+        """Record one item of ``cursor`` as done with a per-item marker: O(1), fenced.
+
+        A store that lost the run (Redis restarted without persistence) gets the record
+        written back from memory first, as a save does, and the marker again.
+        """
+        epoch = self.epoch
+        assert epoch is not None
+        try:
+            self.store.mark(self.name, self.run, cursor, key, value, epoch=epoch)
+        except CheckpointLost as exc:
+            log.error("%s: %s; writing the checkpoint back from memory", self.label, exc)
+            with self._save_lock:
+                self._adopt_saved(self.store.restore(self._record_for_save(RUNNING), lease_seconds=self.lease_seconds))
+            self.store.mark(self.name, self.run, cursor, key, value, epoch=epoch)
+        except Fenced as exc:
+            if self._fenced is None:
+                self._fence(exc)
+            raise
+
     def checkpoint(self) -> None:
         """Save a checkpoint now. Inside a loop, the item in flight is not yet done."""
         if self.completed:

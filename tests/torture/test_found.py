@@ -56,9 +56,6 @@ def test_map_sigterm_during_a_save_drains_in_flight_items(tmp_path: Path) -> Non
     assert not lost, f"items {lost} finished around the SIGTERM but are not in the interrupt checkpoint"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: src/restartable/sources/files.py calls Store.mark without handling "
-                   "CheckpointLost: after a Redis restart (no persistence) job.files fails with exit 75 instead "
-                   "of writing the record back from memory and going on as job.iterate does")
 def test_files_go_on_after_a_redis_restart(torture_private_redis: Any, tmp_path: Path) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()

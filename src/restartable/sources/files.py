@@ -306,10 +306,7 @@ class FileSet:
 
     def mark(self, entry: Entry, st: os.stat_result) -> None:
         """Record ``entry`` as done with the stat it had when processed: O(1), fenced, thread-safe."""
-        job = self.job
-        epoch = job.epoch
-        assert epoch is not None
-        job.store.mark(job.name, job.run, self.cursor.name, entry.key, _marker_value(st), epoch=epoch)
+        self.job._mark(self.cursor.name, entry.key, _marker_value(st))
         if self.marker_dir is not None:
             self._touch_done(entry.key)
 
