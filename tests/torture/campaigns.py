@@ -33,6 +33,7 @@ import signal
 import subprocess
 import threading
 import time
+import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -562,7 +563,10 @@ def run_cell(cell: Cell, env: CellEnv, row: Row, budget: int | None = None) -> N
     while row.faults < target and len(row.violations) < 5:
         index += 1
         before = row.faults
-        Campaign(cell, env, index, rng, row).run(target - row.faults)
+        try:
+            Campaign(cell, env, index, rng, row).run(target - row.faults)
+        except Exception:  # noqa: BLE001 - a harness failure is reported in the table, with its traceback
+            row.violations.append(f"c{index}: the campaign crashed:\n{traceback.format_exc(limit=6)}")
         row.campaigns += 1
         if row.faults == before and index >= 3 * target + 3:
             row.violations.append(f"no fault could be injected in {index} campaigns")

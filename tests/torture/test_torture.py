@@ -106,5 +106,6 @@ def test_torture(cell: Cell, cell_env: CellEnv, torture_report: Report) -> None:
         run_cell(cell, cell_env, row)
     finally:
         torture_report.add(row)
+        torture_report.write()  # after every cell: a long run's table is readable while it runs
     detail: Any = "\n".join(row.violations[:5])
     assert not row.violations, f"{len(row.violations)} violation(s):\n{detail}"
