@@ -280,6 +280,7 @@ class Engine:
         self.held: dict[int, Any] | None = {} if opts.on_error == "skip" and self.seq is None else None
         self.closed = False
         self.hooks = job._loop_hooks(seconds=opts.seconds, progress=progress, fingerprint=self.fp)
+        self.hooks.stop_after_save = False  # a signal is acted on by the engine: it drains in-flight items first
         job.on_checkpoint(self.sync)
 
     # -- reading and starting ------------------------------------------------------

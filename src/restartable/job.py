@@ -629,6 +629,9 @@ class _LoopHooks:
         self.shown = shown
         self.last_save = time.monotonic()
         self.started = False
+        #: Stop at once when a signal arrived during the periodic save. A source that drains
+        #: work in flight before stopping (job.map) turns it off and stops by itself.
+        self.stop_after_save = True
 
     def boundary(self, cur: Cursor, count_due: bool) -> None:
         job = self.job
@@ -639,16 +642,17 @@ class _LoopHooks:
         if job._fenced is not None:
             raise job._fenced
         self.shown.update(cur.offset)
+        signalled = job._signal is not None
         now = time.monotonic()
-        if job._signal is None and (count_due or (self.seconds is not None and now - self.last_save >= self.seconds)):
+        if not signalled and (count_due or (self.seconds is not None and now - self.last_save >= self.seconds)):
             if self.fp is not None:
                 job._fingerprints[cur.name] = self.fp.result()
             job._save(RUNNING)
             self.last_save = now
             self.shown.checkpointed(cur.name, cur.offset, cur.total)
-        # Checked after the periodic save too: a signal that arrived during it must stop
-        # the loop now, not a chunk later.
-        if job._signal is not None:
+        # A signal that arrived during that save stops the loop now, not a chunk (or a
+        # batch) later, unless the source drains its work in flight first (job.map).
+        if signalled or (job._signal is not None and self.stop_after_save):
             if self.fp is not None:
                 job._fingerprints[cur.name] = self.fp.result()
             job._save(INTERRUPTED, release=True)

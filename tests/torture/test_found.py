@@ -17,9 +17,6 @@ from restartable.errors import Interrupted, TemporaryError
 from restartable.stores import open_store
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a SIGTERM that lands in a periodic save of job.map skips the grace "
-                   "drain: items already finished (or finishing) are not yielded nor checkpointed, contrary to "
-                   "the documented 'running ones get grace seconds to finish and their results are yielded'")
 def test_map_sigterm_during_a_save_drains_in_flight_items(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/c.db"
     finished: list[int] = []
