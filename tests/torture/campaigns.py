@@ -56,7 +56,7 @@ SEED = os.environ.get("RESTARTABLE_TORTURE_SEED", "1")
 #: Faults per cell: quick (every pytest run) and long (RESTARTABLE_TORTURE=long, by hand).
 TARGETS = {
     False: {"kill": 3, "term": 2, "stop": 1, "dup": 2, "enospc": 1, "readonly": 1, "restart": 2},
-    True: {"kill": 50, "term": 15, "stop": 4, "dup": 12, "enospc": 6, "readonly": 6, "restart": 8},
+    True: {"kill": 80, "term": 20, "stop": 4, "dup": 16, "enospc": 6, "readonly": 6, "restart": 10},
 }
 
 #: Per mode: items, checkpoint interval, work per item (s), and mode-specific settings.
