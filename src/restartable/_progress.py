@@ -68,7 +68,8 @@ class Progress:
             auto_refresh=False,
         )
         self._bar.start()
-        self._task = self._bar.add_task(f"{self.label} {name}", total=total, completed=done, rate="")
+        what = self.label if name == "0" else f"{self.label} [{name}]"
+        self._task = self._bar.add_task(what, total=total, completed=done, rate="")
 
     def rate(self, done: int) -> float:
         elapsed = time.monotonic() - self._t0
@@ -88,7 +89,7 @@ class Progress:
         """A checkpoint was saved: without a terminal, say so in one line (throttled)."""
         if self._bar is not None:
             return
-        where = self.label if name.isdigit() and name == "0" else f"{self.label} iteration {name!r}"
+        where = self.label if name == "0" else f"{self.label} iteration {name!r}"
         now = time.monotonic()
         if not force and now - self._last_log < LOG_INTERVAL:
             return
