@@ -301,10 +301,6 @@ class Campaign:
         """Items each launched worker processed, in launch order."""
         return [[i for seg in read_log(log) for i in seg.items] for _, log in self.launched]
 
-    def _finished(self, w: Worker) -> bool:
-        """The worker printed ``finished``: its job completed."""
-        return any(line.startswith("finished") for line in w.seen)
-
     def _after_fault(self, victim: Worker, floor: int | None = None) -> None:
         """The checkpoint is readable, claims only processed items, and has not gone below ``floor``."""
         rec = self._load()
@@ -405,8 +401,10 @@ class Campaign:
         if fault == "term":
             w.signal(signal.SIGTERM)
             rc = self._finish(w)
-            if rc == -signal.SIGTERM and self._finished(w):
-                rc = 0  # the job had completed and restored the default handler: SIGTERM ended the process
+            if rc == -signal.SIGTERM and (rec := self._load()) is not None and rec.status == COMPLETED:
+                # The job had completed (or found the run complete) and left its handlers: the
+                # default action ended the process after the work, which is all it had to do.
+                rc, self.completed = 0, True
             self._expect_rc(w, rc, {143, 0}, "SIGTERM")
             if rc == 143:
                 self.ended[w.pid] = "term"
