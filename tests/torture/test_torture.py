@@ -33,13 +33,14 @@ def _supported(store: str, mode: str, fault: str) -> bool:
     return True
 
 
-#: Cells that fail because of a bug in src/ (each has a deterministic twin in test_found.py).
+#: Cells that fail because of a bug in src/. Not strict: whether a random restart lands while
+#: files are being marked is timing; the deterministic twin in test_found.py is strict.
 KNOWN_BUGS: dict[Cell, str] = {}  # none open: the bugs found so far are fixed (test_found.py keeps their twins)
 
 
 def _param(cell: Cell) -> Any:
     bug = KNOWN_BUGS.get(cell)
-    return pytest.param(cell, marks=pytest.mark.xfail(strict=True, reason=bug)) if bug else cell
+    return pytest.param(cell, marks=pytest.mark.xfail(strict=False, reason=bug)) if bug else cell
 
 
 CELLS = [_param(Cell(s, m, f)) for s in STORES for m in MODES for f in FAULTS if _supported(s, m, f)]
