@@ -18,7 +18,7 @@ import base64
 import datetime as _dt
 import json
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any
 
@@ -257,7 +257,17 @@ class Checkpoint:
     version: int = FORMAT_VERSION
 
     def replace(self, **changes: Any) -> Checkpoint:
-        return replace(self, **changes)
+        """A copy with ``changes`` (shallow: the dicts are shared, as with dataclasses.replace).
+
+        Hand-rolled because a save makes three copies and ``dataclasses.replace`` (which
+        introspects the fields on each call) costs about 10 µs apiece: a tenth of a
+        save's Python time with ``every=1``.
+        """
+        if not changes.keys() <= _CHECKPOINT_FIELDS:
+            raise TypeError(f"Checkpoint has no field(s) {sorted(changes.keys() - _CHECKPOINT_FIELDS)}")
+        new = object.__new__(Checkpoint)
+        new.__dict__.update(self.__dict__, **changes)
+        return new
 
     @property
     def finished(self) -> bool:
@@ -265,6 +275,9 @@ class Checkpoint:
 
     def history_entry(self) -> HistoryEntry:
         return HistoryEntry(at=self.updated, epoch=self.epoch, status=self.status, done=self.done, failed=self.failed)
+
+
+_CHECKPOINT_FIELDS = frozenset(f.name for f in fields(Checkpoint))
 
 
 def _record_data(rec: Checkpoint) -> dict[str, Any]:
