@@ -481,7 +481,7 @@ def main() -> None:  # noqa: C901 - one straight script
                    0.0))
     for name, value, target in checks:
         if not target:
-            shown = f"{value or 0:.1%}" if (value or 0) < 5 else f"{value:,.1f}x"
+            shown = f"{value or 0:.1%}" if "floor" in name else f"{value or 0:,.1f}x"
             print(f"{name:<52} {shown:>10}   (context, no target)")
             continue
         verdict = "n/a" if value is None else ("ok" if value >= target else "MISSED")
