@@ -164,6 +164,8 @@ class Job:
         self._calls = 0
         self._complete_called = False
         self._fenced: Fenced | None = None
+        #: This runner took the lease (False: it found the run completed and only reads).
+        self._holds_lease = False
         self._signal: int | None = None
         self._guard: SignalGuard | None = None
         self._heartbeat: _lease.Heartbeat | None = None
@@ -225,6 +227,7 @@ class Job:
                 store, self.name, self.run, owner=current_owner(), lease_seconds=self.lease_seconds,
                 wait=self.wait, label=self.label,
             )
+            self._holds_lease = True
             if rec.status == COMPLETED:  # completed by another runner meanwhile
                 rec = store.save(rec, lease_seconds=None)
         self._record = rec
@@ -267,7 +270,10 @@ class Job:
         if self._heartbeat is not None:
             self._heartbeat.stop()
         rec = self._record
-        if rec is None or (self.completed and rec.lease_expires is None):
+        # A runner that found the run completed took no lease and writes nothing, not even to
+        # release a lease a crashed runner left on the completed record (the store may be
+        # read-only to it, and that lease is not its own).
+        if rec is None or not self._holds_lease or (self.completed and rec.lease_expires is None):
             return
         if isinstance(exc, (Fenced, Interrupted)) or self._fenced is not None:
             return  # fenced: nothing may be saved; interrupted: already saved and released

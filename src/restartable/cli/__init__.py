@@ -17,9 +17,9 @@ from .._names import check_name
 from .._progress import human_duration
 from .._url import parse_duration
 from ..entry import report_error
-from ..errors import ConfigError, RunLocked, UsageError
+from ..errors import CheckpointCorrupt, ConfigError, RunLocked, UsageError
 from ..stores import open_store
-from ..stores.base import Store
+from ..stores.base import Store, Unreadable
 from ._report import group_shards, iso, lease_state, progress_text, record_json, summarize
 
 __all__ = ["main", "run", "cli"]
@@ -54,35 +54,63 @@ def status(store_url: str | None, job_name: str | None, as_json: bool, shards: b
         if job_name is not None:
             check_name(job_name, "job name")
         now = store.now()
-        rows = [summarize(rec, store.history(rec.job, rec.run, limit=10), now) for rec in store.list_runs(job_name)]
+        bad: list[Unreadable] = []
+        records = store.list_runs(job_name, corrupt=bad)
+        rows = [summarize(rec, store.history(rec.job, rec.run, limit=10), now) for rec in records]
         if not shards:
             rows = group_shards(rows)
         if as_json:
-            click.echo(json.dumps({"store": store.display, "runs": [r.to_json() for r in rows]}, indent=2))
-            return
-        if not rows:
+            click.echo(json.dumps({"store": store.display, "runs": [r.to_json() for r in rows],
+                                   "unreadable": [{"job": j, "run": r, "error": str(e)} for j, r, e in bad]},
+                                  indent=2))
+        elif not rows and not bad:
             click.echo(f"no runs in {store.display}")
-            return
-        from rich.console import Console
-        from rich.table import Table
+        else:
+            _status_table(store, rows, bad)
+        if bad:
+            raise _unreadable_error(store, bad)
 
-        table = Table(title=f"runs in {store.display}", title_justify="left")
-        for col in ("job", "run", "status", "progress", "rate", "ETA", "updated", "owner / lease"):
-            table.add_column(col, overflow="fold")
-        for r in rows:
-            lease = "" if r.lease in ("free", "held") else f" [bold red]{r.lease.upper()}[/]"
-            table.add_row(
-                r.job, r.run, r.status, progress_text(r),
-                f"{r.rate:,.0f}/s" if r.rate else "", human_duration(r.eta) if r.eta is not None else "",
-                f"{human_duration(r.age)} ago", (r.owner if r.lease != "free" else "") + lease,
-            )
-        Console(width=max(100, Console().width)).print(table)
+
+def _unreadable_error(store: Store, bad: list[Unreadable]) -> CheckpointCorrupt:
+    """One error for the runs ``status`` could not read, listed after the ones it could."""
+    if len(bad) == 1:
+        return bad[0][2]
+    names = ", ".join(f"job {j} run {r}" for j, r, _ in bad[:5]) + (", ..." if len(bad) > 5 else "")
+    return CheckpointCorrupt(f"{len(bad)} runs in {store.display} have no readable checkpoint ({names}): "
+                             "`restartable show JOB --run RUN` gives each one's error; restore the store from a "
+                             "backup, or `restartable reset JOB --run RUN` to start that run over")
+
+
+def _status_table(store: Store, rows: list[Any], bad: list[Unreadable]) -> None:
+    """The runs as a table, the unreadable ones last."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"runs in {store.display}", title_justify="left")
+    for col in ("job", "run", "status", "progress", "rate", "ETA", "updated", "owner / lease"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        lease = "" if r.lease in ("free", "held") else f" [bold red]{r.lease.upper()}[/]"
+        table.add_row(
+            r.job, r.run, r.status, progress_text(r),
+            f"{r.rate:,.0f}/s" if r.rate else "", human_duration(r.eta) if r.eta is not None else "",
+            f"{human_duration(r.age)} ago", (r.owner if r.lease != "free" else "") + lease,
+        )
+    for job, run, _ in bad:
+        table.add_row(job, run, "[bold red]UNREADABLE[/]", "", "", "", "", "")
+    Console(width=max(100, Console().width)).print(table)
+
+
+def _run_names(store: Store, job: str) -> list[str]:
+    """The job's runs, those whose checkpoint cannot be read included (show and reset name them)."""
+    bad: list[Unreadable] = []
+    return sorted([r.run for r in store.list_runs(job, corrupt=bad)] + [run for _, run, _ in bad])
 
 
 def _pick_run(store: Store, job: str, run: str | None) -> str:
     if run is not None:
         return check_name(run, "run")
-    runs = [r.run for r in store.list_runs(job)]
+    runs = _run_names(store, job)
     if not runs:
         raise UsageError(f"no runs of job {job!r} in {store.display}")
     if len(runs) == 1:
@@ -189,10 +217,17 @@ def reset(store_url: str | None, job: str, run: str | None, all_runs: bool, forc
     """Delete a run's checkpoint, so the next run starts from the beginning."""
     check_name(job, "job name")
     with _open(store_url) as store:
-        runs = [r.run for r in store.list_runs(job)] if all_runs else [_pick_run(store, job, run)]
+        runs = _run_names(store, job) if all_runs else [_pick_run(store, job, run)]
         now = store.now()
         for r in runs:
-            rec = store.load(job, r)
+            try:
+                rec = store.load(job, r)
+            except CheckpointCorrupt:
+                # Unreadable: no runner can hold it either (none can load it). Resetting is the fix
+                # the error names, so it must work: delete whatever is there.
+                store.delete(job, r)
+                click.echo(f"reset job {job} run {r} (its checkpoint was unreadable)")
+                continue
             if rec is None:
                 raise UsageError(f"no run {r!r} of job {job!r} in {store.display}")
             if not force and lease_state(rec, now) == "held":
@@ -247,7 +282,8 @@ def cleanup(store_url: str | None, older_than: str, job_name: str | None, dry_ru
     with _open(store_url) as store:
         if dry_run:
             cutoff = store.now() - seconds
-            victims = [r for r in store.list_runs(job_name) if r.status == "completed" and r.updated <= cutoff]
+            victims = [r for r in store.list_runs(job_name, corrupt=[])
+                       if r.status == "completed" and r.updated <= cutoff]
         else:
             victims = store.cleanup(older_than=seconds, job=job_name)
         verb = "would delete" if dry_run else "deleted"

@@ -9,7 +9,8 @@ per-item markers. Six operations make a store; everything else here is built on 
 ``save``      compare-and-set the whole record on its epoch, renewing or releasing the lease.
 ``renew``     compare-and-set the lease expiry on the epoch.
 ``delete``    remove a run (optionally only at a given epoch).
-``list_runs`` every record, for ``status`` and ``cleanup``.
+``list_runs`` every record, for ``status`` and ``cleanup`` (an unreadable one raises, or is
+              reported apart when the caller asks, so one bad run cannot hide the others).
 
 plus ``history`` for ``show``, and the marker operations used by file sources.
 
@@ -36,13 +37,19 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Self
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, Self, TypeVar
 
 from ..checkpoint import COMPLETED, RUNNING, Checkpoint, HistoryEntry, Owner
-from ..errors import Fenced, RunLocked
+from ..errors import CheckpointCorrupt, Fenced, RunLocked
 from .._url import StoreURL
 
-__all__ = ["Store", "HISTORY_LIMIT", "first_epoch"]
+__all__ = ["Store", "HISTORY_LIMIT", "Unreadable", "first_epoch"]
+
+_Raw = TypeVar("_Raw")
+
+#: A run ``list_runs`` could not read: ``(job, run, error)``.
+Unreadable = tuple[str, str, CheckpointCorrupt]
 
 #: How many history entries a store keeps per run (older ones are pruned).
 HISTORY_LIMIT = 50
@@ -123,8 +130,13 @@ class Store(ABC):
         """
 
     @abstractmethod
-    def list_runs(self, job: str | None = None) -> list[Checkpoint]:
-        """Every record (of ``job`` when given), sorted by job then run."""
+    def list_runs(self, job: str | None = None, *, corrupt: list[Unreadable] | None = None) -> list[Checkpoint]:
+        """Every record (of ``job`` when given), sorted by job then run.
+
+        A run whose record cannot be read raises CheckpointCorrupt; when the caller
+        passes a ``corrupt`` list, it is appended there as ``(job, run, error)`` and
+        left out instead, so ``status`` and ``cleanup`` still see every other run.
+        """
 
     @abstractmethod
     def history(self, job: str, run: str, *, limit: int = 20) -> list[HistoryEntry]:
@@ -172,13 +184,34 @@ class Store(ABC):
         """
         cutoff = self.now() - older_than
         removed = []
-        for rec in self.list_runs(job):
+        # An unreadable run is not known to be completed: it stays, and the others are cleaned.
+        for rec in self.list_runs(job, corrupt=[]):
             if rec.status == COMPLETED and rec.updated <= cutoff:
                 if self.delete(rec.job, rec.run, epoch=rec.epoch):
                     removed.append(rec)
         return removed
 
     # -- helpers for implementations ------------------------------------------
+
+    @staticmethod
+    def _readable(
+        listed: Iterable[tuple[str, str, _Raw]],
+        read: Callable[[_Raw], Checkpoint | None],
+        corrupt: list[Unreadable] | None,
+    ) -> list[Checkpoint]:
+        """``read`` each listed run, for :meth:`list_runs`: a corrupt one raises, or goes to ``corrupt``."""
+        out = []
+        for job, run, raw in listed:
+            try:
+                rec = read(raw)
+            except CheckpointCorrupt as exc:
+                if corrupt is None:
+                    raise
+                corrupt.append((job, run, exc))
+                continue
+            if rec is not None:
+                out.append(rec)
+        return out
 
     def _new_record(self, job: str, run: str, owner: Owner, now: float, lease_seconds: float) -> Checkpoint:
         return Checkpoint(

@@ -58,7 +58,7 @@ from .._url import StoreURL
 from ..checkpoint import Checkpoint, HistoryEntry, Owner, decode_record, dumps, encode_record, loads
 from ..errors import CheckpointCorrupt, ConfigError, StoreUnavailable, UsageError
 from ._localfs import FILE_MODE, make_private_dirs, os_errors, write_temp
-from .base import HISTORY_LIMIT, Store
+from .base import HISTORY_LIMIT, Store, Unreadable
 
 __all__ = ["FILE_FORMAT", "FILE_VERSION", "FileStore"]
 
@@ -571,7 +571,7 @@ class FileStore(Store):
             self._drop_lock_fd((job, run))
             return existed
 
-    def list_runs(self, job: str | None = None) -> list[Checkpoint]:
+    def list_runs(self, job: str | None = None, *, corrupt: list[Unreadable] | None = None) -> list[Checkpoint]:
         with os_errors(self.root, display=self.display):
             jobs = [job] if job is not None else sorted(os.listdir(self.root))
             out: list[Checkpoint] = []
@@ -585,10 +585,11 @@ class FileStore(Store):
                         runs.add(name[: -len(".ckpt")])
                     elif name.endswith(".ckpt.prev"):
                         runs.add(name[: -len(".ckpt.prev")])
-                for run in sorted(r for r in runs if _valid(r)):
-                    gen = self._read_unlocked(j, run, self._p(j, run))
-                    if gen is not None:
-                        out.append(gen.record)
+                out += self._readable(
+                    ((j, run, run) for run in sorted(r for r in runs if _valid(r))),
+                    lambda run, j=j: (gen.record if (gen := self._read_unlocked(j, run, self._p(j, run))) else None),
+                    corrupt,
+                )
         return out
 
     def history(self, job: str, run: str, *, limit: int = 20) -> list[HistoryEntry]:

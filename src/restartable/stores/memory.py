@@ -12,7 +12,7 @@ from typing import Any, Self
 
 from .._url import StoreURL
 from ..checkpoint import Checkpoint, HistoryEntry, Owner, decode_record, encode_record
-from .base import HISTORY_LIMIT, Store
+from .base import HISTORY_LIMIT, Store, Unreadable
 
 _SHARED: dict[str, "_Data"] = {}
 _SHARED_LOCK = threading.Lock()
@@ -98,7 +98,8 @@ class MemoryStore(Store):
                 del self._d.markers[key]
             return True
 
-    def list_runs(self, job: str | None = None) -> list[Checkpoint]:
+    def list_runs(self, job: str | None = None, *, corrupt: list[Unreadable] | None = None) -> list[Checkpoint]:
+        # Records are kept decoded: none can be unreadable.
         with self._d.lock:
             return sorted(
                 (r for r in self._d.records.values() if job is None or r.job == job), key=lambda r: (r.job, r.run)

@@ -48,7 +48,7 @@ from ..errors import (
 )
 from . import _pgschema
 from ._retry import DEFAULT_RETRY_SECONDS, call_with_retry
-from .base import HISTORY_LIMIT, Store
+from .base import HISTORY_LIMIT, Store, Unreadable
 
 if TYPE_CHECKING:
     import psycopg
@@ -324,10 +324,10 @@ class PostgresStore(Store):
         params = {"job": job, "run": run, "epoch": epoch}
         return self._call("delete", lambda c: c.execute(self._sql["delete"], params).rowcount) > 0
 
-    def list_runs(self, job: str | None = None) -> list[Checkpoint]:
+    def list_runs(self, job: str | None = None, *, corrupt: list[Unreadable] | None = None) -> list[Checkpoint]:
         key, params = ("list", {}) if job is None else ("list_job", {"job": job})
         rows = self._call("list", lambda c: c.execute(self._sql[key], params).fetchall())
-        return [self._decode(r) for r in rows]
+        return self._readable(((r[0], r[1], r) for r in rows), self._decode, corrupt)
 
     def history(self, job: str, run: str, *, limit: int = 20) -> list[HistoryEntry]:
         params = {"job": job, "run": run, "limit": max(0, int(limit))}

@@ -67,7 +67,7 @@ from ..errors import (
 )
 from . import _redis_lua
 from ._retry import DEFAULT_RETRY_SECONDS, call_with_retry, log
-from .base import HISTORY_LIMIT, Store, first_epoch
+from .base import HISTORY_LIMIT, Store, Unreadable, first_epoch
 
 if TYPE_CHECKING:
     import redis as _redis
@@ -379,7 +379,7 @@ class RedisStore(Store):
         keys = self._keys(job, run)
         return bool(self._call(f"deleting job {job!r} run {run!r}", lambda: self._delete(keys=keys, args=args)))
 
-    def list_runs(self, job: str | None = None) -> list[Checkpoint]:
+    def list_runs(self, job: str | None = None, *, corrupt: list[Unreadable] | None = None) -> list[Checkpoint]:
         def fetch() -> tuple[list[tuple[str, str]], list[dict[bytes, bytes]]]:
             names = []
             for member in cast("list[bytes]", self._client.zrange(self._index, 0, -1)):
@@ -393,7 +393,8 @@ class RedisStore(Store):
 
         names, rows = self._call("listing runs", fetch)
         # A row is empty when its keys expired a moment ago; the next write prunes the index.
-        records = [self._record(j, r, f) for (j, r), f in zip(names, rows) if f]
+        records = self._readable(((j, r, (j, r, f)) for (j, r), f in zip(names, rows) if f),
+                                 lambda x: self._record(*x), corrupt)
         return sorted(records, key=lambda rec: (rec.job, rec.run))
 
     def history(self, job: str, run: str, *, limit: int = 20) -> list[HistoryEntry]:
@@ -447,7 +448,7 @@ class RedisStore(Store):
         epoch seen, so a run restarted meanwhile survives.
         """
         cutoff = self.now() - older_than
-        old = [r for r in self.list_runs(job) if r.status == COMPLETED and r.updated <= cutoff]
+        old = [r for r in self.list_runs(job, corrupt=[]) if r.status == COMPLETED and r.updated <= cutoff]
         if not old:
             return []
 

@@ -42,7 +42,7 @@ from .._url import StoreURL
 from ..checkpoint import Checkpoint, HistoryEntry, Owner, decode_record, dumps, encode_record, loads
 from ..errors import CheckpointCorrupt, ConfigError, PermissionDenied, RestartableError, StoreUnavailable
 from ._localfs import create_private_file, make_private_dirs, os_errors
-from .base import HISTORY_LIMIT, Store
+from .base import HISTORY_LIMIT, Store, Unreadable
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
 
@@ -494,7 +494,7 @@ class SQLiteStore(Store):
             self._saves.pop((job, run), None)
             return cur.rowcount > 0
 
-    def list_runs(self, job: str | None = None) -> list[Checkpoint]:
+    def list_runs(self, job: str | None = None, *, corrupt: list[Unreadable] | None = None) -> list[Checkpoint]:
         with self._lock, self._errors("listing runs"):
             if job is None:
                 rows = self._c.execute(f"SELECT job, run, {_COLUMNS} FROM runs ORDER BY job, run").fetchall()
@@ -502,7 +502,8 @@ class SQLiteStore(Store):
                 rows = self._c.execute(
                     f"SELECT job, run, {_COLUMNS} FROM runs WHERE job = ? ORDER BY run", (job,)
                 ).fetchall()
-        return [self._row_to_record(r[0], r[1], r[2:]) for r in rows]
+        return self._readable(((r[0], r[1], r) for r in rows), lambda r: self._row_to_record(r[0], r[1], r[2:]),
+                              corrupt)
 
     def history(self, job: str, run: str, *, limit: int = 20) -> list[HistoryEntry]:
         with self._lock, self._errors(f"reading the history of job {job!r} run {run!r}"):
