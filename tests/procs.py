@@ -36,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -321,6 +322,16 @@ def local_store_url(kind: str, tmp_path: Path) -> str:
     if importlib.util.find_spec(module) is None:
         pytest.skip(f"the {kind} store is not implemented yet ({module})")
     return f"sqlite:///{tmp_path}/ckpt.db" if kind == "sqlite" else f"file://{tmp_path}/ckpt"
+
+
+def store_url_for(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty store of ``kind``: a local one under ``tmp_path``, a private memory one, or
+    the shared PostgreSQL or Redis server's (their fixtures skip, or fail in CI, without one)."""
+    if kind in ("sqlite", "file"):
+        return local_store_url(kind, tmp_path)
+    if kind == "memory":
+        return f"memory://{uuid.uuid4().hex}"
+    return request.getfixturevalue("postgres_url" if kind == "postgresql" else "redis_url")
 
 
 # -- the items log -----------------------------------------------------------------

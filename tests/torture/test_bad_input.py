@@ -18,13 +18,13 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from procs import store_url_for
 
 from restartable import Job
 from restartable.checkpoint import Checkpoint, Owner, decode_record, dumps, encode_record, loads
@@ -100,16 +100,8 @@ STORES = ["sqlite", "file", "postgresql", "redis"]
 
 
 @pytest.fixture
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    kind = request.param
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp_path}/ckpt.db"
-    elif kind == "file":
-        yield f"file://{tmp_path}/ckpt"
-    elif kind == "postgresql":
-        yield request.getfixturevalue("postgres_url")
-    else:
-        yield request.getfixturevalue("redis_url")
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return store_url_for(request.param, request, tmp_path)
 
 
 def _make_run(url: str) -> None:

@@ -18,8 +18,10 @@ These are for local filesystems only: NFS and other network filesystems do not g
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -164,3 +166,24 @@ def os_errors(path: str | os.PathLike[str], *, display: str) -> Iterator[None]:
         yield
     except OSError as exc:
         raise translate_oserror(exc, path=exc.filename or path, display=display) from exc
+
+
+def flock_exclusive(fd: int, timeout: float, stuck: Callable[[], RestartableError]) -> None:
+    """``flock(LOCK_EX)`` on ``fd``, waiting at most ``timeout`` seconds, then raising ``stuck()``.
+
+    Holders keep these locks for one write or one open, milliseconds; waiting longer means
+    a stuck (stopped, hung) process, which must not hang this one and its heartbeat forever.
+    Polls with a non-blocking lock and a backoff from 1 to 50 ms (a blocking flock cannot
+    time out without a signal, which a library must not take).
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise stuck() from None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)

@@ -45,7 +45,6 @@ import logging
 import os
 import re
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,7 +56,7 @@ from .._names import check_name
 from .._url import StoreURL
 from ..checkpoint import Checkpoint, HistoryEntry, Owner, decode_record, dumps, encode_record, loads
 from ..errors import CheckpointCorrupt, ConfigError, StoreUnavailable, UsageError
-from ._localfs import FILE_MODE, make_private_dirs, os_errors, write_temp
+from ._localfs import FILE_MODE, flock_exclusive, make_private_dirs, os_errors, write_temp
 from .base import HISTORY_LIMIT, Store, Unreadable
 
 __all__ = ["FILE_FORMAT", "FILE_VERSION", "FileStore"]
@@ -284,30 +283,11 @@ class FileStore(Store):
             os.close(entry[0])
 
     def _flock(self, fd: int, p: _Paths) -> None:
-        """``flock(LOCK_EX)``, waiting at most ``lock_timeout`` seconds (then StoreUnavailable).
-
-        Holders keep the lock for one write, milliseconds; waiting longer means a stuck
-        (stopped, hung) process, which must not hang this one and its heartbeat forever.
-        """
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass
-        deadline = time.monotonic() + self.lock_timeout
-        delay = 0.001
-        while True:
-            time.sleep(delay)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise StoreUnavailable(
-                        f"{p.lock} stayed locked by another process for {self.lock_timeout:g}s "
-                        f"({self.display}): retry, or find the stuck process with `fuser {p.lock}`"
-                    ) from None
-                delay = min(delay * 2, 0.05)
+        """``flock(LOCK_EX)``, waiting at most ``lock_timeout`` seconds (then StoreUnavailable)."""
+        flock_exclusive(fd, self.lock_timeout, lambda: StoreUnavailable(
+            f"{p.lock} stayed locked by another process for {self.lock_timeout:g}s "
+            f"({self.display}): retry, or find the stuck process with `fuser {p.lock}`"
+        ))
 
     @contextmanager
     def _flocked(self, job: str, run: str) -> Iterator[_Paths]:

@@ -29,7 +29,6 @@ checkpoint in one transaction (exactly-once output into the same database).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import sqlite3
 import threading
@@ -41,7 +40,7 @@ from typing import Any, NoReturn, Self
 from .._url import StoreURL
 from ..checkpoint import Checkpoint, HistoryEntry, Owner, decode_record, dumps, encode_record, loads
 from ..errors import CheckpointCorrupt, ConfigError, PermissionDenied, RestartableError, StoreUnavailable
-from ._localfs import create_private_file, make_private_dirs, os_errors
+from ._localfs import create_private_file, flock_exclusive, make_private_dirs, os_errors
 from .base import HISTORY_LIMIT, Store, Unreadable
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
@@ -142,18 +141,10 @@ def _init_lock(path: str, timeout: float, display: str) -> Iterator[None]:
     with os_errors(path, display=display):
         fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise StoreUnavailable(
-                        f"{display}: another process kept the database's open lock ({path}.lock) for "
-                        f"{timeout:g}s; retry, or find the stuck process"
-                    ) from None
-                time.sleep(0.01)
+        flock_exclusive(fd, timeout, lambda: StoreUnavailable(
+            f"{display}: another process kept the database's open lock ({path}.lock) for "
+            f"{timeout:g}s; retry, or find the stuck process"
+        ))
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
