@@ -105,9 +105,14 @@ class Cursor:
         chunk = self.chunk
         if chunk is None:
             return self.offset
-        if self.stop_index is not None:
-            return self.offset + max(0, self.stop_index - 1)
+        # The index first, then stop_index: a signal handler (stop_soon) that runs between
+        # the two lines records the real index in stop_index before it moves the iterator
+        # to its end, so the second read sees it. The other order could read the moved
+        # index and save a position past the item in flight.
         red = chunk.__reduce__()
+        stop = self.stop_index
+        if stop is not None:
+            return self.offset + max(0, stop - 1)
         if len(red) < 3:  # exhausted: every item was handed out and the loop came back
             return self.offset
         return self.offset + max(0, red[2] - 1)

@@ -34,10 +34,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
-from . import _lease, _shard
+from . import _lease, _shard, _watchdog
 from ._cursor import Cursor, Source, run_chunks, skip
 from ._fingerprint import Fingerprinter, sample_indices
 from ._names import check_name
+from .entry import install_excepthook
 from ._proc import current_owner
 from ._progress import Progress
 from ._signals import SignalGuard
@@ -103,6 +104,10 @@ class Job:
         from its start, or ``"force"`` resuming at the position anyway.
     :param progress: a progress bar (True), log lines (False), or by terminal (None).
     :param handle_signals: install SIGTERM/SIGINT handlers (main thread only).
+    :param stall_timeout: opt-in progress watchdog (``$RESTARTABLE_STALL_TIMEOUT``; default off):
+        when an iteration is active and no item, batch, file or result finished for this
+        long, log every thread's stack and exit 75, so a hung runner stops holding the
+        lease (:mod:`restartable._watchdog`). Set it well above the slowest item.
     :param shard: ``"auto"`` (default: inside a Kubernetes Indexed Job, the pod's
         ``JOB_COMPLETION_INDEX`` of ``$RESTARTABLE_SHARDS``), ``(index, count)``, or None.
         A shard keeps its own checkpoint, under the run ``<run>.shard-<i>-of-<n>``.
@@ -122,7 +127,11 @@ class Job:
         progress: bool | None = None,
         handle_signals: bool = True,
         shard: Any = "auto",
+        stall_timeout: str | float | None = None,
     ) -> None:
+        # Before anything can raise: a library error that escapes the script (a bad name
+        # included) ends it with its documented exit code, decorator or not.
+        install_excepthook()
         self.name = check_name(name, "job name")
         base_run = check_name(run if run is not None else os.environ.get("RESTARTABLE_RUN") or "default", "run")
         #: ``(index, count)`` when this runner is one shard of the run (an Indexed Job's pod), else None.
@@ -143,6 +152,11 @@ class Job:
             raise UsageError(f"cleanup must be 'keep' or 'delete', not {cleanup!r}")
         if on_change not in ("refuse", "restart", "force"):
             raise UsageError(f"on_change must be 'refuse', 'restart' or 'force', not {on_change!r}")
+        stall = stall_timeout if stall_timeout is not None else os.environ.get("RESTARTABLE_STALL_TIMEOUT") or None
+        #: Seconds without progress before the watchdog ends the process (None: no watchdog).
+        self.stall_timeout = parse_duration(stall, "stall_timeout") if stall is not None else None
+        if self.stall_timeout is not None and self.stall_timeout <= 0:
+            raise UsageError(f"stall_timeout must be positive, not {stall!r}; leave it out to turn the watchdog off")
         self.cleanup = cleanup
         self.on_change: OnChange = on_change
         self._progress_opt = progress
@@ -169,6 +183,7 @@ class Job:
         self._signal: int | None = None
         self._guard: SignalGuard | None = None
         self._heartbeat: _lease.Heartbeat | None = None
+        self._watchdog: _watchdog.StallWatchdog | None = None
         self._last_save = time.monotonic()
         self._entered = False
         self._save_lock = threading.Lock()
@@ -251,6 +266,10 @@ class Job:
             on_fenced=self._on_fenced, on_lost=self._on_lost, label=self.label,
         )
         self._heartbeat.start()
+        if self.stall_timeout is not None:
+            self._watchdog = _watchdog.StallWatchdog(timeout=self.stall_timeout, label=self.label,
+                                                     on_stall=self._heartbeat.stop)
+            self._watchdog.start()
         if self._handle_signals:
             self._guard = SignalGuard(self._on_signal, self.label)
             self._guard.install()
@@ -259,6 +278,8 @@ class Job:
         try:
             self._finish(exc)
         finally:
+            if self._watchdog is not None:
+                self._watchdog.stop()
             if self._heartbeat is not None:
                 self._heartbeat.stop()
             if self._guard is not None:
@@ -641,10 +662,15 @@ class _LoopHooks:
 
     def boundary(self, cur: Cursor, count_due: bool) -> None:
         job = self.job
+        watchdog = job._watchdog
         if not self.started:
             self.started = True
             job._active = cur
             self.shown.start(cur.name, cur.offset, cur.total)
+            if watchdog is not None:
+                watchdog.enter()
+        elif watchdog is not None:
+            watchdog.progressed()
         if job._fenced is not None:
             raise job._fenced
         self.shown.update(cur.offset)
@@ -680,6 +706,8 @@ class _LoopHooks:
         self.shown.checkpointed(cur.name, cur.offset, cur.total, force=True)
 
     def close(self, cur: Cursor) -> None:
+        if self.started and self.job._watchdog is not None:
+            self.job._watchdog.leave()
         self.shown.stop(cur.position())
         if self.job._active is cur:
             self.job._active = None

@@ -296,7 +296,7 @@ def _register_optional() -> None:
     """Commands that live in their own modules (each registers one click command)."""
     import importlib
 
-    for module, attr in (("demo", "demo"), ("each_file", "each_file"), ("k8s", "k8s")):
+    for module, attr in (("demo", "demo"), ("each_file", "each_file"), ("k8s", "k8s"), ("run_script", "run")):
         try:
             mod = importlib.import_module(f"{__name__}.{module}")
         except ModuleNotFoundError as exc:
