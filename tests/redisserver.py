@@ -1,19 +1,26 @@
 """A private redis-server for tests that stop, restart or misconfigure a server.
 
 The shared Redis on 6379 is never touched here: each :class:`RedisServer` runs the
-installed ``redis-server`` binary on a free loopback port, without persistence
-(``--save "" --appendonly no``), so a restart loses every key exactly as a
-production Redis without persistence does. Optional ``--requirepass`` and TLS.
+installed ``redis-server`` binary on a free loopback port, by default without
+persistence (``--save "" --appendonly no``), so a restart loses every key exactly as
+a production Redis without persistence does. With ``appendonly=True`` it runs
+``--appendonly yes --appendfsync always`` instead, so a restart (even a SIGKILL)
+keeps every acknowledged write and only the server's ``run_id`` changes. Optional
+``--requirepass`` and TLS. ``freeze()``/``thaw()`` (SIGSTOP/SIGCONT) make a server
+that accepts connections and never answers.
 
 Fixtures: ``private_redis`` (a plain server, stopped after the test) and
-``redis_server_factory`` (call it with ``password=`` / ``tls=True`` for variants).
+``redis_server_factory`` (call it with ``password=`` / ``tls=True`` /
+``appendonly=True`` for variants).
 Import them into a test module; outside CI a missing binary skips, with CI=true
 it fails (``unavailable()`` of tests/conftest.py).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -46,13 +53,22 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
 class RedisServer:
     """One redis-server process on 127.0.0.1, restartable on the same port."""
 
-    def __init__(self, workdir: Path, *, password: str | None = None, cert: tuple[Path, Path] | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        password: str | None = None,
+        cert: tuple[Path, Path] | None = None,
+        appendonly: bool = False,
+    ):
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
         self.password = password
         self.cert = cert
+        self.appendonly = appendonly
         self.proc: subprocess.Popen[bytes] | None = None
+        self.frozen = False
 
     @property
     def tls(self) -> bool:
@@ -65,8 +81,10 @@ class RedisServer:
         return f"{'rediss' if self.tls else 'redis'}://{auth}127.0.0.1:{self.port}/0"
 
     def _argv(self) -> list[str]:
-        argv = ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        argv = ["redis-server", "--bind", "127.0.0.1", "--save", "",
                 "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log"), "--daemonize", "no"]
+        # fsync on every write: a SIGKILL loses nothing that was acknowledged.
+        argv += ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
         if self.cert:
             cert, key = self.cert
             argv += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
@@ -103,10 +121,32 @@ class RedisServer:
                     raise RuntimeError(f"redis-server on port {self.port} did not answer in {timeout}s") from None
                 time.sleep(0.02)
 
+    def freeze(self) -> None:
+        """SIGSTOP the server: connections are still accepted (by the kernel), nothing answers."""
+        assert self.proc is not None, "not running"
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        """SIGCONT a frozen server: it answers everything that waited."""
+        if self.proc is not None and self.frozen:
+            os.kill(self.proc.pid, signal.SIGCONT)
+        self.frozen = False
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash: with appendonly, acknowledged writes survive)."""
+        if self.proc is None:
+            return
+        self.proc.kill()
+        self.proc.wait(10)
+        self.proc = None
+        self.frozen = False
+
     def stop(self) -> None:
         """Stop the server (SIGTERM; without persistence, every key is lost)."""
         if self.proc is None:
             return
+        self.thaw()  # a stopped process would hold SIGTERM pending until killed
         self.proc.terminate()
         try:
             self.proc.wait(10)
@@ -116,6 +156,7 @@ class RedisServer:
         self.proc = None
 
     def restart(self) -> None:
+        """Stop and start on the same port (keeping the data only with ``appendonly``)."""
         self.stop()
         self.start()
 
@@ -133,7 +174,8 @@ def _unavailable(request: pytest.FixtureRequest, reason: str) -> None:
 
 @pytest.fixture
 def redis_server_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
-    """Make started private servers: ``factory(password=None, tls=False)``; all stopped afterwards."""
+    """Make started private servers: ``factory(password=None, tls=False, appendonly=False)``; all stopped
+    afterwards."""
     try:
         import redis  # noqa: F401
     except ImportError:
@@ -142,12 +184,13 @@ def redis_server_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iter
         _unavailable(request, "the redis-server binary is not installed")
     servers: list[RedisServer] = []
 
-    def make(*, password: str | None = None, tls: bool = False) -> RedisServer:
+    def make(*, password: str | None = None, tls: bool = False, appendonly: bool = False) -> RedisServer:
         if tls and shutil.which("openssl") is None:
             _unavailable(request, "openssl is not installed (needed for the TLS test certificate)")
         workdir = tmp_path / f"redis{len(servers)}"
         workdir.mkdir(mode=0o700)
-        server = RedisServer(workdir, password=password, cert=self_signed_cert(workdir) if tls else None)
+        server = RedisServer(workdir, password=password, cert=self_signed_cert(workdir) if tls else None,
+                             appendonly=appendonly)
         servers.append(server)
         server.start()
         return server

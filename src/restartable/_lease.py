@@ -49,12 +49,24 @@ def acquire(
         time.sleep(min(left, 0.5, max(0.05, lease_seconds / 20)))
 
 
+#: How long ``Heartbeat.stop`` waits for a renewal in flight. A store operation is bounded
+#: by its own deadlines (PostgreSQL and Redis retry a transient failure for at most 60 s
+#: by default, plus a 30 s socket timeout), so this is only a last resort against a hung one.
+STOP_WAIT = 120.0
+#: After this long, ``stop`` says what it is waiting for.
+_STOP_NOTICE = 5.0
+
+
 class Heartbeat:
     """Renews the lease every third of its length from a daemon thread.
 
     A renewal that fails because the store is briefly busy or unreachable is retried
     sooner; only a fencing answer (a newer epoch) stops the job. A store that lost
     the record (CheckpointLost) gets it written back by ``on_lost``.
+
+    Ordering contract: once :meth:`stop` returns True, no renewal (nor ``on_lost``
+    write-back) is in flight or will start, so the caller may release the lease
+    without a late renewal extending it again.
     """
 
     def __init__(
@@ -81,10 +93,27 @@ class Heartbeat:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, *, wait: float | None = None) -> bool:
+        """Stop renewing; wait (up to ``wait``, default :data:`STOP_WAIT`) for a renewal in flight.
+
+        Returns True when the heartbeat thread has ended. Why wait that long: a renewal
+        delayed by a store retry that lands after the caller released the lease would
+        extend it again, and the next runner would wait for it or exit 75.
+        """
         self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+        if not self._thread.is_alive() or self._thread is threading.current_thread():
+            return True
+        limit = STOP_WAIT if wait is None else wait
+        self._thread.join(timeout=min(limit, _STOP_NOTICE))
+        if self._thread.is_alive() and limit > _STOP_NOTICE:
+            log.warning("%s: waiting up to %.0fs more for the lease renewal in flight before releasing the lease",
+                        self._label, limit - _STOP_NOTICE)
+            self._thread.join(timeout=limit - _STOP_NOTICE)
+        if self._thread.is_alive():
+            log.warning("%s: a lease renewal is still in flight after %.0fs; if it lands after the release, the "
+                        "next runner waits up to %.0fs for the lease", self._label, limit, self._lease)
+            return False
+        return True
 
     def _loop(self) -> None:
         interval = self._lease / 3
@@ -93,10 +122,15 @@ class Heartbeat:
                 self._store.renew(self._job, self._run, epoch=self._epoch, lease_seconds=self._lease)
                 interval = self._lease / 3
             except Fenced as exc:
-                self._on_fenced(exc)
+                if not self._stop.is_set():  # after stop the job may have released: not a fencing
+                    self._on_fenced(exc)
                 return
             except CheckpointLost as exc:
+                if self._stop.is_set():  # writing the record back now could land after the release
+                    return
                 self._on_lost(exc)
             except Exception as exc:  # noqa: BLE001 - a busy store must not kill the heartbeat
+                if self._stop.is_set():
+                    return
                 log.warning("%s: lease renewal failed (%s); retrying", self._label, exc)
                 interval = max(0.05, min(1.0, self._lease / 10))

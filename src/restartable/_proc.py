@@ -58,13 +58,33 @@ def current_owner() -> Owner:
     )
 
 
+def _pid_exists(pid: int) -> bool:
+    """Whether a process has ``pid`` in our pid namespace, by ``kill(pid, 0)``.
+
+    Only ESRCH is proof that no process has it: EPERM means one exists that belongs to
+    another user. ``/proc/PID`` is no proof either way: with ``hidepid=1/2`` (or a proc
+    mounted for another pid namespace) another user's live process has no entry there.
+    """
+    if pid <= 0:  # 0 and negative pids name process groups: never probe those
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def owner_is_dead(owner: Owner) -> bool:
     """True only when ``owner`` provably no longer exists.
 
     That needs the same boot and the same pid namespace (so the pid means the same
-    process here) and then either no such pid or a pid with another start time
-    (pids are reused, and in a container the job is often pid 1). Anything we cannot
-    check counts as alive: the lease then expires by the store's clock instead.
+    process here) and then positive evidence: ``kill(pid, 0)`` answering ESRCH (no such
+    pid), or a readable ``/proc/PID/stat`` showing another start time (pids are reused,
+    and in a container the job is often pid 1) or a zombie. Anything we cannot check
+    counts as alive (a pid that exists but whose ``/proc`` entry is hidden by
+    ``hidepid``, or unreadable): the lease then expires by the store's clock instead.
     """
     host, boot_id, pidns = _machine()
     if not owner.boot_id or owner.boot_id != boot_id or not owner.pidns or owner.pidns != pidns:
@@ -73,9 +93,11 @@ def owner_is_dead(owner: Owner) -> bool:
         return False
     if owner.pid == os.getpid() and owner.start_time == _start_time(os.getpid()):
         return False
+    if not _pid_exists(owner.pid):
+        return True
     started = _start_time(owner.pid)
-    if started == 0:
-        return not os.path.exists(f"/proc/{owner.pid}")
+    if started == 0:  # the pid exists but its /proc entry is hidden or unreadable: no proof
+        return False
     if owner.start_time and started != owner.start_time:
         return True
     # A zombie (exited, not yet reaped) has finished its work: treat it as dead.

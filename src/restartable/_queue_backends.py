@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from . import _xact
 from ._url import StoreURL
 from .errors import MissingDriver, StoreUnavailable
 from .queue import Counts, _Row
@@ -110,7 +111,7 @@ class PostgresQueue:
 
     def _connect(self) -> Any:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = self._pg.connect(self._url, autocommit=True, connect_timeout=5)
+            self._conn = _pg_connect(self._url, autocommit=True, display=self.display)
         return self._conn
 
     def _call(self, what: str, fn: Callable[[Any], T]) -> T:
@@ -193,12 +194,13 @@ class PostgresQueue:
         pg = self._pg
         if self._tx_conn is None or self._tx_conn.closed or self._tx_conn.broken:
             try:
-                self._tx_conn = pg.connect(self._url, connect_timeout=5)
+                self._tx_conn = _pg_connect(self._url, autocommit=False, display=self.display)
             except pg.OperationalError as exc:
                 raise StoreUnavailable(f"queue transaction: cannot connect to {self.display} ({exc})") from exc
-        conn, result = self._tx_conn, {"ok": False}
+        conn, result = self._tx_conn, {"ok": False, "in_doubt": False}
         try:
             yield conn, result
+            ref = _xact.note(conn)  # before COMMIT: what lets a lost answer be asked about
             row = conn.execute(self._sql["complete"], {"q": self._name, "key": key, "epoch": epoch}).fetchone()
         except BaseException as exc:
             _rollback(conn)
@@ -211,18 +213,51 @@ class PostgresQueue:
             return
         try:
             conn.commit()
-        except pg.OperationalError as exc:
-            # The outcome is unknown: the task done by our epoch proves it committed.
-            if not self._done_by(key, epoch):
-                raise StoreUnavailable(f"queue transaction on {self.display} failed during COMMIT ({exc}); it "
-                                       "did not commit") from exc
+        except pg.Error as exc:
+            if not (conn.broken or conn.closed):
+                raise  # a definite failure (a deferred constraint): rolled back, the caller's
+            # The answer was lost: the server may still be committing, so reading the task at once
+            # cannot tell "not committed" from "not yet". Ask until the answer is final.
+            what = f"queue transaction of task {key!r} (claim {epoch}) on {self.display}"
+            outcome = self._resolve(ref, key, epoch, what)
+            if outcome == _xact.ABORTED:
+                raise StoreUnavailable(f"{what} lost its connection during COMMIT ({exc}); the server shows it did "
+                                       "not commit (nor did the output)") from exc
+            if outcome == _xact.UNKNOWN:
+                result["in_doubt"] = True
+                raise StoreUnavailable(f"{what} lost its connection during COMMIT ({exc}) and whether it committed "
+                                       "could not be settled; the claim is left to expire (not released): the task "
+                                       "is claimed again only if it did not commit") from exc
         result["ok"] = True
+
+    def _resolve(self, ref: _xact.XactRef, key: str, epoch: int, what: str) -> str:
+        """Committed, aborted or unknown, asked on new connections (the shared one may be blocked
+        behind the orphan's row lock, in the heartbeat's renew)."""
+        pg = self._pg
+
+        def connect() -> Any:
+            return _pg_connect(self._url, autocommit=True, display=self.display)
+
+        def shows_commit(conn: Any) -> bool:
+            # Only this claim can complete the task with its epoch: done by it proves the commit.
+            row = conn.execute(self._sql["holder"], {"q": self._name, "key": key}).fetchone()
+            return row is not None and bool(row[2]) and int(row[0]) == epoch
+
+        return _xact.resolve(ref, connect=connect, shows_commit=shows_commit, budget=self._retry, what=what,
+                             transient=(pg.OperationalError, pg.InterfaceError))
 
     def close(self) -> None:
         for conn in (self._conn, self._tx_conn):
             if conn is not None:
                 conn.close()
         self._conn = self._tx_conn = None
+
+
+def _pg_connect(url: str, *, autocommit: bool, display: str) -> Any:
+    """A connection whose every read is bounded by the URL's ?read_timeout= (see stores/_pgconn.py)."""
+    from .stores import _pgconn  # imports psycopg: only for a PostgreSQL queue
+
+    return _pgconn.connect(url, autocommit=autocommit, display=display, connect_timeout=5)
 
 
 def _rollback(conn: Any) -> None:

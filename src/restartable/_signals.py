@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
-import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
@@ -50,9 +50,27 @@ class SignalGuard:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if self.received is not None:
-            sys.stderr.write(f"restartable: second {name}: exiting at once\n")
-            sys.stderr.flush()
-            os._exit(128 + signum)
+            _exit_now(f"restartable: second {name}: exiting at once\n", 128 + signum)
         self.received = signum
         log.warning("%s: %s received: finishing the item in flight, then checkpointing", self._label, name)
         self._on_signal(signum)
+
+
+def _exit_now(message: str, code: int) -> None:
+    """Say ``message`` on fd 2 if possible, then ``os._exit(code)`` whatever happens.
+
+    Not ``sys.stderr.write``: this handler runs between two bytecodes of whatever the
+    main thread was doing, often a write to ``sys.stderr`` itself (the first signal's
+    log line, a progress bar), and re-entering its ``BufferedWriter`` raises
+    RuntimeError ("reentrant call"), which would propagate out of the handler instead
+    of exiting. ``os.write`` takes no Python-level lock; a failure to write (stderr
+    closed) must not prevent the exit either, nor a full pipe nobody reads (a blocking
+    write would hang: the message is skipped unless fd 2 is writable now).
+    """
+    try:
+        if select.select([], [2], [], 0)[1]:
+            os.write(2, message.encode("utf-8", "replace"))
+    except BaseException:  # noqa: BLE001, S110 - nothing may stand between a second signal and the exit
+        pass
+    finally:
+        os._exit(code)

@@ -37,7 +37,7 @@ from typing import Any
 
 from ._cursor import Source
 from ._fingerprint import Fingerprinter
-from .checkpoint import encode_value
+from .checkpoint import INTERRUPTED, encode_value
 from .errors import CheckpointCorrupt, InputChanged, SkipBudgetExceeded, UsageError
 
 __all__ = ["ABANDONED", "FAIL", "OK", "DoneSet", "Engine", "Options", "encoded_bound", "options"]
@@ -488,6 +488,29 @@ class Engine:
             log.warning("%s: %d item(s) failed and were skipped as dead letters; `restartable show %s` lists "
                         "them", self.where, len(self.dead), self.job.name)
         self.hooks.end(self.cursor)
+
+    def interrupt(self) -> None:
+        """Stop after a signal, once the drain is over: checkpoint ``interrupted`` and raise Interrupted.
+
+        The lease is released only when no item runs any more (``running == 0``): a released
+        lease lets a second runner start the same items. Items still running after the
+        grace (a thread cannot be killed) keep it: the checkpoint is saved with the lease
+        held, which ends with this process (a rerun on this machine sees the owner gone and
+        takes over at once) or expires one lease length after the last renewal.
+        """
+        hooks, job, cur = self.hooks, self.job, self.cursor
+        if self.running == 0:
+            hooks.stop_after_save = True
+            hooks.boundary(cur, False)  # checkpoints, releases the lease, raises Interrupted
+        if job._fenced is not None:
+            raise job._fenced
+        if hooks.fp is not None:
+            job._fingerprints[cur.name] = hooks.fp.result()
+        job._save(INTERRUPTED)
+        log.warning("%s: the lease is kept until this process ends (or it expires in %gs): %d item(s) still "
+                    "running", self.where, job.lease_seconds, self.running)
+        hooks.shown.stop(cur.offset)
+        raise job._interrupted()
 
     def close(self) -> None:
         """The loop is over (ended, broken, failed or interrupted): nothing is in flight any more."""

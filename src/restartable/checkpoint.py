@@ -9,7 +9,9 @@ and bytes (keyset positions keep their types)::
     {"$decimal": "1.50"}   {"$uuid": "..."}   {"$bytes": "<base64>"}   {"$dict": {...}}
 
 A plain dict whose keys start with ``$`` is wrapped in ``{"$dict": ...}`` so it can
-never be mistaken for a tag. NaN and infinities are refused, as are non-string keys.
+never be mistaken for a tag. NaN and infinities are refused, as are non-string keys,
+lists/tuples/dicts nested deeper than :data:`MAX_DEPTH` (or containing themselves) and
+ints of more than 4300 digits: each of those could be written but never read back.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import json
+import reprlib
+import sys
 import uuid
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
@@ -26,6 +30,7 @@ from .errors import CheckpointCorrupt, StateNotSerializable
 
 __all__ = [
     "FORMAT_VERSION",
+    "MAX_DEPTH",
     "STATUSES",
     "Owner",
     "Checkpoint",
@@ -45,17 +50,33 @@ STATUSES = (RUNNING, INTERRUPTED, FAILED, COMPLETED)
 
 
 class _Unencodable(Exception):
-    def __init__(self, path: str, value: object):
+    def __init__(self, path: str, value: object, reason: str = ""):
         super().__init__(path)
         self.path = path
         self.value = value
+        #: Why, when the value's type is not the reason ("nested deeper than ...").
+        self.reason = reason
 
 
 _PLAIN = frozenset({str, int, bool, type(None)})
 _INF = (float("inf"), float("-inf"))
 
+#: The deepest nesting of lists, tuples and dicts a checkpoint holds, the state dict
+#: included. The JSON codec and the decoder recurse once per level (a tuple or a
+#: ``$``-keyed dict costs two), so much deeper state (10,000 levels) would raise
+#: RecursionError, and state a little under the interpreter's limit would be written
+#: but fail to load from a deeper stack: a checkpoint that cannot be read back. A
+#: list that contains itself is caught by the same bound.
+MAX_DEPTH = 100
+#: CPython refuses to turn an int of more than 4300 digits into text (and back) by
+#: default (sys.set_int_max_str_digits). 2**14284 < 10**4300, so an int of at most
+#: this many bits always fits, whatever limit the writing process set.
+_MAX_INT_BITS = 14_284
+_DEEP = f"nested deeper than {MAX_DEPTH} lists, tuples and dicts (or contains itself)"
+_LONG_INT = "an int of more than 4300 digits, which JSON text cannot carry back (store it as a str)"
 
-def _enc(value: Any) -> Any:
+
+def _enc(value: Any, depth: int = 0) -> Any:
     """encode_value without path bookkeeping: the hot path of every checkpoint."""
     t = type(value)
     if t in _PLAIN:
@@ -65,6 +86,8 @@ def _enc(value: Any) -> Any:
             raise _Unencodable("$", value)
         return value
     if t is dict:
+        if depth >= MAX_DEPTH:
+            raise _Unencodable("$", value, _DEEP)
         out = {}
         dollar = False
         for k, v in value.items():
@@ -72,12 +95,13 @@ def _enc(value: Any) -> Any:
                 raise _Unencodable("$", k)
             if k[:1] == "$":
                 dollar = True
-            out[k] = v if type(v) in _PLAIN else _enc(v)
+            out[k] = v if type(v) in _PLAIN else _enc(v, depth + 1)
         return {"$dict": out} if dollar else out
-    if t is list:
-        return [v if type(v) in _PLAIN else _enc(v) for v in value]
-    if t is tuple:
-        return {"$tuple": [v if type(v) in _PLAIN else _enc(v) for v in value]}
+    if t is list or t is tuple:
+        if depth >= MAX_DEPTH:
+            raise _Unencodable("$", value, _DEEP)
+        items = [v if type(v) in _PLAIN else _enc(v, depth + 1) for v in value]
+        return items if t is list else {"$tuple": items}
     if t is _dt.datetime:
         return {"$datetime": value.isoformat()}
     if t is _dt.date:
@@ -93,23 +117,27 @@ def _enc(value: Any) -> Any:
     raise _Unencodable("$", value)
 
 
-def _locate(value: Any, path: str) -> _Unencodable | None:
-    """The path of the first value :func:`_enc` refuses (the slow path, only on error)."""
+def _locate(value: Any, path: str, depth: int = 0) -> _Unencodable | None:
+    """The path of the first value :func:`_enc` refuses, or of an over-long int (the slow path)."""
     t = type(value)
+    if (t is dict or t is list or t is tuple) and depth >= MAX_DEPTH:
+        return _Unencodable(path, value, _DEEP)
     if t is dict:
         for k, v in value.items():
             if type(k) is not str:
-                return _Unencodable(f"{path}[{k!r}]", k)
-            found = _locate(v, f"{path}[{k!r}]")
+                return _Unencodable(f"{path}[{_short(k)}]", k)
+            found = _locate(v, f"{path}[{_short(k)}]", depth + 1)
             if found:
                 return found
         return None
     if t is list or t is tuple:
         for i, v in enumerate(value):
-            found = _locate(v, f"{path}[{i}]")
+            found = _locate(v, f"{path}[{i}]", depth + 1)
             if found:
                 return found
         return None
+    if t is int and value.bit_length() > _MAX_INT_BITS:
+        return _Unencodable(path, value, _LONG_INT)
     try:
         _enc(value)
     except _Unencodable:
@@ -117,12 +145,55 @@ def _locate(value: Any, path: str) -> _Unencodable | None:
     return None
 
 
+def _find(value: Any, path: str) -> _Unencodable:
+    """The refusal to report for ``value``, located as well as the stack allows."""
+    try:
+        found = _locate(value, path)
+    except RecursionError:  # the caller's own stack is already deep
+        found = None
+    return found or _Unencodable(path, value, "nested too deeply for this thread's stack")
+
+
 def encode_value(value: Any, path: str = "$") -> Any:
     """Turn ``value`` into plain JSON data with tagged values. Raises on anything else."""
     try:
         return _enc(value)
-    except _Unencodable:
-        raise (_locate(value, path) or _Unencodable(path, value)) from None
+    except (_Unencodable, RecursionError):
+        raise _find(value, path) from None
+
+
+def _short(value: object) -> str:
+    """A repr for a message: bounded in length and depth, never raising."""
+    try:
+        return reprlib.repr(value)
+    except (ValueError, RecursionError):  # an int too long for text, a pathological __repr__
+        return f"<{type(value).__name__}>"
+
+
+def _json_text(data: Any, value: Any, path: str, **options: Any) -> str:
+    """``json.dumps(data)``, refusing ints that no reader could parse back.
+
+    ``value`` is what ``data`` was encoded from (where to look for the culprit).
+    """
+    try:
+        text = json.dumps(data, allow_nan=False, **options)
+    except (ValueError, RecursionError):  # an int over this process's digit limit
+        raise _find(value, path) from None
+    limit = sys.get_int_max_str_digits()
+    if limit == 0 or limit > 4300:  # raised here: the text may hold ints a reader refuses
+        found = _locate(value, path)
+        if found:
+            raise found
+    return text
+
+
+def _clip(path: str) -> str:
+    """A key path short enough for a one-line message (a deep one is 100 levels long)."""
+    return path if len(path) <= 120 else f"{path[:80]}...{path[-30:]}"
+
+
+def _problem(exc: _Unencodable) -> str:
+    return exc.reason or f"a {type(exc.value).__name__} ({_short(exc.value)}), which a JSON checkpoint cannot hold"
 
 
 _TAGS: dict[str, Any] = {
@@ -162,13 +233,12 @@ def dumps(value: Any, *, what: str = "value") -> str:
     """
     try:
         data = encode_value(value)
+        return _json_text(data, value, "$", sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     except _Unencodable as exc:
         raise StateNotSerializable(
-            f"{what} at {exc.path} is a {type(exc.value).__name__} ({exc.value!r:.60}), which a JSON "
-            "checkpoint cannot hold: store str, int, float, bool, None, list, dict (str keys), tuple, "
-            "datetime, date, Decimal, UUID or bytes"
+            f"{what} at {_clip(exc.path)} is {_problem(exc)}: store str, int, float, bool, None, list, dict "
+            "(str keys), tuple, datetime, date, Decimal, UUID or bytes"
         ) from None
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
 def loads(text: str | bytes) -> Any:
@@ -306,15 +376,14 @@ def encode_record(rec: Checkpoint) -> str:
     """The record as canonical JSON text. Raises :class:`StateNotSerializable`."""
     try:
         encoded = _record_data(rec)
+        # Not sorted, ASCII-escaped: the C encoder's fastest path (a record is not compared as text).
+        return _json_text(encoded, {"positions": rec.positions, "state": rec.state}, "$", separators=(",", ":"))
     except _Unencodable as exc:
-        path = exc.path.replace("$['state']", "job.state", 1)
+        path = _clip(exc.path.replace("$['state']", "job.state", 1))
         raise StateNotSerializable(
-            f"job {rec.job!r} run {rec.run!r}: {path} is a {type(exc.value).__name__} "
-            f"({exc.value!r:.60}), which a JSON checkpoint cannot hold: store str, int, float, bool, "
+            f"job {rec.job!r} run {rec.run!r}: {path} is {_problem(exc)}: store str, int, float, bool, "
             "None, list, dict with str keys, tuple, datetime, date, Decimal, UUID or bytes"
         ) from None
-    # Not sorted, ASCII-escaped: the C encoder's fastest path (a record is not compared as text).
-    return json.dumps(encoded, separators=(",", ":"), allow_nan=False)
 
 
 _TYPES: dict[str, tuple[type, ...]] = {

@@ -93,6 +93,8 @@ DEFAULT_GRACE = 25.0
 #: How often a waiting consumer looks at signals and fencing.
 _POLL = 0.1
 _MAX_BACKOFF = 60.0
+#: How long cancelled tasks get to unwind after the grace, before the lease is kept instead.
+_CANCEL_WAIT = 2.0
 
 
 class _Bucket:
@@ -276,7 +278,7 @@ def _run_threads(eng: Engine, pool: _Pool) -> Iterator[Any]:
             eng.outcome(*report)
         if job._signal is not None:
             _stopping(eng)
-            hooks.boundary(cursor, False)  # checkpoints, releases the lease, raises Interrupted
+            eng.interrupt()  # checkpoints, releases the lease (if nothing runs) and raises Interrupted
         _check_finished(eng)
         eng.end()
     finally:
@@ -400,7 +402,14 @@ async def _run_async(eng: Engine, fn: Callable[[Any], Awaitable[Any]]) -> AsyncI
                 waiter[0] = None
         if job._signal is not None:
             _stopping(eng)
-            hooks.boundary(cursor, False)  # checkpoints, releases the lease, raises Interrupted
+            if tasks:  # past the grace: cancel them and let them unwind before the lease goes
+                stop.set()
+                for task in list(tasks.values()):
+                    task.cancel()
+                await asyncio.wait(list(tasks.values()), timeout=_CANCEL_WAIT)
+                while reports:  # whatever they did while unwinding, their items are not done
+                    eng.outcome(reports.popleft()[0], ABANDONED, None, 0)
+            eng.interrupt()  # checkpoints, releases the lease (if nothing runs) and raises Interrupted
         _check_finished(eng)
         eng.end()
     finally:
@@ -431,7 +440,11 @@ def aiterate(
                     on_error="stop", skip_budget=None, rate=None, grace=0.0, every=every, seconds=seconds,
                     retry_dead=False)
     eng = Engine(job, items, opts, name=name, key=key, on_change=on_change, progress=progress, allow_async=True)
-    return _nothing() if eng.empty else _run_aiterate(eng)
+    if eng.empty:
+        return _nothing()
+    # One item at a time and none in flight at a boundary: a signal stops the loop there at once.
+    eng.hooks.stop_after_save = True
+    return _run_aiterate(eng)
 
 
 async def _run_aiterate(eng: Engine) -> AsyncIterator[Any]:

@@ -268,7 +268,7 @@ class Job:
         self._heartbeat.start()
         if self.stall_timeout is not None:
             self._watchdog = _watchdog.StallWatchdog(timeout=self.stall_timeout, label=self.label,
-                                                     on_stall=self._heartbeat.stop)
+                                                     on_stall=self._stop_renewing)
             self._watchdog.start()
         if self._handle_signals:
             self._guard = SignalGuard(self._on_signal, self.label)
@@ -471,6 +471,11 @@ class Job:
         with self._save_lock:
             if self._record is not None:
                 self._record = self.store.restore(self._record, lease_seconds=self.lease_seconds)
+
+    def _stop_renewing(self) -> None:
+        """For the stall watchdog: no more renewals, without waiting for one in flight (it exits next)."""
+        if self._heartbeat is not None:
+            self._heartbeat.stop(wait=0)
 
     def _interrupted(self) -> Interrupted:
         import signal as _signal
@@ -683,8 +688,11 @@ class _LoopHooks:
             self.last_save = now
             self.shown.checkpointed(cur.name, cur.offset, cur.total)
         # A signal that arrived during that save stops the loop now, not a chunk (or a
-        # batch) later, unless the source drains its work in flight first (job.map).
-        if signalled or (job._signal is not None and self.stop_after_save):
+        # batch) later, unless the source drains its work in flight first (job.map,
+        # each-file): then never here, even for a signal that landed between the source's
+        # own check and this call, as releasing the lease now would leave its workers running
+        # unleased; the source sets stop_after_save again once they have ended.
+        if job._signal is not None and self.stop_after_save:
             if self.fp is not None:
                 job._fingerprints[cur.name] = self.fp.result()
             job._save(INTERRUPTED, release=True)

@@ -33,6 +33,12 @@ code against one PostgreSQL or Redis. The contract:
   at once by anyone, ``attempts`` counted) when the block raises.
   ``claim.transaction()`` (PostgreSQL) is a connection in an open transaction whose
   commit includes the fenced completion: output written there is committed exactly once.
+  When its COMMIT's answer is lost, whether it committed is settled on new connections
+  (:mod:`restartable._xact`) before anything else is written for the claim: committed,
+  the claim is completed; not committed, StoreUnavailable and the claim is released;
+  not settled within the URL's ``retry``, StoreUnavailable and the claim is left to
+  expire, never released (a release could let another worker redo the task beside a
+  commit still landing).
 * ``claims()`` ends when every task is done; while other workers hold the rest it polls,
   so it takes over what a dead worker leaves. SIGTERM/SIGINT (main thread): the claim in
   flight finishes, then Interrupted is raised (exit 143/130) instead of the next claim.
@@ -370,8 +376,18 @@ class WorkQueue:
             raise self._lose(claim, claim._lost)
         if claim.state != "held":
             raise UsageError(f"{self.label}: task {claim.key!r} is {claim.state}, not held")
-        with self._backend.transaction(claim.key, claim.epoch) as (conn, result):
-            yield conn
+        result: dict[str, bool] = {}
+        try:
+            with self._backend.transaction(claim.key, claim.epoch) as (conn, result):
+                yield conn
+        except StoreUnavailable:
+            if result.get("in_doubt"):
+                # The COMMIT may yet land: releasing now could let another worker redo the task
+                # beside it. Write nothing more for this claim; its lease expires, and the task is
+                # claimable again only if the commit did not happen (done_at stays NULL).
+                claim.state = "in doubt"
+                self._drop(claim)
+            raise
         if not result["ok"]:
             raise self._lose(claim, self._fenced(claim, "complete"))
         self._drop(claim)

@@ -112,7 +112,7 @@ def test_checkpoint_every_batch_and_resume_mid_table(pg):
 
 
 def test_composite_key_with_a_non_unique_first_column(pg):
-    pg.run("CREATE TABLE {s}.t (grp int NOT NULL, id int NOT NULL, v int NOT NULL)")
+    pg.run("CREATE TABLE {s}.t (grp int NOT NULL, id int PRIMARY KEY, v int NOT NULL)")
     pg.run("INSERT INTO {s}.t SELECT g % 4, g, g FROM generate_series(1, 103) g")
     pg.run("CREATE INDEX ON {s}.t (grp, id)")
     expected = sorted((g % 4, g) for g in range(1, 104))
@@ -190,19 +190,20 @@ def _refusal(pg, name="t", **kw) -> str:
 
 
 def test_refuses_a_key_without_a_matching_index(pg):
-    pg.run("CREATE TABLE {s}.t (a int NOT NULL, b int NOT NULL, c int NOT NULL)")
-    msg = _refusal(pg, key="a")
-    assert "no index starts with the key" in msg and f'CREATE INDEX ON "{pg.schema}"."t" ("a")' in msg
-    pg.run("CREATE INDEX ON {s}.t (a, b)")
-    assert "CREATE INDEX" in _refusal(pg, key=("b", "a"))  # wrong order
-    assert "CREATE INDEX" in _refusal(pg, key=("a", "c"))  # not a prefix
-    pg.run("CREATE INDEX t_c_part ON {s}.t (c) WHERE c > 0")
-    assert "CREATE INDEX" in _refusal(pg, key="c")  # a partial index cannot serve every batch
+    # Every key ends with the primary key: unique, so what is missing is only the index.
+    pg.run("CREATE TABLE {s}.t (a int NOT NULL, b int NOT NULL, c int NOT NULL, id int PRIMARY KEY)")
+    msg = _refusal(pg, key=("a", "id"))
+    assert "no index starts with the key" in msg and f'CREATE INDEX ON "{pg.schema}"."t" ("a", "id")' in msg
+    pg.run("CREATE INDEX ON {s}.t (a, b, id)")
+    assert "CREATE INDEX" in _refusal(pg, key=("b", "a", "id"))  # wrong order
+    assert "CREATE INDEX" in _refusal(pg, key=("a", "c", "id"))  # not a prefix
+    pg.run("CREATE INDEX t_c_part ON {s}.t (c, id) WHERE c > 0")
+    assert "CREATE INDEX" in _refusal(pg, key=("c", "id"))  # a partial index cannot serve every batch
     pg.run("CREATE INDEX t_c_hash ON {s}.t USING hash (c)")
-    assert "CREATE INDEX" in _refusal(pg, key="c")  # not a btree
-    pg.run("CREATE INDEX t_b_desc ON {s}.t (b DESC)")
+    assert "CREATE INDEX" in _refusal(pg, key=("c", "id"))  # not a btree
+    pg.run("CREATE INDEX t_b_desc ON {s}.t (b DESC, id DESC)")
     with pg.job() as job:  # a descending index serves the ascending order by a backward scan
-        assert list(job.batches(pg.table("t", key="b"))) == []
+        assert list(job.batches(pg.table("t", key=("b", "id")))) == []
 
 
 def test_refuses_a_nullable_key(pg):
@@ -250,7 +251,7 @@ def test_injection_shaped_names_are_only_names(pg, name):
 
 
 def test_a_resume_with_another_key_is_refused(pg):
-    pg.run("CREATE TABLE {s}.t (a int NOT NULL, b int NOT NULL)")
+    pg.run("CREATE TABLE {s}.t (a int PRIMARY KEY, b int NOT NULL)")
     pg.run("CREATE UNIQUE INDEX ON {s}.t (a, b)")
     pg.run("INSERT INTO {s}.t SELECT g, g FROM generate_series(1, 10) g")
     with pg.job() as job:
@@ -266,7 +267,7 @@ def test_a_resume_with_another_key_is_refused(pg):
 
 
 def test_resume_query_uses_the_index(pg):
-    pg.run("CREATE TABLE {s}.t (grp int NOT NULL, id bigint NOT NULL, pad text NOT NULL)")
+    pg.run("CREATE TABLE {s}.t (grp int NOT NULL, id bigint PRIMARY KEY, pad text NOT NULL)")
     pg.run("INSERT INTO {s}.t SELECT g % 100, g, repeat('x', 50) FROM generate_series(1, 50000) g")
     pg.run("CREATE INDEX t_grp_id ON {s}.t (grp, id)")
     pg.run("ANALYZE {s}.t")
@@ -334,7 +335,7 @@ def test_sqlite_table_batches_and_resume(lite):
 
 
 def test_sqlite_composite_key_and_tuples(lite):
-    lite.conn.execute("CREATE TABLE t (grp TEXT NOT NULL, id INTEGER NOT NULL, v INTEGER)")
+    lite.conn.execute("CREATE TABLE t (grp TEXT NOT NULL, id INTEGER PRIMARY KEY, v INTEGER)")
     lite.conn.execute("CREATE INDEX t_grp_id ON t (grp, id)")
     lite.conn.executemany("INSERT INTO t VALUES (?, ?, ?)", [(f"g{i % 3}", i, i) for i in range(50)])
     table = SQLiteTable(lite.path, "t", key=("grp", "id"), columns=["v"], rows="tuple", batch_size=4)
@@ -349,7 +350,7 @@ def test_sqlite_composite_key_and_tuples(lite):
 
 
 def test_sqlite_refusals(lite):
-    lite.conn.execute("CREATE TABLE t (a INTEGER, b INTEGER NOT NULL, c TEXT NOT NULL)")
+    lite.conn.execute("CREATE TABLE t (a INTEGER, b INTEGER NOT NULL, c TEXT NOT NULL, id INTEGER PRIMARY KEY)")
     lite.conn.execute("CREATE INDEX t_a ON t (a)")
     lite.conn.execute("CREATE INDEX t_c_part ON t (c) WHERE c > ''")
     lite.conn.execute('CREATE TABLE "x""; DROP TABLE t; --" (id INTEGER PRIMARY KEY)')
@@ -357,10 +358,10 @@ def test_sqlite_refusals(lite):
     with lite.job() as job:
         with pytest.raises(UsageError, match="can be NULL"):
             next(job.batches(SQLiteTable(lite.path, "t", key="a"), name="1"))
-        with pytest.raises(UsageError, match='CREATE INDEX "t_b" ON "t" \\("b"\\)'):
-            next(job.batches(SQLiteTable(lite.path, "t", key="b"), name="2"))
+        with pytest.raises(UsageError, match='CREATE INDEX "t_b_id" ON "t" \\("b", "id"\\)'):
+            next(job.batches(SQLiteTable(lite.path, "t", key=("b", "id")), name="2"))
         with pytest.raises(UsageError, match="CREATE INDEX"):
-            next(job.batches(SQLiteTable(lite.path, "t", key="c"), name="3"))
+            next(job.batches(SQLiteTable(lite.path, "t", key=("c", "id")), name="3"))
         with pytest.raises(UsageError, match="no such table"):
             next(job.batches(SQLiteTable(lite.path, "t; DROP TABLE t; --"), name="4"))
         got = [r["id"] for b in job.batches(SQLiteTable(lite.path, 'x"; DROP TABLE t; --'), name="5") for r in b]

@@ -628,3 +628,33 @@ def test_readers_racing_a_writer_never_see_damage(root, caplog):
         writer.stdout.close()
     assert writer.returncode == 0 and reads > 10 and last > 0
     assert _warnings(caplog) == []
+
+
+def test_delete_keeps_a_private_epoch_floor_that_new_records_start_above(store, root, monkeypatch):
+    """``.epoch-floor`` (one per job directory) is written before a delete removes the files;
+    a record created again, by any store object, starts above it even with the clock set back;
+    deletes of other runs never lower it; a floor write cut short by a crash is swept."""
+    a = store.acquire("job", "a", owner=ME, lease_seconds=30)
+    b = store.acquire("job", "b", owner=ME, lease_seconds=30)
+    assert not (root / "job" / ".epoch-floor").exists()  # the old layout: no floor until a delete
+    (root / "job" / "..epoch-floor.0123456789abcdef.tmp").write_bytes(b"9")
+    assert store.delete("job", "b")
+    assert store.delete("job", "a")  # the lower epoch: the floor stays at b's
+    floor = root / "job" / ".epoch-floor"
+    assert int(floor.read_text()) == b.epoch and _mode(floor) == 0o600
+    assert sorted(p.name for p in (root / "job").iterdir()) == [".epoch-floor"]
+    monkeypatch.setattr(time, "time_ns", lambda: a.epoch * 1000)  # the clock went back
+    with open_store(f"file://{root}") as fresh:
+        again = fresh.acquire("job", "a", owner=OTHER, lease_seconds=30)
+        assert again.epoch == b.epoch + 1
+        assert [r.run for r in fresh.list_runs()] == ["a"]
+    with pytest.raises(Fenced):
+        store.save(a, lease_seconds=30)
+
+
+def test_delete_of_a_run_with_unreadable_generations_still_works(store, root):
+    rec = store.acquire("job", "r1", owner=ME, lease_seconds=30)
+    (root / "job" / "r1.ckpt").write_bytes(b"garbage")
+    assert store.delete("job", "r1")  # `reset` of a damaged run: the header was unreadable
+    assert store.load("job", "r1") is None
+    assert store.acquire("job", "r1", owner=ME, lease_seconds=30).epoch != rec.epoch

@@ -300,7 +300,7 @@ def test_unknown_database_is_a_config_error(postgres_server):
     assert time.monotonic() - t0 < 5
 
 
-@pytest.mark.parametrize("query", ["retry=abc", "history=-1", "history=x", "nosuchparam=1"])
+@pytest.mark.parametrize("query", ["retry=abc", "history=-1", "history=x", "nosuchparam=1", "read_timeout=-1", "read_timeout=x"])
 def test_bad_options_are_config_errors(query):
     with pytest.raises(ConfigError):
         open_store(f"postgresql://postgres@127.0.0.1:1/postgres?{query}")

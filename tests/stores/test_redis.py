@@ -66,6 +66,43 @@ def test_options_are_removed_before_redis_py_sees_the_url(redis_url):
         s.acquire("job", "r1", owner=ME, lease_seconds=30)
 
 
+def test_read_timeout_sets_the_reply_deadline(redis_url):
+    cases = {"": 60.0, "&read_timeout=2.5": 2.5, "&read_timeout=500ms": 0.5, "&read_timeout=0": None}
+    for query, expected in cases.items():
+        with open_store(redis_url + query) as s:
+            assert s._client.connection_pool.connection_kwargs["socket_timeout"] == expected, query
+    with pytest.raises(ConfigError, match="read_timeout"):
+        open_store(f"{redis_url}&read_timeout=soon")
+    # redis-py's own name still works alone; both at once is ambiguous.
+    with open_store(f"{redis_url}&socket_timeout=7") as s:
+        assert s._client.connection_pool.connection_kwargs["socket_timeout"] == 7.0
+    with pytest.raises(ConfigError, match="keep only"):
+        open_store(f"{redis_url}&read_timeout=5&socket_timeout=7")
+
+
+def test_frozen_server_fails_within_the_budget_then_recovers(private_redis):
+    """SIGSTOP: the kernel still accepts connections and requests, nothing ever answers.
+    Each attempt waits read_timeout, the retries stop after the retry budget: StoreUnavailable,
+    not a hang; once the server runs again, the same store works."""
+    with open_store(f"{private_redis.url}?read_timeout=1&retry=2") as s:
+        rec = s.acquire("job", "r1", owner=ME, lease_seconds=60)
+        private_redis.freeze()
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="retry") as info:
+                s.load("job", "r1")
+            elapsed = time.monotonic() - t0
+        finally:
+            private_redis.thaw()
+        # The first attempt's deadline plus the budget, plus the deadline of the attempt in
+        # flight when the budget ran out (3s unloaded), with slack for a loaded machine.
+        assert 2.0 <= elapsed < 8.0, elapsed
+        assert "Timeout" in str(info.value) or "timed out" in str(info.value)
+        assert s.load("job", "r1").epoch == rec.epoch
+        s.save(rec.replace(done=4), lease_seconds=60)
+        assert s.load("job", "r1").done == 4
+
+
 def test_unknown_option_is_a_config_error(redis_server):
     with pytest.raises(ConfigError, match="bogus"):
         open_store(f"{redis_server}?bogus=1")
@@ -81,7 +118,7 @@ def test_every_key_is_under_the_prefix(redis_url):
         s.mark("job", "r1", "dir/a:b*", "x.csv", 1, epoch=rec.epoch)
     keys = sorted(k.decode() for k in _client(redis_url).scan_iter(match=f"{prefix}*"))
     assert keys == [f"{prefix}{k}" for k in (
-        "hist:job:r1", "markers:job:r1:dir%2Fa%3Ab%2A", "run:job:r1", "runs")]
+        "hist:job:r1", "instance", "markers:job:r1:dir%2Fa%3Ab%2A", "run:job:r1", "runs")]
 
 
 def test_cursor_and_item_names_may_hold_anything(redis_url):
@@ -133,7 +170,9 @@ def test_ttl_expires_the_run(redis_url):
         time.sleep(1.5)  # the keys live 1s + a tenth of it after the last write
         assert s.load("job", "r1") is None
         assert s.list_runs() == [] and s.history("job", "r1") == []
-    assert list(_client(redis_url).scan_iter(match=f"{_prefix(redis_url)}*")) == []
+    # Only the instance key stays (never expires: it tells a later reset from a loss).
+    prefix = _prefix(redis_url)
+    assert [k.decode() for k in _client(redis_url).scan_iter(match=f"{prefix}*")] == [f"{prefix}instance"]
 
 
 @pytest.mark.parametrize("status", [COMPLETED, FAILED])
@@ -143,7 +182,8 @@ def test_every_save_refreshes_the_ttl_of_all_keys(redis_url, status):
         rec = s.acquire("job", "r1", owner=ME, lease_seconds=30)
         s.mark("job", "r1", "files", "a", 1, epoch=rec.epoch)
         time.sleep(1.2)
-        keys = list(client.scan_iter(match=f"{prefix}*"))
+        # Every key of the run; the prefix's instance key never expires (test_ttl_expires_the_run).
+        keys = [k for k in client.scan_iter(match=f"{prefix}*") if k != f"{prefix}instance".encode()]
         assert len(keys) == 4 and all(client.pttl(k) < 2300 for k in keys)
         s.save(rec.replace(status=status), lease_seconds=None)
         # Expiries are pushed to ttl + a tenth of it (0.3s here), so most writes skip the push.

@@ -27,11 +27,15 @@ job's store written when its command exits 0, changed files processed again.
   nothing more, lets the running commands finish and exits 1; ``skip`` records the
   file (``restartable show`` lists it) and goes on, up to ``--skip-budget`` files
   (exit 65 beyond).
-* Each command runs in its own session and process group, and on Linux gets SIGKILL
-  when the runner dies (``PR_SET_PDEATHSIG``): a runner killed with SIGKILL leaves no
-  command behind to race its rerun. (The signal reaches the command's main process:
-  a script should ``exec`` its last command; with ``-o`` a leftover child can only
-  write an orphaned temp file.)
+* Each command runs in its own session and process group, with
+  ``RESTARTABLE_EACH_FILE_<token>=1`` in its environment. When the runner ends, killed
+  with SIGKILL or not, a helper process (the reaper) SIGKILLs the commands' groups and
+  then every process whose environment carries the token: a command started an instant
+  before the runner died, a script's background child still running after the script
+  exited, a child that moved to its own session. Nothing the commands started survives
+  the runner to race its rerun (except a process that cleared its environment, as
+  ``env -i`` does). Without the reaper (it could not start), a command gets SIGKILL when
+  the runner dies (Linux ``PR_SET_PDEATHSIG``), its children do not.
 * SIGTERM/SIGINT: no new file is launched, the signal is forwarded to the running
   commands' process groups, the runner waits up to ``--grace`` seconds (then
   SIGKILLs them), checkpoints and exits 143/130; a rerun does the rest.
@@ -112,13 +116,22 @@ def _make_preexec() -> Callable[[], None] | None:
     return die_with_parent
 
 
+#: The environment variable (a prefix, then the runner's random token) set in every
+#: command's environment: its children inherit it, so the reaper finds every process the
+#: commands started, whatever group or session they moved to.
+TOKEN_PREFIX = "RESTARTABLE_EACH_FILE_"
+
 #: The reaper: reads "+PGID" / "-PGID" lines from the runner on stdin; when stdin ends
 #: (the runner exited or was killed: the kernel closes its end of the pipe), SIGKILLs
-#: every process group still registered. Ignores SIGINT/SIGTERM: only the pipe ends it.
+#: every process group still registered, then every process whose environment carries
+#: the runner's token (argv[1]): a command started just before the runner died (not yet
+#: registered), a script's background child left behind after the script exited, a child
+#: that left the group (setsid). Ignores SIGINT/SIGTERM: only the pipe ends it.
 _REAPER = r"""
-import os, signal
+import os, signal, sys
 for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
     signal.signal(s, signal.SIG_IGN)
+needle = b"\0" + sys.argv[1].encode() + b"="
 groups, buf = set(), b""
 os.write(1, b"ready\n")
 os.close(1)
@@ -143,6 +156,36 @@ for pgid in groups:
         os.killpg(pgid, signal.SIGKILL)
     except OSError:
         pass
+
+def marked():
+    me, found = os.getpid(), []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit() or int(entry) in (me, 1):
+            continue
+        try:
+            with open("/proc/" + entry + "/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if needle in b"\0" + env:
+            found.append(int(entry))
+    return found
+
+# Again until none is left: a process may fork between the scan and its kill (its child
+# inherits the token). A killed process's environ reads empty, so it is not found twice.
+for _ in range(100):
+    pids = marked()
+    if not pids:
+        break
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 """
 
 
@@ -159,15 +202,18 @@ class _Reaper:
     falls back to ``PR_SET_PDEATHSIG``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, token_var: str) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         self.fd: int | None = None
         if not USE_REAPER:
             return
+        # Without any runner's token (ours, or an outer each-file's): the reaper must not
+        # find itself, nor be killed by an outer reaper before it has done its work.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(TOKEN_PREFIX)}
         try:
-            self.proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _REAPER], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _REAPER, token_var],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                         close_fds=True, start_new_session=True, env=env)
             assert self.proc.stdin is not None and self.proc.stdout is not None
             with self.proc.stdout:
                 ready = self.proc.stdout.readline()  # it is listening (or it died: EOF)
@@ -262,7 +308,11 @@ class _Runner:
         self.jobs, self.attempts, self.backoff, self.on_error, self.grace = jobs, attempts, backoff, on_error, grace
         self.prefix = jobs > 1
         self.executable = _resolve(command[0])
-        self.reaper = _Reaper()
+        # Every command's environment carries this runner's token before it is even forked,
+        # so the reaper finds it (and what it starts) with no window after Popen.
+        token_var = f"{TOKEN_PREFIX}{os.getpid()}_{os.urandom(6).hex()}"
+        self.env = {**os.environ, token_var: "1"}
+        self.reaper = _Reaper(token_var)
         self.preexec = _make_preexec()
         #: ("free", task) when a command exited 0 (its slot is free while the worker renames the
         #: output and writes the marker), ("end", task) when the worker is done with the file.
@@ -323,7 +373,7 @@ class _Runner:
         try:
             # Without a preexec_fn Python vfork()s: the fast path (see _Reaper).
             proc = subprocess.Popen(argv, executable=self.executable, stdin=subprocess.DEVNULL, stdout=pipe,
-                                    stderr=pipe, close_fds=True, start_new_session=True,
+                                    stderr=pipe, close_fds=True, start_new_session=True, env=self.env,
                                     # Only the fallback path has one (it calls nothing but prctl).
                                     preexec_fn=None if reaper.alive else self.preexec)  # noqa: PLW1509
         except OSError as exc:
@@ -480,15 +530,38 @@ class _Runner:
                         self.kill_all()
                         killed = True
         except BaseException:
-            self.kill_all()  # never leave a writer behind on an unexpected error
+            self.kill_all()  # never leave a writer behind on an unexpected error...
+            self._await_workers(active)  # ...nor one still running when the job releases the lease
             raise
         if stop is not None:
             raise stop
         if interrupted is not None:
             raise interrupted
         if job._signal is not None:
+            # Every command has ended (``active`` is 0): only now may the lease be released.
+            hooks.stop_after_save = True
             hooks.boundary(cursor, False)  # checkpoints, releases the lease and raises Interrupted
         hooks.end(cursor)
+
+    def _await_workers(self, active: int, timeout: float = 10.0) -> None:
+        """Wait (bounded) for ``active`` worker threads to end after :meth:`kill_all`.
+
+        Their commands got SIGKILL, so this takes milliseconds; what remains of a worker
+        after that is a rename and a marker, fenced by the epoch.
+        """
+        deadline = time.monotonic() + timeout
+        while active > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("%s: %d worker(s) still busy %gs after their commands were killed", self.fs.describe,
+                            active, timeout)
+                return
+            try:
+                kind, _ = self.results.get(timeout=min(left, 0.1))
+            except queue.Empty:
+                continue
+            if kind == "end":
+                active -= 1
 
 
 def _resolve(program: str) -> str | None:
@@ -604,6 +677,9 @@ def each_file(pattern: str, command: tuple[str, ...], store_url: str | None, job
         runner = _Runner(job, fs, argv, output=output, jobs=jobs, attempts=attempts, backoff=backoff,
                          on_error=on_error, grace=grace)
         hooks = job._loop_hooks(seconds=5.0, progress=progress)
+        # A signal is acted on by the runner: it forwards it and waits for the running commands
+        # before the lease is released (never at a checkpoint boundary while they still run).
+        hooks.stop_after_save = False
         try:
             runner.run(hooks)
         finally:

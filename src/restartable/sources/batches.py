@@ -28,6 +28,14 @@ The contract:
 * Inside the loop, :func:`~restartable.sources.transaction.transaction` commits the
   caller's output and the position AFTER the batch in flight in one transaction;
   the batch then counts as done at once, and the driver does not save again for it.
+* When that transaction is rolled back, ``job.state`` is put back (in place) to a deep
+  copy of what it was when the batch was handed out, so it always matches what is
+  committed. When it was rolled back because its connection was lost (nothing of it
+  committed), the transaction gives the batch back and the loop hands out THE SAME
+  batch again (fetched again from the same key) after a backoff, within the store's
+  ``retry`` budget counted from the batch's first failure; then StoreUnavailable
+  (exit 75). Code after the ``with job.transaction()`` block runs for a given-back
+  batch too: keep counters in ``job.state`` (restored) or inside the block.
 * A rerun that names different key columns than the checkpoint's is refused
   (UsageError): the saved key would mean nothing for them.
 
@@ -36,12 +44,15 @@ Memory is one batch (plus what the caller keeps), whatever the table's size.
 
 from __future__ import annotations
 
+import copy
 import logging
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from .._xact import backoff
 from ..checkpoint import dumps
 from ..errors import StateNotSerializable, UsageError
 
@@ -101,6 +112,14 @@ class _Run:
     committed: bool = False
     #: Resources a transaction keeps for the loop's duration (a connection), closed at its end.
     resources: dict[str, Any] = field(default_factory=dict)
+    #: A deep copy of ``job.state`` and the cursor's (offset, key) when the pending batch was handed out.
+    snapshot: tuple[dict[str, Any], int, Any] | None = None
+    #: True when a transaction gave the pending batch back (rolled back, nothing committed): the
+    #: loop hands the same batch out again instead of counting it done.
+    given_back: bool = False
+    #: Failed attempts of the batch at the current key, and when the first one failed (monotonic).
+    failures: int = 0
+    first_failure: float | None = None
 
     def advance(self) -> None:
         """Count the pending batch as done in memory."""
@@ -109,6 +128,24 @@ class _Run:
         self.cursor.offset += n
         self.cursor.extra["key"] = last
         self.pending = None
+        self.failures, self.first_failure = 0, None
+
+    def take_snapshot(self) -> None:
+        """Remember ``job.state`` and the position as they are when a batch is handed out."""
+        self.snapshot = (copy.deepcopy(self.job.state), self.cursor.offset, self.cursor.extra.get("key"))
+
+    def restore(self) -> None:
+        """Put ``job.state`` (in place: callers may hold the dict) and the position back to the snapshot.
+
+        A deep copy of the snapshot, so that a batch given back twice is restored twice.
+        """
+        if self.snapshot is None:
+            return
+        state, offset, key = self.snapshot
+        self.job.state.clear()
+        self.job.state.update(copy.deepcopy(state))
+        self.cursor.offset = offset
+        self.cursor.extra["key"] = key
 
     def close_resources(self) -> None:
         for res in self.resources.values():
@@ -220,7 +257,15 @@ def _drive(
                 _check_encodable(job, source, batch.last_key)
                 checked = True
             run.pending, run.committed = (len(rows), batch.last_key), False
+            run.take_snapshot()
             yield rows
+            if run.given_back:
+                # Its transaction rolled back after a lost connection (job.state is restored):
+                # hand the same batch out again, fetched again from the same key, after a backoff.
+                run.given_back, run.pending = False, None
+                _pause_before_retry(job, run)
+                hooks.boundary(cursor, False)  # a signal or a fencing stops the retries here
+                continue
             # The loop came back for the next batch: this one is done.
             committed = run.committed
             if not committed:
@@ -239,13 +284,26 @@ def _drive(
                 break  # a short batch: nothing is left after it (no extra query to find out)
         hooks.end(cursor)
     finally:
-        run.pending = None
+        run.pending = run.snapshot = None
         runs.remove(run)
         if not runs:
             _RUNS.pop(job, None)
         run.close_resources()
         hooks.close(cursor)
         source.close()
+
+
+def _pause_before_retry(job: Job, run: _Run) -> None:
+    """Back off before a given-back batch is handed out again (woken early by a signal).
+
+    The transaction that gave it back checked the budget; the pause never outlasts it.
+    """
+    from .transaction import retry_budget
+
+    first = run.first_failure if run.first_failure is not None else time.monotonic()
+    end = time.monotonic() + max(0.0, min(backoff(run.failures), first + retry_budget(job) - time.monotonic()))
+    while job._signal is None and (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, 0.1))
 
 
 def _check_encodable(job: Job, source: BatchSource, key: Sequence[Any]) -> None:

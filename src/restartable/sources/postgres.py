@@ -17,14 +17,26 @@ The contract:
 * Rows are dicts (column name -> value; ``rows="tuple"`` gives tuples in ``columns``
   order). The key columns are always selected: when ``columns`` leaves them out they
   are added at the end. ``columns=None`` selects every column.
+* The key must be unique, and the table must say so: a primary key, a unique
+  constraint or a unique index (valid, non-partial, on columns rather than
+  expressions, with the type's default equality) whose key columns are all key
+  columns. With batches starting strictly after the last key, rows sharing that key
+  but not in the batch would be skipped. A non-unique column therefore needs a unique
+  tie-breaker after it: ``key=("created_at", "id")``. INCLUDE columns, a partial or a
+  not-yet-valid (``CREATE INDEX CONCURRENTLY``) unique index do not count, nor a
+  unique index under another collation than a nondeterministic column's. A table
+  with inheritance children is refused (no index of the parent covers their rows); a
+  partitioned table's unique indexes cover every partition.
 * The key must be NOT NULL columns that start some valid, non-partial btree index,
-  in order and in one direction, with the columns' collations; otherwise ``open``
-  refuses it (UsageError, exit 2) with the statement that fixes it. A non-unique
-  leading column needs a unique tie-breaker after it (``key=("created_at", "id")``):
-  the key must be unique, or rows sharing the last key of a batch are skipped.
+  in order and in one direction, with the columns' collations, and of scalar types
+  (not composite or JSON: the last key goes back as a query parameter). Otherwise
+  ``open`` refuses it (UsageError, exit 2) with the fix: the key to use, the
+  ``CREATE INDEX`` or ``SET NOT NULL`` statement.
 * Names are identifiers, never SQL: ``table``, ``schema``, ``key`` and ``columns``
-  are quoted through :mod:`psycopg.sql`, so a name shaped like an injection is just a
-  name (usually of a table that does not exist: UsageError). ``where`` IS SQL, the
+  are quoted through :mod:`psycopg.sql` (with ``%`` escaped, so ``"a%s"`` is a name,
+  not a placeholder), so a name shaped like an injection is just a name (usually of a
+  table that does not exist: UsageError). ``s.t`` is the name of one table; a schema
+  is the ``schema`` argument. ``where`` IS SQL, the
   programmer's: put values in ``params`` (``%s`` or ``%(name)s``; write ``%%`` for
   ``%``), never in the text. It should not depend on time: keyset order assumes the
   filtered set only grows ahead of the position.
@@ -37,15 +49,16 @@ The contract:
   StoreUnavailable at once.
 
 ``url_or_conn`` may be the store's URL: restartable's store options (``schema``,
-``retry``, ``history``) are taken out of it; the table's schema is the ``schema``
-argument (default: the connection's ``search_path``).
+``retry``, ``history``, ``read_timeout``) are taken out of it, and ``?read_timeout=``
+bounds every read on the table's connection (default 60 s, ``0`` for none); the
+table's schema is the ``schema`` argument (default: the connection's ``search_path``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from .._url import parse_duration, parse_store_url, redact
 from ..errors import (
@@ -70,20 +83,91 @@ log = logging.getLogger("restartable")
 _STORE_OPTIONS = frozenset({"schema", "retry", "history"})
 _MAX_IDENT = 63  # PostgreSQL truncates longer identifiers: refuse rather than read another table
 
+# One row: the relation, and whether legacy inheritance children hang under it (their
+# rows are read too, but no index of the parent covers them).
 _TABLE = """
-SELECT c.oid, c.relkind, n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+SELECT c.oid, c.relkind, n.nspname, c.relname,
+       c.relkind = 'r' AND EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhparent = c.oid)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = to_regclass(%s)"""
+# collisdeterministic exists from PostgreSQL 12; before it every collation is deterministic.
 _COLUMNS = """
-SELECT attname, attnum, attnotnull, attcollation FROM pg_attribute
-WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum"""
-# Usable indexes: valid btree, not partial. indkey/indoption/indcollation list the key
-# columns first (indnkeyatts of them), then INCLUDE columns; attnum 0 is an expression.
+SELECT a.attname, a.attnum, a.attnotnull, a.attcollation, {deterministic}, t.typtype, format_type(a.atttypid, NULL)
+FROM pg_attribute a LEFT JOIN pg_collation co ON co.oid = a.attcollation JOIN pg_type t ON t.oid = a.atttypid
+WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"""
+# Every index, filtered in Python (one query serves the order check, the uniqueness check
+# and the message naming the indexes that do not count). indkey/indoption/indcollation
+# list the key columns first (indnkeyatts of them), then INCLUDE columns; attnum 0 is an
+# expression. same_eq[j]: the j-th key column's operator class has the same equality as
+# the type's default btree class, the one the batch query's ``>`` and ORDER BY use (a
+# unique index under a finer equality, record_image_ops say, does not make the key unique).
 _INDEXES = """
-SELECT ci.relname, i.indkey::int2[], i.indoption::int2[], i.indcollation::oid[], i.indnkeyatts
+SELECT ci.relname, i.indkey::int2[], i.indoption::int2[], i.indcollation::oid[], i.indnkeyatts,
+       am.amname = 'btree', i.indisvalid, i.indpred IS NOT NULL, i.indisunique,
+       ARRAY(SELECT coalesce(
+                 (SELECT o.amopopr FROM pg_amop o WHERE o.amopfamily = oc.opcfamily AND o.amopstrategy = 3
+                    AND o.amoplefttype = oc.opcintype AND o.amoprighttype = oc.opcintype)
+               = (SELECT o.amopopr FROM pg_opclass d JOIN pg_amop o ON o.amopfamily = d.opcfamily
+                  WHERE d.opcmethod = oc.opcmethod AND d.opcdefault AND d.opcintype = oc.opcintype
+                    AND o.amopstrategy = 3 AND o.amoplefttype = d.opcintype AND o.amoprighttype = d.opcintype),
+               false)
+             FROM unnest(i.indclass::oid[]) WITH ORDINALITY AS u(cls, n) JOIN pg_opclass oc ON oc.oid = u.cls
+             ORDER BY u.n)
 FROM pg_index i JOIN pg_class ci ON ci.oid = i.indexrelid JOIN pg_am am ON am.oid = ci.relam
-WHERE i.indrelid = %s AND am.amname = 'btree' AND i.indisvalid AND i.indpred IS NULL
-ORDER BY i.indisprimary DESC, i.indisunique DESC, ci.relname"""
+WHERE i.indrelid = %s
+ORDER BY i.indisprimary DESC, i.indisunique DESC, i.indnkeyatts, ci.relname"""
 _DESC = 1  # indoption bit: the column is sorted descending (a backward scan serves ASC)
+
+
+class _Column(NamedTuple):
+    attnum: int
+    notnull: bool
+    collation: int  # 0: the type is not collatable
+    deterministic: bool  # equal only when byte-equal (every collation but nondeterministic ICU ones)
+    typtype: str  # 'c': a composite type
+    typname: str
+
+
+class _Index(NamedTuple):
+    """A row of :data:`_INDEXES`."""
+
+    name: str
+    indkey: list[int]
+    indoption: list[int]
+    indcoll: list[int]
+    nkey: int
+    btree: bool
+    valid: bool
+    partial: bool
+    unique: bool
+    same_eq: list[bool]
+
+
+def _why_not(index: _Index, cols: dict[str, _Column]) -> str | None:
+    """Why a unique ``index`` does not make its key columns unique for the batch query (None: it does).
+
+    Not valid: CREATE INDEX CONCURRENTLY is still running, or failed. Partial: unique only
+    among the rows its WHERE selects. On an expression: unique in the expression's value,
+    not the columns'. Another equality than the type's default btree one, which the
+    query's ``>`` and ORDER BY use (record_image_ops tells ROW(1.0) from ROW(1.00)).
+    Another collation than the column's when the column's is nondeterministic: a
+    case-insensitive column calls 'a' and 'A' equal; a "C" unique index keeps both.
+    """
+    if not index.valid:
+        return "not valid: CREATE INDEX CONCURRENTLY still running or failed"
+    if index.partial:
+        return "partial: unique only where its WHERE holds"
+    if not index.btree:
+        return "not a btree"
+    if 0 in index.indkey[: index.nkey]:
+        return "on an expression"
+    if not all(index.same_eq):
+        return "another operator class's equality"
+    by_num = {c.attnum: c for c in cols.values()}
+    if any(not by_num[a].deterministic and coll != by_num[a].collation
+           for a, coll in zip(index.indkey[: index.nkey], index.indcoll[: index.nkey])):
+        return "another collation than a nondeterministic column's"
+    return None
 
 
 def _import_psycopg() -> Any:
@@ -92,6 +176,16 @@ def _import_psycopg() -> Any:
     except ImportError:
         raise MissingDriver("PostgresTable needs psycopg 3: pip install 'restartable[postgres]'") from None
     return psycopg
+
+
+def _names(value: Any, what: str) -> tuple[Any, ...]:
+    """``key``/``columns`` as a tuple: one name, or a list or tuple of them (a string is one name,
+    never a sequence of one-letter names)."""
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    raise UsageError(f"{what} must be a column name or a list of them, not {type(value).__name__}")
 
 
 def _check_ident(value: Any, what: str) -> str:
@@ -109,7 +203,7 @@ class PostgresTable:
     :param url_or_conn: a ``postgresql://`` URL (or libpq conninfo), or an open psycopg
         connection (best in autocommit; it is never closed, nor reconnected, by us).
     :param table: the table's name, unquoted; ``schema`` its schema.
-    :param key: the key column, or a tuple of them (the last one unique overall).
+    :param key: the key column, or a tuple of them, unique together (see the module docstring).
     :param columns: the columns to select (default: all).
     :param where: an extra filter: SQL text with ``params``, or a ``psycopg.sql`` Composable.
     :param batch_size: rows per batch (per query).
@@ -134,13 +228,13 @@ class PostgresTable:
         self._pg = _import_psycopg()
         self.table = _check_ident(table, "table name")
         self.schema = None if schema is None else _check_ident(schema, "schema name")
-        keys = (key,) if isinstance(key, str) else tuple(key)
+        keys = _names(key, "key")
         if not keys:
             raise UsageError("PostgresTable needs a key: key='id' or key=('created_at', 'id')")
         self.key_columns: tuple[str, ...] = tuple(_check_ident(k, "key column") for k in keys)
         if len(set(self.key_columns)) != len(self.key_columns):
             raise UsageError(f"key {self.key_columns!r} names a column twice")
-        self.columns = None if columns is None else [_check_ident(c, "column") for c in columns]
+        self.columns = None if columns is None else [_check_ident(c, "column") for c in _names(columns, "columns")]
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise UsageError(f"batch_size must be a positive int, not {batch_size!r}")
         self.batch_size = batch_size
@@ -262,47 +356,114 @@ class PostgresTable:
                 hint = f"; to name a schema pass schema={self.table.split('.')[0]!r} and the bare table name"
             raise UsageError(f"{self.describe}: no such table (looked up as {qualified.as_string(conn)}, "
                              f"through the search_path when no schema is given){hint}")
-        oid, relkind, nspname, relname = found
+        oid, relkind, nspname, relname, inherited = found
         target = sql.Identifier(nspname, relname)
         self._name = target.as_string(conn)
         if relkind not in ("r", "p", "m"):
             raise UsageError(f"{self.describe} is not a table (relkind {relkind!r}): keyset batches need a table "
                              "or materialized view with an index on the key")
-        cols = {name: (num, notnull, coll) for name, num, notnull, coll in conn.execute(_COLUMNS, (oid,))}
+        if inherited:
+            raise UsageError(
+                f"{self.describe} has inheritance children: their rows are read too, but no index or unique "
+                "constraint of the parent covers them, so a key shared across tables would skip rows. Read each "
+                "table on its own (a view with ONLY is not keyset-readable either), or make it a partitioned "
+                "table, whose unique indexes cover every partition"
+            )
+        deterministic = "coalesce(co.collisdeterministic, true)" if conn.info.server_version >= 120000 else "true"
+        cols = {row[0]: _Column(*row[1:]) for row in conn.execute(_COLUMNS.format(deterministic=deterministic),
+                                                                   (oid,))}
         for c in (*self.key_columns, *(self.columns or ())):
             if c not in cols:
                 raise UsageError(f"{self.describe} has no column {c!r} (its columns: {', '.join(cols)})")
         for k in self.key_columns:
-            if not cols[k][1]:
+            if not cols[k].notnull:
                 fix = sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL").format(target, sql.Identifier(k))
                 raise UsageError(
                     f"{self.describe}: key column {k!r} can be NULL, and rows with a NULL key would never be "
                     f"read (NULL compares as unknown). Make it NOT NULL: {fix.as_string(conn)}"
                 )
-        self._check_index(conn, oid, target, cols)
+        indexes = [_Index(*row) for row in conn.execute(_INDEXES, (oid,))]
+        self._check_unique(conn, target, cols, indexes)
+        self._check_order(conn, target, cols, indexes)
+        for k in self.key_columns:
+            # The last key goes back as a query parameter, which PostgreSQL cannot take for
+            # these: a composite value arrives as an "anonymous composite" (not implemented),
+            # a JSON value as text that is not JSON. Refuse now rather than at the second batch.
+            if cols[k].typtype == "c" or cols[k].typname in ("json", "jsonb"):
+                raise UsageError(f"{self.describe}: key column {k!r} is of type {cols[k].typname}, whose values "
+                                 "cannot be sent back as the position to resume after: key on scalar columns "
+                                 "(numbers, text, dates, timestamps, UUIDs), such as the primary key")
         selected = list(self.columns) if self.columns is not None else list(cols)
         selected += [k for k in self.key_columns if k not in selected]
         self._key_index = [selected.index(k) for k in self.key_columns]
-        return self._compose(conn, target, selected)
+        return self._compose(conn, (nspname, relname), selected)
 
-    def _check_index(self, conn: psycopg.Connection[Any], oid: int, target: sql.Identifier,
-                     cols: dict[str, tuple[int, bool, int]]) -> None:
+    @staticmethod
+    def _serves_order(key: Sequence[str], cols: dict[str, _Column], index: _Index) -> bool:
+        """Whether ``index`` returns rows in ``ORDER BY key`` order (so each batch is a range scan)."""
+        n = len(key)
+        if not (index.btree and index.valid and not index.partial) or index.nkey < n:
+            return False
+        if list(index.indkey[:n]) != [cols[k].attnum for k in key]:
+            return False
+        # One direction throughout (a backward scan serves a DESC index), the columns' collations.
+        return (len({opt & _DESC for opt in index.indoption[:n]}) == 1
+                and list(index.indcoll[:n]) == [cols[k].collation for k in key])
+
+    @staticmethod
+    def _unique_columns(cols: dict[str, _Column], index: _Index) -> list[str] | None:
+        """The columns ``index`` makes unique, as the batch query compares keys; else None.
+
+        A key tuple is unique iff it holds all the columns of such an index. What does not
+        count is listed in :func:`_why_not`. INCLUDE columns are not part of uniqueness;
+        NULLS [NOT] DISTINCT does not matter, key columns being NOT NULL.
+        """
+        if not index.unique or _why_not(index, cols) is not None:
+            return None
+        by_num = {c.attnum: name for name, c in cols.items()}
+        return [by_num[a] for a in index.indkey[: index.nkey]]
+
+    def _check_unique(self, conn: psycopg.Connection[Any], target: sql.Identifier, cols: dict[str, _Column],
+                      indexes: list[_Index]) -> None:
         from psycopg import sql
 
-        want = [cols[k][0] for k in self.key_columns]
-        colls = [cols[k][2] for k in self.key_columns]
-        n = len(want)
-        seen = []
-        for name, indkey, indoption, indcoll, nkey in conn.execute(_INDEXES, (oid,)):
-            seen.append(name)
-            if list(indkey[:n]) != want or nkey < n:
-                continue
-            directions = {opt & _DESC for opt in indoption[:n]}
-            if len(directions) == 1 and list(indcoll[:n]) == colls:
-                return
+        usable = [(ix, self._unique_columns(cols, ix)) for ix in indexes]
+        if any(names is not None and set(names) <= set(self.key_columns) for _, names in usable):
+            return
+        # The fix: the same key with a unique tie-breaker after it, from the primary key or the
+        # smallest unique index (the query's ORDER BY sorts primary first, then by width).
+        tie = next((names for _, names in usable if names is not None), None)
+        ignored = [f"{ix.name} ({why})" for ix in indexes if ix.unique and (why := _why_not(ix, cols)) is not None]
+        skipped = f" (unique indexes that do not count: {', '.join(ignored)})" if ignored else ""
+        head = (f"{self.describe}: the key {self.key_columns!r} is not unique: no primary key, unique constraint or "
+                f"unique index covers only key columns{skipped}. Rows sharing the last key of a batch would be "
+                "skipped (each batch starts strictly after that key).")
+        if tie is not None:
+            better = (*self.key_columns, *(c for c in tie if c not in self.key_columns))
+            fix = f" End the key with a unique tie-breaker: key={better!r}"
+            if not any(self._serves_order(better, cols, ix) for ix in indexes):
+                index = sql.SQL("CREATE INDEX ON {} ({})").format(
+                    target, sql.SQL(", ").join(sql.Identifier(k) for k in better))
+                fix += f", with an index in that order: {index.as_string(conn)}"
+            raise UsageError(head + fix)
+        unique = sql.SQL("CREATE UNIQUE INDEX ON {} ({})").format(
+            target, sql.SQL(", ").join(sql.Identifier(k) for k in self.key_columns))
+        raise UsageError(
+            f"{head} The table has no usable unique key: give it a primary key (ALTER TABLE {target.as_string(conn)} "
+            "ADD PRIMARY KEY (...)) and end the key with its columns, or, if the key's values are in fact unique, "
+            f"declare it: {unique.as_string(conn)}"
+        )
+
+    def _check_order(self, conn: psycopg.Connection[Any], target: sql.Identifier, cols: dict[str, _Column],
+                     indexes: list[_Index]) -> None:
+        from psycopg import sql
+
+        if any(self._serves_order(self.key_columns, cols, ix) for ix in indexes):
+            return
         fix = sql.SQL("CREATE INDEX ON {} ({})").format(
             target, sql.SQL(", ").join(sql.Identifier(k) for k in self.key_columns)
         )
+        seen = [ix.name for ix in indexes if ix.btree and ix.valid and not ix.partial]
         others = f" (its usable btree indexes: {', '.join(seen)})" if seen else ""
         raise UsageError(
             f"{self.describe}: no index starts with the key {self.key_columns!r} in this order{others}, so every "
@@ -310,20 +471,28 @@ class PostgresTable:
             "leads an index)"
         )
 
-    def _compose(self, conn: psycopg.Connection[Any], target: sql.Identifier, selected: list[str]) -> tuple[bytes, bytes]:
+    def _compose(self, conn: psycopg.Connection[Any], target: tuple[str, str],
+                 selected: list[str]) -> tuple[bytes, bytes]:
         from psycopg import sql
+
+        def ident(*parts: str) -> sql.Composable:
+            # psycopg does not escape % inside identifiers, and these queries run with
+            # parameters: a column named "a%s" would become a placeholder (a server-side
+            # $n inside the quoted name: another column's name, or a mismatched count).
+            return sql.SQL(sql.Identifier(*parts).as_string(conn).replace("%", "%%"))
 
         named = isinstance(self.params, Mapping)
         ph = (lambda i: sql.Placeholder(f"_rt_k{i}")) if named else (lambda i: sql.Placeholder())
         limit = sql.Placeholder("_rt_limit") if named else sql.Placeholder()
-        keys = [sql.Identifier(k) for k in self.key_columns]
+        keys = [ident(k) for k in self.key_columns]
         order = sql.SQL(", ").join(keys)
         if len(keys) == 1:
             after = sql.SQL("{} > {}").format(keys[0], ph(0))
         else:  # a row comparison: one index range condition, not an OR of cases
             after = sql.SQL("({}) > ({})").format(order, sql.SQL(", ").join(ph(i) for i in range(len(keys))))
         where = sql.SQL(self.where) if isinstance(self.where, str) else self.where
-        head = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(sql.Identifier(c) for c in selected), target)
+        table = ident(*target)
+        head = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(ident(c) for c in selected), table)
         tail = sql.SQL(" ORDER BY {} LIMIT {}").format(order, limit)
         filt = sql.SQL("") if where is None else sql.SQL(" AND ({})").format(where)
         first = head + (sql.SQL("") if where is None else sql.SQL(" WHERE ({})").format(where)) + tail
@@ -345,10 +514,12 @@ class PostgresTable:
             return given
         self._conn = None
         pg = self._pg
-        given_params = pg.conninfo.conninfo_to_dict(self._conninfo)
-        extra = {k: v for k, v in (("connect_timeout", 10), ("application_name", "restartable")) if k not in given_params}
+        from ..stores import _pgconn
+
         try:
-            self._conn = pg.connect(self._conninfo, autocommit=True, **extra)
+            # Bounded connect, and every read bounded by the URL's ?read_timeout= (default
+            # 60 s, taken out of the URL there): a silent connection fails and is retried.
+            self._conn = _pgconn.connect(self._conninfo, autocommit=True, display=self._display)
         except pg.Error as exc:
             raise self._translate(exc, "connecting", connecting=True)
         return self._conn

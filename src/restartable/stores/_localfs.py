@@ -47,7 +47,12 @@ _REFUSED = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 def make_private_dirs(path: str | os.PathLike[str]) -> None:
-    """Create ``path`` and any missing parents with mode 0700; existing ones are left alone."""
+    """Create ``path`` and any missing parents with mode 0700; existing ones are left alone.
+
+    Durable: the parent of each directory created is fsynced after its ``mkdir``, so a
+    power loss cannot leave a checkpoint file fsynced inside a directory whose own
+    entry was never written (the file would vanish with it).
+    """
     path = Path(path)
     missing: list[Path] = []
     p = path
@@ -60,10 +65,15 @@ def make_private_dirs(path: str | os.PathLike[str]) -> None:
         try:
             os.mkdir(d, DIR_MODE)
         except FileExistsError:
-            continue  # created by a concurrent process: fine, and not ours to chmod
-        # mkdir's mode is filtered by the umask; set it exactly (a umask can only remove bits,
-        # but one like 0o277 would leave us a directory we cannot write).
-        os.chmod(d, DIR_MODE)
+            pass  # created by a concurrent process: fine, and not ours to chmod
+        else:
+            # mkdir's mode is filtered by the umask; set it exactly (a umask can only remove bits,
+            # but one like 0o277 would leave us a directory we cannot write).
+            os.chmod(d, DIR_MODE)
+        # The new entry lives in the parent directory: fsync it before anything is created
+        # inside ``d`` (top-down, so each level's entry is durable before the next). Also when a
+        # concurrent process won the mkdir: it may not have fsynced yet when we write inside.
+        fsync_dir(d.parent)
 
 
 def create_private_file(path: str | os.PathLike[str]) -> bool:

@@ -6,11 +6,12 @@ restart or SCRIPT FLUSH). Times come from the server (``TIME``) in whole
 milliseconds, so leases expire by one clock whatever the runners' clocks say.
 Redis 7 replicates a script's effects, not the script, so TIME and INFO are allowed.
 
-Every write script takes the same three keys and first four arguments::
+Every write script takes the same four keys and first four arguments::
 
     KEYS[1] run hash       {prefix}run:{job}:{run}
     KEYS[2] history list   {prefix}hist:{job}:{run}
     KEYS[3] run index      {prefix}runs            (zset "job\\0run" -> expiry in ms, see touch)
+    KEYS[4] instance       {prefix}instance        (string: a random id, see below)
     ARGV[1] index member   ARGV[2] marker key base ({prefix}markers:{job}:{run}:)
     ARGV[3] retention ms (0 = never expire)   ARGV[4] history limit
 
@@ -28,6 +29,16 @@ The run hash's fields::
     cursors   " name1 name2 ": the percent-encoded cursor names that have marker hashes
     expires   when the run's keys expire (ms), "never" with ttl 0 (see touch)
 
+The instance key tells a reset from a loss. ``acquire`` (and ``restore``) create it
+once per prefix with a random id and it never expires; ``delete`` never touches it.
+A save, renew or mark that finds the run hash missing answers ``{"missing",
+instance id or "", run_id}``: when the id is the one the runner saw at its acquire,
+the data survived and the run was deleted (a reset: the runner is fenced); when it
+is gone or different, everything under the prefix was lost (a restart without
+persistence, FLUSHALL/FLUSHDB) and the runner may write its record back. RESTORE
+makes that same judgement again inside the script, so a reset, a second runner or
+another restore between the refusal and the write-back cannot be overwritten.
+
 The fields override the same keys inside ``body``: a script never parses JSON
 (cjson would round 16-digit epochs), it only sets fields. Scripts are kept to a
 few commands each (a command costs 2-5 µs inside a script): the epoch check reads
@@ -40,7 +51,7 @@ from __future__ import annotations
 __all__ = ["ACQUIRE", "DELETE", "MARK", "RENEW", "RESTORE", "SAVE"]
 
 _PRELUDE = r"""
-local run, hist, idx = KEYS[1], KEYS[2], KEYS[3]
+local run, hist, idx, inst = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local member, mbase, ttl, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 
 -- Whole numbers as plain digits: tostring() would print 1.7e+15.
@@ -51,10 +62,27 @@ local function clock()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- The server's run_id changes on every restart: a missing record plus a new
--- run_id means the server lost its data, not that someone deleted the run.
+-- The server's run_id changes on every restart: only for the message, since a
+-- restart with appendonly keeps the data (the instance key decides, see above).
 local function server_id()
   return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+end
+
+-- The prefix's instance id, created from `token` when there is none (a new store,
+-- a store written before the key existed, or one that lost everything).
+local function instance(token)
+  local id = redis.call('GET', inst)
+  if not id then
+    redis.call('SET', inst, token)
+    id = token
+  end
+  return id
+end
+
+-- The answer for a missing run hash: the caller compares the instance id with the
+-- one it saw at its acquire.
+local function missing()
+  return {'missing', redis.call('GET', inst) or '', server_id()}
 end
 
 -- The list is trimmed back to the limit once it is a fifth over it, not on every
@@ -98,7 +126,7 @@ end
 -- caller may write, else the refusal to return.
 local function check(epoch)
   local f = redis.call('HMGET', run, 'epoch', 'cursors', 'expires')
-  if not f[1] then return {'missing', server_id()} end
+  if not f[1] then return missing() end
   if f[1] ~= epoch then return {'fenced', f[1]} end
   return nil, f[2], f[3]
 end
@@ -120,8 +148,8 @@ end
 """
 
 #: Take the lease. ARGV[5] first epoch, [6] body of a new record, [7] owner,
-#: [8] lease ms, [9] steal epoch or "".
-#: Returns {"ok", run_id, field, value, ...} or {"locked", now, owner, heartbeat, lease}.
+#: [8] lease ms, [9] steal epoch or "", [10] a fresh random id for the instance key.
+#: Returns {"ok", instance id, run_id, field, value, ...} or {"locked", now, owner, heartbeat, lease}.
 ACQUIRE = _PRELUDE + r"""
 local now = clock()
 local at, owner, lease = num(now), ARGV[7], tonumber(ARGV[8])
@@ -146,7 +174,7 @@ end
 push_history(string.format('{"at":%s,"done":%s,"epoch":%s,"failed":%s,"status":"%s"}',
   at, done, epoch, failed, status))
 touch(now, f[8], f[9])
-local out = {'ok', server_id()}
+local out = {'ok', instance(ARGV[10]), server_id()}
 for _, v in ipairs(redis.call('HGETALL', run)) do out[#out + 1] = v end
 return out
 """
@@ -160,11 +188,27 @@ local now = clock()
 return {'ok', num(now), write(now, cursors, expires)}
 """
 
-#: Write the record back unconditionally (after the server lost it). Returns {"ok", now, lease, run_id}.
+#: Write the record back after the server lost it: a compare-and-set on the loss itself.
+#: ARGV[5..13] as SAVE, [14] the instance id the runner saw ("" when it saw none),
+#: [15] a fresh random id (the same for every retry of one restore). Writes only when
+#: the run hash is still absent and the instance key is gone or differs from ARGV[14]
+#: (with ARGV[14] "": only when it is gone) and from ARGV[15] (an id this very restore
+#: made in an attempt whose answer was lost: the run was written back, then reset), or
+#: when the hash is back at the caller's epoch (a retried restore whose first answer
+#: was lost, or another thread of the same runner: a plain save then).
+#: Returns {"ok", now, lease, instance id, run_id}, {"fenced", epoch} when another
+#: runner created the run meanwhile, or {"missing", instance id, run_id} when the
+#: data was not lost (the run was reset).
 RESTORE = _PRELUDE + _WRITE + r"""
+local f = redis.call('HMGET', run, 'epoch', 'cursors', 'expires')
+if f[1] then
+  if f[1] ~= ARGV[5] then return {'fenced', f[1]} end
+else
+  local id = redis.call('GET', inst)
+  if id and (ARGV[14] == '' or id == ARGV[14] or id == ARGV[15]) then return missing() end
+end
 local now = clock()
-local f = redis.call('HMGET', run, 'cursors', 'expires')
-return {'ok', num(now), write(now, f[1], f[2]), server_id()}
+return {'ok', num(now), write(now, f[2], f[3]), instance(ARGV[15]), server_id()}
 """
 
 #: Extend the lease. ARGV[5] epoch, [6] lease ms. Returns {"ok", lease} or a refusal.
@@ -189,12 +233,12 @@ redis.call('ZREM', idx, member)
 return 1
 """
 
-#: Record one item as done. KEYS[4] the cursor's marker hash; ARGV[5] epoch,
+#: Record one item as done. KEYS[5] the cursor's marker hash; ARGV[5] epoch,
 #: [6] encoded cursor name, [7] item key, [8] JSON value. Returns {"ok"} or a refusal.
 MARK = _PRELUDE + r"""
 local no, cursors, expires = check(ARGV[5])
 if no then return no end
-redis.call('HSET', KEYS[4], ARGV[7], ARGV[8])
+redis.call('HSET', KEYS[5], ARGV[7], ARGV[8])
 cursors = cursors or ' '
 local new = not string.find(cursors, ' ' .. ARGV[6] .. ' ', 1, true)
 if new then

@@ -22,7 +22,9 @@ The rules every store keeps (and ``tests/stores/test_contract.py`` checks):
   succeed only while the stored epoch equals the caller's, and raise
   :class:`~restartable.errors.Fenced` otherwise. A stale runner can therefore
   never overwrite a newer checkpoint. The first epoch of a new record is seeded from
-  the clock, so a record deleted by ``reset`` and created again never reuses one.
+  the clock, and local stores (memory, sqlite, file) also keep the highest epoch they
+  deleted as a floor for it, so a record deleted by ``reset`` and created again never
+  reuses one, even after the clock stepped back.
 * Lease times (``heartbeat``, ``lease_expires``, ``updated``) are read from the
   store's clock where it has one (``now()``).
 * A store is safe to share between threads (the heartbeat renews from a thread).
@@ -55,14 +57,18 @@ Unreadable = tuple[str, str, CheckpointCorrupt]
 HISTORY_LIMIT = 50
 
 
-def first_epoch() -> int:
-    """The epoch of a newly created record: microseconds since the Unix epoch.
+def first_epoch(floor: int = 0) -> int:
+    """The epoch of a newly created record: microseconds since the Unix epoch, above ``floor``.
 
     Seeding from the clock means a record deleted (``reset``) and created again starts
-    far above any epoch a stale runner of the old record can hold. It stays below
-    2**53, so it survives any JSON reader.
+    far above any epoch a stale runner of the old record can hold, as long as the clock
+    only moves forward. Wall clocks step back (NTP, a restored VM), and a seed at or
+    below a deleted record's epoch would let that record's stale runner write to the new
+    one; so stores that can keep it pass ``floor``, the highest epoch of any record they
+    deleted, and the seed is at least ``floor + 1``. It stays below 2**53, so it
+    survives any JSON reader.
     """
-    return time.time_ns() // 1_000
+    return max(time.time_ns() // 1_000, floor + 1)
 
 
 class Store(ABC):
@@ -213,11 +219,14 @@ class Store(ABC):
                 out.append(rec)
         return out
 
-    def _new_record(self, job: str, run: str, owner: Owner, now: float, lease_seconds: float) -> Checkpoint:
+    def _new_record(
+        self, job: str, run: str, owner: Owner, now: float, lease_seconds: float, *, floor: int = 0
+    ) -> Checkpoint:
+        """A fresh ``running`` record; ``floor`` is the highest epoch deleted (see :func:`first_epoch`)."""
         return Checkpoint(
             job=job,
             run=run,
-            epoch=first_epoch(),
+            epoch=first_epoch(floor),
             status=RUNNING,
             owner=owner,
             started=now,

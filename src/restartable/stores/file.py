@@ -17,6 +17,13 @@ Layout, one directory per job (created 0700, files 0600)::
     <dir>/<job>/<run>.lock                      flock target for every write
     <dir>/<job>/<run>.markers.<cursor>.jsonl    per-item markers (cursor name hex-encoded)
     <dir>/<job>/.<run>.ckpt.<random>.tmp        a write in progress (or left by a crash)
+    <dir>/<job>/.epoch-floor                    the highest epoch of any run of the job deleted
+                                                (decimal; absent until the first delete)
+
+A record created again after a delete starts above ``.epoch-floor`` even when the wall
+clock that seeds first epochs stepped back (see ``base.first_epoch``): a stale runner of
+the deleted record can never match the new one's epoch. ``delete`` raises it, under a
+flock on the job directory, before it removes the run's files.
 
 A generation is one document: a header line
 ``{"format":"restartable-file","version":1,"epoch":E,"sha256":"<hex of the body>"}``
@@ -56,7 +63,7 @@ from .._names import check_name
 from .._url import StoreURL
 from ..checkpoint import Checkpoint, HistoryEntry, Owner, decode_record, dumps, encode_record, loads
 from ..errors import CheckpointCorrupt, ConfigError, StoreUnavailable, UsageError
-from ._localfs import FILE_MODE, flock_exclusive, make_private_dirs, os_errors, write_temp
+from ._localfs import FILE_MODE, atomic_write, flock_exclusive, make_private_dirs, os_errors, write_temp
 from .base import HISTORY_LIMIT, Store, Unreadable
 
 __all__ = ["FILE_FORMAT", "FILE_VERSION", "FileStore"]
@@ -73,6 +80,10 @@ _MAX_OPEN_LOCKS = 16
 LOCK_TIMEOUT = 10.0
 #: Hex-encoded cursor names longer than this are hashed instead (file names are <= 255 bytes).
 _MAX_CURSOR_HEX = 96
+#: In each job directory: the highest epoch deleted there. Starts with a dot, so it is never a run.
+_FLOOR = ".epoch-floor"
+#: What atomic_write leaves of a floor write cut short by a crash.
+_FLOOR_TEMP = re.compile(r"\.\.epoch-floor\.[0-9a-f]{16}\.tmp")
 
 
 @dataclass(frozen=True)
@@ -137,8 +148,13 @@ def _parse_header(line: bytes) -> dict[str, Any]:
     return head
 
 
-def _read_generation(path: str, where: str) -> _Gen | None:
-    """The generation in ``path``, None when the file does not exist; raises _Bad when damaged."""
+def _read_generation(path: str, where: str, expect: tuple[str, str]) -> _Gen | None:
+    """The generation in ``path``, None when the file does not exist; raises _Bad when damaged.
+
+    ``expect`` is the ``(job, run)`` the caller asked for: the record must name it. It is
+    passed in, never parsed back out of ``path``: a run may itself be named like one of
+    our files (``v1.ckpts``, ``a.ckpt.prev``), so no split of a file name is unambiguous.
+    """
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -163,9 +179,7 @@ def _read_generation(path: str, where: str) -> _Gen | None:
         record_text = json.dumps(doc["record"], separators=(",", ":"), ensure_ascii=False)
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise _Bad(f"its body is not a checkpoint document ({str(exc)[:200]})") from None
-    # <dir>/<job>/<run>.ckpt[.prev]: the record must name the run it is stored as.
-    base = os.path.basename(path)
-    expect = (os.path.basename(os.path.dirname(path)), base[: base.index(".ckpt")] if ".ckpt" in base else base)
+    # The record must name the run it is stored as (a copied or planted file is refused).
     try:
         rec = decode_record(record_text, where=where, expect=expect)
     except CheckpointCorrupt as exc:
@@ -322,7 +336,7 @@ class FileStore(Store):
         where = f"job {job!r} run {run!r} in {self.display}"
         bad_current: _Bad | None = None
         try:
-            gen = _read_generation(p.current, where)
+            gen = _read_generation(p.current, where, (job, run))
         except _Bad as exc:
             bad_current = exc
         else:
@@ -330,7 +344,7 @@ class FileStore(Store):
                 return gen
         # Here current is missing (a crash between the two renames, or no record) or damaged.
         try:
-            prev = _read_generation(p.prev, where)
+            prev = _read_generation(p.prev, where, (job, run))
         except _Bad as exc:
             if bad_current is None:
                 raise CheckpointCorrupt(
@@ -477,7 +491,7 @@ class FileStore(Store):
         where = f"job {job!r} run {run!r} in {self.display}"
         with os_errors(p.job_dir, display=self.display):
             try:
-                gen = _read_generation(p.current, where)
+                gen = _read_generation(p.current, where, (job, run))
             except _Bad:
                 gen = None
             else:
@@ -498,7 +512,7 @@ class FileStore(Store):
             gen = self._read(job, run, p)
             now = self.now()
             if gen is None:
-                rec = self._new_record(job, run, owner, now, lease_seconds)
+                rec = self._new_record(job, run, owner, now, lease_seconds, floor=self._floor(p.job_dir))
                 history: list[str] = []
             else:
                 rec = self._take_over(gen.record, owner, now, lease_seconds, steal_epoch)
@@ -539,8 +553,11 @@ class FileStore(Store):
                 gen = self._read(job, run, p)
                 if gen is None or gen.record.epoch != epoch:
                     return False
-            # Without an epoch nothing is read: `reset` must work on a damaged run too.
+            # Without an epoch nothing is read but the headers: `reset` must work on a damaged run too.
             existed = os.path.exists(p.current) or os.path.exists(p.prev)
+            # Raised (durably) before the files go: whoever creates the run again, under the
+            # run's flock we hold, seeds its epoch above this one.
+            self._raise_floor(p.job_dir, max(self._header_epochs(p), default=0))
             for path in (p.current, p.prev, *self._marker_files(p)):
                 _unlink(path)
             self._remove_temps(p)
@@ -550,6 +567,61 @@ class FileStore(Store):
             self._cache.pop((job, run), None)
             self._drop_lock_fd((job, run))
             return existed
+
+    # -- the epoch floor -------------------------------------------------------------
+
+    def _floor(self, job_dir: str) -> int:
+        """The highest epoch deleted in ``job_dir`` (0 when none was)."""
+        path = os.path.join(job_dir, _FLOOR)
+        try:
+            with open(path, "rb") as f:
+                text = f.read(64)
+        except FileNotFoundError:
+            return 0
+        try:
+            return int(text)
+        except ValueError:
+            # atomic_write never leaves a partial file: this one was edited by hand.
+            log.warning("%s is not a number (%r); new runs are seeded from the clock alone", path, text[:32])
+            return 0
+
+    def _raise_floor(self, job_dir: str, epoch: int) -> None:
+        """Make the floor of ``job_dir`` at least ``epoch``, durably.
+
+        Deletes of different runs of the job may run at once: they serialize on a flock
+        on the directory itself, so no one lowers a floor another one just raised.
+        """
+        if epoch <= 0:
+            return
+        fd = os.open(job_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            flock_exclusive(fd, self.lock_timeout, lambda: StoreUnavailable(
+                f"the directory {job_dir} stayed locked by another process for {self.lock_timeout:g}s "
+                f"({self.display}): retry, or find the stuck process with `fuser {job_dir}`"
+            ))
+            for name in os.listdir(job_dir):
+                if _FLOOR_TEMP.fullmatch(name):  # a floor write cut short by a crash
+                    _unlink(os.path.join(job_dir, name))
+            if self._floor(job_dir) < epoch:
+                atomic_write(os.path.join(job_dir, _FLOOR), b"%d\n" % epoch)
+        finally:
+            os.close(fd)  # releases the flock
+
+    def _header_epochs(self, p: _Paths) -> list[int]:
+        """The epochs named by the headers of the run's generation files that have readable ones."""
+        out = []
+        for path in (p.current, p.prev):
+            try:
+                with open(path, "rb") as f:
+                    head = f.read(_HEAD_BYTES)
+            except FileNotFoundError:
+                continue
+            nl = head.find(b"\n")
+            try:
+                out.append(int(_parse_header(head[:nl])["epoch"]) if nl > 0 else 0)
+            except _Bad:
+                continue
+        return out
 
     def list_runs(self, job: str | None = None, *, corrupt: list[Unreadable] | None = None) -> list[Checkpoint]:
         with os_errors(self.root, display=self.display):

@@ -24,6 +24,9 @@ class _Data:
         self.records: dict[tuple[str, str], Checkpoint] = {}
         self.history: dict[tuple[str, str], deque[HistoryEntry]] = {}
         self.markers: dict[tuple[str, str, str], dict[str, Any]] = {}
+        #: The highest epoch of any record deleted: new records start above it, whatever
+        #: the clock says (see base.first_epoch).
+        self.epoch_floor = 0
 
 
 class MemoryStore(Store):
@@ -51,7 +54,7 @@ class MemoryStore(Store):
             now = self.now()
             rec = self._d.records.get((job, run))
             if rec is None:
-                rec = self._new_record(job, run, owner, now, lease_seconds)
+                rec = self._new_record(job, run, owner, now, lease_seconds, floor=self._d.epoch_floor)
             else:
                 rec = self._take_over(rec, owner, now, lease_seconds, steal_epoch)
             self._put(rec)
@@ -92,6 +95,7 @@ class MemoryStore(Store):
             cur = self._d.records.get((job, run))
             if cur is None or (epoch is not None and cur.epoch != epoch):
                 return False
+            self._d.epoch_floor = max(self._d.epoch_floor, cur.epoch)
             del self._d.records[(job, run)]
             self._d.history.pop((job, run), None)
             for key in [k for k in self._d.markers if k[:2] == (job, run)]:

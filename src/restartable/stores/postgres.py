@@ -9,6 +9,12 @@ through); restartable's own options are taken out of it first:
 ``retry``    how long to ride out a lost connection or a server restart (``30s``,
              ``2m``; default 60 s). After that an operation raises StoreUnavailable.
 ``history``  how many saves to keep in each run's history (default 50, 0 for none).
+``read_timeout`` how long to wait for the server's answer on a connection (``30s``;
+             default 60 s; ``0`` for no deadline). A connection that goes silent
+             (partition, frozen server: no error ever arrives) is closed after it,
+             and the operation is retried on a new one within ``retry``. It also
+             bounds each statement on the connection ``job.transaction()`` hands out.
+             See :mod:`restartable.stores._pgconn`.
 
 Every operation is one statement, one round trip, in autocommit mode, and the
 compare-and-set is inside that statement, so there is no read-modify-write race
@@ -25,7 +31,7 @@ import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Self, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .._names import _NAME, GRAMMAR
 from .._url import StoreURL, parse_duration
@@ -196,7 +202,7 @@ class PostgresStore(Store):
     """
 
     schemes = ("postgresql", "postgres")
-    options = frozenset({"schema", "retry", "history"})
+    options = frozenset({"schema", "retry", "history", "read_timeout"})
 
     def __init__(
         self,
@@ -206,15 +212,24 @@ class PostgresStore(Store):
         schema: str = "restartable",
         retry_seconds: float = DEFAULT_RETRY_SECONDS,
         history_limit: int = HISTORY_LIMIT,
+        read_timeout: float | None = None,
         secrets: tuple[str, ...] = (),
     ) -> None:
         """Open (and if needed create and migrate) the store. Prefer :meth:`from_url`.
 
         ``conninfo`` is the libpq URL without restartable's options; ``secrets`` are
         strings (the password) scrubbed from any driver message before it is shown.
+        ``read_timeout`` bounds every wait for the server on every connection the
+        store opens, its own and the one :meth:`_connect` hands out (seconds, 0 for
+        none; None: 60 s); see :mod:`restartable.stores._pgconn`.
         """
         self._pg = _import_psycopg(display)
         from psycopg import sql
+
+        from . import _pgconn
+
+        self._pgconn = _pgconn
+        self._read_timeout = _pgconn.DEFAULT_READ_TIMEOUT if read_timeout is None else float(read_timeout)
 
         self.display = display
         self._conninfo = conninfo
@@ -240,9 +255,12 @@ class PostgresStore(Store):
         except psycopg.ProgrammingError as exc:
             raise ConfigError(
                 f"invalid PostgreSQL URL {display}: {_scrub(str(exc), secrets)}; restartable's own options "
-                "are schema, retry and history, the rest must be libpq connection parameters"
+                "are schema, retry, history and read_timeout, the rest must be libpq connection parameters"
             ) from None
+        from ._pgconn import parse_read_timeout
+
         retry = parse_duration(url.options.get("retry", DEFAULT_RETRY_SECONDS), "retry option")
+        read_timeout = parse_read_timeout(url.options.get("read_timeout"), display)
         history = url.options.get("history", str(HISTORY_LIMIT))
         if not history.isdigit():
             raise ConfigError(f"invalid history option {history!r} in {display}: use a whole number of saves (0 for none)")
@@ -252,6 +270,7 @@ class PostgresStore(Store):
             schema=url.options.get("schema", "restartable"),
             retry_seconds=retry,
             history_limit=int(history),
+            read_timeout=read_timeout,
             secrets=secrets + ((params["password"],) if params.get("password") else ()),
         )
 
@@ -390,6 +409,10 @@ class PostgresStore(Store):
 
         The store's statements name the schema explicitly, so the connection's
         ``search_path`` is left alone for the caller's tables. Close it when done.
+        Every wait for the server on it ends after the store's ``read_timeout``: then
+        the connection is closed (``conn.broken``) and a ``psycopg.OperationalError``
+        (:class:`~restartable.stores._pgconn.ReadTimeout`) raised; during COMMIT that
+        means the outcome is unknown.
         """
         return call_with_retry(
             lambda: self._open_connection(autocommit=False),
@@ -516,11 +539,12 @@ class PostgresStore(Store):
 
     def _open_connection(self, *, autocommit: bool) -> psycopg.Connection:
         pg = self._pg
-        given = pg.conninfo.conninfo_to_dict(self._conninfo)
-        # A server that stops answering must not hang a job forever: bound the connect.
-        extra = {k: v for k, v in (("connect_timeout", 10), ("application_name", "restartable")) if k not in given}
         try:
-            conn: psycopg.Connection = pg.connect(self._conninfo, autocommit=autocommit, **extra)
+            # A server that stops answering must not hang a job: the connect is bounded
+            # (connect_timeout) and so is every later wait for an answer (read_timeout).
+            conn: psycopg.Connection = self._pgconn.connect(
+                self._conninfo, autocommit=autocommit, display=self.display, read_timeout=self._read_timeout
+            )
         except pg.Error as exc:
             raise self._translate(exc, "connect", connecting=True) from None
         try:
@@ -586,7 +610,9 @@ def _secrets_of(url: str) -> tuple[str, ...]:
         parts = urlsplit(url)
         if parts.password:
             found.append(parts.password)
-        found.extend(v for k, v in parse_qsl(parts.query) if k.lower() == "password")
+        from .._url import secret_values  # every secret parameter (sslpassword...), not only password
+
+        found.extend(secret_values(url))
     except ValueError:
         pass
     found += [unquote(s) for s in found]

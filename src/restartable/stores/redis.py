@@ -8,6 +8,10 @@ pass through, restartable's are taken out first:
 ``ttl``     retention after the last update, default ``7d`` (``0`` keeps keys forever);
             keys live between ``ttl`` and ``ttl`` plus a tenth of it (at most a minute)
 ``retry``   how long to ride out an unreachable server, default 60s
+``read_timeout``  the deadline for each reply, default 60s (``0``: none); an
+            answer that does not come in time is a transient failure, retried
+            within ``retry``. redis-py's ``socket_timeout`` is still accepted,
+            but not together with ``read_timeout``
 
 Keys of one run (names follow the name grammar, so they hold no ``:``; cursor
 names may hold anything and are percent-encoded)::
@@ -16,6 +20,7 @@ names may hold anything and are percent-encoded)::
     {prefix}hist:{job}:{run}               list: the last HISTORY_LIMIT saves, newest first
     {prefix}markers:{job}:{run}:{cursor}   hash: item key -> JSON value
     {prefix}runs                           zset: "job\\0run" -> the run's expiry (ms)
+    {prefix}instance                       string: a random id, made once, never expires
 
 The pattern this replaces is the article's ``SET checkpoint:{job_id} <json> EX 604800``:
 one JSON value per job that silently vanishes seven days after it was written.
@@ -28,22 +33,29 @@ stale runner can never overwrite a newer checkpoint (a plain SET cannot refuse).
 ``cleanup`` still removes completed runs earlier than their retention.
 
 Lease times are the server's clock (``TIME`` inside the scripts, milliseconds).
-A Redis without persistence loses every key when it restarts; the store tells a
-lost record (missing, and the server's ``run_id`` changed since this store
-acquired it) from a reset one (missing, same server) and raises
-:class:`~restartable.errors.CheckpointLost` for the first, so the job can write
-its in-memory record back with :meth:`RedisStore.restore`. Markers and history of
-a lost run are gone for good: enable ``appendonly yes`` on servers that matter.
+A Redis without persistence loses every key when it restarts (so does FLUSHALL).
+The store tells a lost record from a reset one by the ``instance`` key, which a
+loss destroys and a reset does not: a run hash that is missing while the
+instance id is still the one this store saw at ``acquire`` was deleted, and the
+runner is fenced, whatever happened to the server meanwhile (a restart with
+``appendonly yes`` keeps both); a missing hash whose instance id is gone or new
+was lost, and :class:`~restartable.errors.CheckpointLost` lets the job write its
+in-memory record back with :meth:`RedisStore.restore`, itself a compare-and-set
+on that same judgement. A store written before the instance key existed gets it
+at the next ``acquire``. Markers and history of a lost run are gone for good:
+enable ``appendonly yes`` on servers that matter, and never delete
+``{prefix}instance`` by hand (the next reset would look like a loss).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import secrets
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from .._url import StoreURL, parse_duration
 from ..checkpoint import (
@@ -66,19 +78,21 @@ from ..errors import (
     StoreUnavailable,
 )
 from . import _redis_lua
-from ._retry import DEFAULT_RETRY_SECONDS, call_with_retry, log
+from ._retry import DEFAULT_RETRY_SECONDS, call_with_retry
 from .base import HISTORY_LIMIT, Store, Unreadable, first_epoch
 
 if TYPE_CHECKING:
     import redis as _redis
 
-__all__ = ["DEFAULT_PREFIX", "DEFAULT_TTL", "RedisStore"]
+__all__ = ["DEFAULT_PREFIX", "DEFAULT_READ_TIMEOUT", "DEFAULT_TTL", "RedisStore"]
 
 T = TypeVar("T")
 
 DEFAULT_PREFIX = "restartable:"
 #: Retention of a run's keys after its last update (the article's 7-day expiry).
 DEFAULT_TTL = 7 * 86400.0
+#: Seconds to wait for each reply before the attempt counts as failed (URL option ``read_timeout``).
+DEFAULT_READ_TIMEOUT = 60.0
 
 
 def _driver() -> Any:
@@ -132,7 +146,7 @@ class RedisStore(Store):
     """The Store contract on Redis, every write one Lua script. Thread-safe (one connection pool)."""
 
     schemes = ("redis", "rediss")
-    options = frozenset({"prefix", "ttl", "retry"})
+    options = frozenset({"prefix", "ttl", "retry", "read_timeout"})
 
     def __init__(
         self,
@@ -142,11 +156,15 @@ class RedisStore(Store):
         prefix: str = DEFAULT_PREFIX,
         ttl: float = DEFAULT_TTL,
         retry: float = DEFAULT_RETRY_SECONDS,
+        read_timeout: float | None = DEFAULT_READ_TIMEOUT,
     ) -> None:
         """Open a client on ``driver_url`` (a redis-py URL without restartable's options).
 
         Connects lazily: the first operation reaches the server, retrying for ``retry``
-        seconds. ``display`` is the redacted URL used in every message.
+        seconds. ``display`` is the redacted URL used in every message. Every reply
+        must arrive within ``read_timeout`` seconds (``0`` or None: no deadline), else
+        the attempt fails and is retried like a lost connection; a ``socket_timeout``
+        in ``driver_url`` overrides it.
         """
         redis = _driver()
         from redis.backoff import NoBackoff
@@ -169,7 +187,9 @@ class RedisStore(Store):
                 driver_url,
                 retry=Retry(NoBackoff(), 0),
                 socket_connect_timeout=max(1.0, min(5.0, retry)),
-                socket_timeout=30.0,
+                # A frozen server (SIGSTOP, a stalled VM, a silent network) accepts the
+                # request and never answers: without a deadline the job would hang there.
+                socket_timeout=read_timeout or None,
             )
             pool = self._client.connection_pool
             # The pool makes connections lazily; make one now (unconnected) so an
@@ -177,8 +197,8 @@ class RedisStore(Store):
             pool.connection_class(**pool.connection_kwargs)
         except (TypeError, ValueError) as exc:
             raise ConfigError(
-                f"invalid Redis store URL {display}: {exc}; restartable's options are prefix, ttl and "
-                "retry, the rest must be redis-py's (ssl_ca_certs, ssl_cert_reqs, socket_timeout, ...)"
+                f"invalid Redis store URL {display}: {exc}; restartable's options are prefix, ttl, "
+                "retry and read_timeout, the rest must be redis-py's (ssl_ca_certs, ssl_cert_reqs, ...)"
             ) from None
         self._index = f"{prefix}runs"
         c = self._client
@@ -188,26 +208,35 @@ class RedisStore(Store):
         self._renew = c.register_script(_redis_lua.RENEW)
         self._delete = c.register_script(_redis_lua.DELETE)
         self._mark = c.register_script(_redis_lua.MARK)
-        # (job, run) -> the server run_id seen when this store acquired or restored it.
-        self._seen: dict[tuple[str, str], str] = {}
+        # (job, run) -> (instance id, server run_id) seen when this store acquired or
+        # restored it: the instance id tells a reset from a loss, the run_id is for the message.
+        self._seen: dict[tuple[str, str], tuple[str, str]] = {}
         self._seen_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: StoreURL) -> Self:
         opts = url.options
+        if "read_timeout" in opts and any(k == "socket_timeout" for k, _ in
+                                          parse_qsl(urlsplit(url.driver_url).query)):
+            raise ConfigError(
+                f"the Redis store URL {url.display} sets both read_timeout and redis-py's socket_timeout, "
+                "which mean the same: keep only ?read_timeout=SECONDS"
+            )
         return cls(
             url.driver_url,
             display=url.display,
             prefix=opts.get("prefix", DEFAULT_PREFIX),
             ttl=parse_duration(opts.get("ttl", DEFAULT_TTL), "ttl (retention) of the Redis store"),
             retry=parse_duration(opts.get("retry", DEFAULT_RETRY_SECONDS), "retry budget of the Redis store"),
+            read_timeout=parse_duration(opts.get("read_timeout", DEFAULT_READ_TIMEOUT),
+                                        "read_timeout (reply deadline) of the Redis store"),
         )
 
     # -- keys ------------------------------------------------------------------
 
     def _keys(self, job: str, run: str) -> list[str]:
         p = self._prefix
-        return [f"{p}run:{job}:{run}", f"{p}hist:{job}:{run}", self._index]
+        return [f"{p}run:{job}:{run}", f"{p}hist:{job}:{run}", self._index, f"{p}instance"]
 
     def _common(self, job: str, run: str) -> list[str]:
         return [f"{job}\0{run}", f"{self._prefix}markers:{job}:{run}:", self._ttl_ms, str(HISTORY_LIMIT)]
@@ -252,34 +281,41 @@ class RedisStore(Store):
                     ) from None
                 raise StoreUnavailable(f"{what}: {self.display} refused the write ({exc})") from None
 
-        # The first attempt runs bare: building tenacity's retry machinery costs more than
-        # a loopback round trip, and it is only needed once the server failed to answer.
-        try:
-            return attempt()
-        except self._transient as exc:
-            log.warning("%s on %s failed (%s); retrying for up to %gs", what, self.display, exc, self._retry)
+        # call_with_retry makes the first attempt bare (tenacity is set up only after a
+        # failure) and logs it; a second bare attempt here would cost one more read_timeout
+        # against a silent server and log the failure twice.
         return call_with_retry(attempt, seconds=self._retry, transient=self._transient, display=self.display,
                                what=what)
 
     def _refusal(self, job: str, run: str, epoch: int, res: list[bytes]) -> BaseException:
-        """The error for a script's {"fenced", epoch} or {"missing", run_id} answer."""
+        """The error for a script's {"fenced", epoch} or {"missing", instance id, run_id} answer.
+
+        A missing run is lost only when the instance id differs from the one this store
+        saw at its acquire (or restore); the same id means the data survived and the run
+        was deleted: Fenced. A store that never acquired the run cannot tell, and fences.
+        """
         if res[0] == b"fenced":
             return self._fenced(job, run, epoch, int(res[1]))
-        server = res[1].decode()
+        instance, server = res[1].decode(), res[2].decode()
         with self._seen_lock:
             seen = self._seen.get((job, run))
-        if seen is not None and seen != server:
-            return CheckpointLost(
-                f"job {job!r} run {run!r}: THE CHECKPOINT WAS LOST: {self.display} restarted (server "
-                f"run_id {seen[:8]} -> {server[:8]}) without persistence and lost every key. This runner "
-                f"still holds epoch {epoch} in memory and writes it back; the run's history and markers "
-                "are gone. Enable persistence (appendonly yes) on that Redis"
-            )
-        return self._fenced(job, run, epoch, None)
+        if seen is None or seen[0] == instance:
+            return self._fenced(job, run, epoch, None)
+        if seen[1] != server:
+            how = (f"restarted (server run_id {seen[1][:8]} -> {server[:8]}) without persistence and lost "
+                   "every key")
+        else:
+            how = ("lost every key under the prefix without restarting (FLUSHALL or FLUSHDB, eviction "
+                   "under maxmemory, or a failover to a replica that never received them)")
+        return CheckpointLost(
+            f"job {job!r} run {run!r}: THE CHECKPOINT WAS LOST: {self.display} {how}. This runner still "
+            f"holds epoch {epoch} in memory and writes it back; the run's history and markers are gone. "
+            "Enable persistence (appendonly yes) and maxmemory-policy noeviction on that Redis"
+        )
 
-    def _seen_server(self, job: str, run: str, server: bytes) -> None:
+    def _seen_server(self, job: str, run: str, instance: bytes, server: bytes) -> None:
         with self._seen_lock:
-            self._seen[(job, run)] = server.decode()
+            self._seen[(job, run)] = (instance.decode(), server.decode())
 
     # -- records -----------------------------------------------------------------
 
@@ -320,7 +356,7 @@ class RedisStore(Store):
         body = encode_record(self._new_record(job, run, owner, 0.0, lease_seconds))
         args = self._common(job, run) + [
             str(first_epoch()), body, _owner_json(owner), _ms(lease_seconds),
-            "" if steal_epoch is None else str(steal_epoch),
+            "" if steal_epoch is None else str(steal_epoch), secrets.token_hex(16),
         ]
         keys = self._keys(job, run)
         res = self._call(f"acquiring job {job!r} run {run!r}", lambda: self._acquire(keys=keys, args=args))
@@ -333,8 +369,8 @@ class RedisStore(Store):
                 lease_expires=_sec(lease) if lease else None,
             )
             raise self._locked(holder, _sec(now_ms))
-        self._seen_server(job, run, res[1])
-        fields = dict(zip(res[2::2], res[3::2]))
+        self._seen_server(job, run, res[1], res[2])
+        fields = dict(zip(res[3::2], res[4::2]))
         return self._record(job, run, fields)
 
     def _write_args(self, job: str, run: str, record: Checkpoint, lease_seconds: float | None) -> list[str]:
@@ -356,12 +392,27 @@ class RedisStore(Store):
                               lease_expires=_sec(res[2]) if res[2] else None)
 
     def restore(self, record: Checkpoint, *, lease_seconds: float) -> Checkpoint:
-        """Write ``record`` back unconditionally after :class:`CheckpointLost`, holding the lease."""
+        """Write ``record`` back after :class:`CheckpointLost`, holding the lease.
+
+        Never unconditional: one script writes only while the run is still missing and
+        the instance key still says the data was lost (or the run is back at this
+        record's epoch: a retried restore). Raises Fenced when the run was reset
+        meanwhile, or when another runner created it again.
+        """
         job, run = record.job, record.run
-        args = self._write_args(job, run, record, lease_seconds)
+        with self._seen_lock:
+            seen = self._seen.get((job, run))
+        args = self._write_args(job, run, record, lease_seconds) + [
+            "" if seen is None else seen[0], secrets.token_hex(16)]
         keys = self._keys(job, run)
+        # One token for every attempt: a retry can then tell an instance key its own lost
+        # attempt made (written back, then reset) from one that a loss left behind.
         res = self._call(f"restoring job {job!r} run {run!r}", lambda: self._restore(keys=keys, args=args))
-        self._seen_server(job, run, res[3])
+        if res[0] == b"missing":  # the script found no loss to repair: the run was reset
+            raise self._fenced(job, run, record.epoch, None)
+        if res[0] != b"ok":
+            raise self._refusal(job, run, record.epoch, res)
+        self._seen_server(job, run, res[3], res[4])
         now = _sec(res[1])
         return record.replace(started=_sec(args[8]), updated=now, heartbeat=now, lease_expires=_sec(res[2]))
 
@@ -420,7 +471,7 @@ class RedisStore(Store):
         value_json = dumps(value, what=f"the marker value of {key!r}")
         common = self._common(job, run)
         encoded = _cursor_name(cursor)
-        keys = self._keys(job, run) + [common[1] + encoded]
+        keys = self._keys(job, run) + [common[1] + encoded]  # KEYS[5]: the cursor's marker hash
         args: list[str | bytes] = [*common, str(epoch), encoded, _text(key), value_json]
         res = self._call(f"marking {key!r} in job {job!r} run {run!r}", lambda: self._mark(keys=keys, args=args))
         if res[0] != b"ok":

@@ -21,6 +21,7 @@ Schema (versioned in ``schema_migrations``, see :data:`MIGRATIONS`):
   are the authority (``renew`` updates only the columns), overlaid on load.
 * ``history``: recent saves per run, pruned to :data:`HISTORY_LIMIT`.
 * ``markers``: per-item markers of file sources.
+* ``epoch_floor``: the highest epoch of any deleted record (see ``base.first_epoch``).
 
 :meth:`SQLiteStore.transaction` lets a job commit its own output rows and the
 checkpoint in one transaction (exactly-once output into the same database).
@@ -85,6 +86,13 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (job, run, cursor, key),
         FOREIGN KEY (job, run) REFERENCES runs (job, run) ON DELETE CASCADE
     ) WITHOUT ROWID;
+    """,
+    # 2: the highest epoch of any deleted record, one row. A record created again starts
+    # above it even when the wall clock (which seeds first epochs) stepped back, so a
+    # stale runner of the deleted record can never match the new one's epoch.
+    """
+    CREATE TABLE epoch_floor (id INTEGER PRIMARY KEY CHECK (id = 0), epoch INTEGER NOT NULL);
+    INSERT INTO epoch_floor (id, epoch) VALUES (0, 0);
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -406,7 +414,8 @@ class SQLiteStore(Store):
             now = self.now()
             row = conn.execute(_SELECT, (job, run)).fetchone()
             if row is None:
-                rec = self._new_record(job, run, owner, now, lease_seconds)
+                floor = conn.execute("SELECT epoch FROM epoch_floor WHERE id = 0").fetchone()[0]
+                rec = self._new_record(job, run, owner, now, lease_seconds, floor=floor)
                 conn.execute(
                     _INSERT_RUN,
                     (
@@ -477,13 +486,15 @@ class SQLiteStore(Store):
 
     def delete(self, job: str, run: str, *, epoch: int | None = None) -> bool:
         with self._errors(f"deleting job {job!r} run {run!r}"), self._write() as conn:
-            if epoch is None:
-                cur = conn.execute("DELETE FROM runs WHERE job = ? AND run = ?", (job, run))
-            else:
-                cur = conn.execute("DELETE FROM runs WHERE job = ? AND run = ? AND epoch = ?", (job, run, epoch))
+            stored = self._stored_epoch(conn, job, run)
+            if stored is None or (epoch is not None and stored != epoch):
+                return False
+            # In the same transaction as the delete: a record made again starts above it.
+            conn.execute("UPDATE epoch_floor SET epoch = max(epoch, ?) WHERE id = 0", (stored,))
+            conn.execute("DELETE FROM runs WHERE job = ? AND run = ?", (job, run))
             # history and markers go by ON DELETE CASCADE (foreign_keys is on).
             self._saves.pop((job, run), None)
-            return cur.rowcount > 0
+            return True
 
     def list_runs(self, job: str | None = None, *, corrupt: list[Unreadable] | None = None) -> list[Checkpoint]:
         with self._lock, self._errors("listing runs"):
