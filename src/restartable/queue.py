@@ -59,6 +59,7 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from ._names import check_name
+from .entry import install_excepthook
 from ._proc import current_owner
 from ._signals import SignalGuard
 from ._url import parse_duration, parse_store_url
@@ -178,6 +179,7 @@ class WorkQueue:
 
     def __init__(self, store: str | None, name: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS,
                  poll: float | None = None, fill_wait: float = 60.0, handle_signals: bool = True) -> None:
+        install_excepthook()  # as Job does: an escaping library error ends the script with its code
         self.name = check_name(name, "queue name")
         if lease_seconds <= 0:
             raise UsageError(f"lease_seconds must be positive, not {lease_seconds}")

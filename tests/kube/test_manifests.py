@@ -27,12 +27,14 @@ COMMAND = ("python", "/app/job.py", "--day", "$(DAY)")
 def _spec(kind: str, store: str, **kw: Any) -> WorkloadSpec:
     stores = {"pvc": {"pvc": "1Gi"}, "secret": {"store_secret": "ckpt-db:url"},
               "url": {"store_url": f"postgresql://app:{PASSWORD}@db.example:5432/app?schema=ckpt"}}
-    sizing = {"indexed-job": {"completions": 4, "parallelism": 1 if store == "pvc" else 2}}.get(kind, {})
+    sizing = {"indexed-job": {"completions": 4, "parallelism": 1 if store == "pvc" else 2},
+              "cronjob": {"schedule": "30 2 * * *", "time_zone": "Europe/Paris"}}.get(kind, {})
     return WorkloadSpec(kind=kind, name="export", image="registry.example/export:1.4", command=COMMAND,  # type: ignore[arg-type]
                         **{**stores[store], **sizing, **kw})
 
 
-CASES = [(kind, store) for kind in ("job", "indexed-job", "statefulset") for store in ("pvc", "secret", "url")]
+KINDS = ("job", "indexed-job", "cronjob", "statefulset")
+CASES = [(kind, store) for kind in KINDS for store in ("pvc", "secret", "url")]
 
 
 def _kv() -> Any:
@@ -44,11 +46,16 @@ def _kv() -> Any:
 
 
 def _workload(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    return next(d for d in docs if d["kind"] in ("Job", "StatefulSet"))
+    return next(d for d in docs if d["kind"] in ("Job", "CronJob", "StatefulSet"))
+
+
+def _job_of(doc: dict[str, Any]) -> dict[str, Any]:
+    """The Job (a CronJob's jobTemplate) or the StatefulSet: what holds the pod template."""
+    return doc["spec"]["jobTemplate"] if doc["kind"] == "CronJob" else doc
 
 
 def _pod(doc: dict[str, Any]) -> dict[str, Any]:
-    return doc["spec"]["template"]["spec"]
+    return _job_of(doc)["spec"]["template"]["spec"]
 
 
 def _env(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -83,10 +90,10 @@ def test_yaml_round_trips_as_multi_document() -> None:
 # -- what the issue asks for ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["job", "indexed-job"])
+@pytest.mark.parametrize("kind", ["job", "indexed-job", "cronjob"])
 def test_jobs_never_restart_in_place_and_fail_only_on_permanent_codes(kind: str) -> None:
     job = _workload(build(_spec(kind, "secret")).documents)
-    spec = job["spec"]
+    spec = _job_of(job)["spec"]
     assert _pod(job)["restartPolicy"] == "Never"
     exit_rule, disruption = spec["podFailurePolicy"]["rules"]
     assert exit_rule["action"] == ("FailIndex" if kind == "indexed-job" else "FailJob")
@@ -94,7 +101,8 @@ def test_jobs_never_restart_in_place_and_fail_only_on_permanent_codes(kind: str)
     assert sorted(PERMANENT_CODES) == [2, 65, 77, 78]
     assert disruption == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     assert spec["podReplacementPolicy"] == "Failed"
-    assert spec["ttlSecondsAfterFinished"] == 86400
+    # A CronJob keeps its finished Jobs by its history limits, which a TTL would undercut.
+    assert spec.get("ttlSecondsAfterFinished") == (None if kind == "cronjob" else 86400)
     if kind == "indexed-job":
         assert spec["completionMode"] == "Indexed" and spec["completions"] == 4 and spec["parallelism"] == 2
         assert spec["backoffLimitPerIndex"] == 6 and "backoffLimit" not in spec
@@ -122,11 +130,12 @@ def test_pod_identity_run_grace_and_exec_form(kind: str, store: str) -> None:
         assert env["RESTARTABLE_RUN"]["valueFrom"] == {
             "fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/controller-uid']"}}
         argv = container["command"]
-    # Verbatim: Kubernetes turns $$ into $, so $(DAY) reaches the job unexpanded.
-    assert argv == ["python", "/app/job.py", "--day", "$$(DAY)"]
+    # Verbatim: Kubernetes turns $$ into $, so $(DAY) reaches the job unexpanded; `python SCRIPT.py`
+    # runs under `python -m restartable run`, the same interpreter and process.
+    assert argv == ["python", "-m", "restartable", "run", "/app/job.py", "--day", "$$(DAY)"]
     labels = workload["metadata"]["labels"]
     assert labels["app.kubernetes.io/name"] == "export" and labels["app.kubernetes.io/version"] == "1.4"
-    assert workload["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/instance"] == "export"
+    assert _job_of(workload)["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/instance"] == "export"
 
 
 def test_pvc_job_is_the_article_shape_with_sqlite_on_the_claim() -> None:
@@ -136,8 +145,10 @@ def test_pvc_job_is_the_article_shape_with_sqlite_on_the_claim() -> None:
     assert pvc["spec"] == {"accessModes": ["ReadWriteOncePod"], "resources": {"requests": {"storage": "1Gi"}},
                            "storageClassName": "fast"}
     pod = _pod(job)
-    assert pod["volumes"] == [{"name": "data", "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]}}]
-    assert pod["containers"][0]["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
+    assert pod["volumes"] == [{"name": "data", "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]}},
+                              {"name": "tmp", "emptyDir": {}}]
+    assert pod["containers"][0]["volumeMounts"] == [{"name": "data", "mountPath": "/data"},
+                                                    {"name": "tmp", "mountPath": "/tmp"}]
     assert _env(job)["RESTARTABLE_STORE"] == {"name": "RESTARTABLE_STORE", "value": "sqlite:////data/checkpoints.db"}
 
 
@@ -151,7 +162,7 @@ def test_statefulset_idles_when_done_and_reports_readiness() -> None:
     assert sts["spec"]["selector"]["matchLabels"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
 
 
-@pytest.mark.parametrize("kind", ["job", "indexed-job", "statefulset"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_the_store_url_never_reaches_the_pod_spec(kind: str) -> None:
     built = build(_spec(kind, "url"))
     secret, workload = built.documents[0], _workload(built.documents)

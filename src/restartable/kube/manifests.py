@@ -7,13 +7,16 @@
                                completions=8, parallelism=4))
     print(dump_yaml(built.documents))
 
-Three shapes (``kind``):
+Four shapes (``kind``):
 
 ``job``          one pod at a time runs the command to completion (``--parallelism P``
                  is the work-queue pattern: P pods pulling from :mod:`restartable.queue`).
 ``indexed-job``  ``completions`` shards; each pod gets ``JOB_COMPLETION_INDEX`` and the
                  manifest sets ``RESTARTABLE_SHARDS``, so ``Job(shard="auto")`` keeps one
                  checkpoint per shard.
+``cronjob``      a Job per schedule (``schedule``, ``time_zone``): the same Job as
+                 ``job``, ``concurrencyPolicy: Forbid``; each Job's uid is its run, so a
+                 night's pod retries resume and the next night starts fresh.
 ``statefulset``  the article's shape, improved: the command runs under
                  ``python -m restartable.kube.idle``, which leaves a COMPLETED marker on the
                  volume and idles instead of restarting in a loop; a readiness probe
@@ -39,6 +42,21 @@ The contract of what is generated (checked again by :mod:`restartable.kube.rules
   path of a SQLite file on the claim (``pvc``), which holds no credentials.
 * A SQLite store (``pvc``) serves one pod at a time: more than one pod at once needs a
   PostgreSQL or Redis store (UsageError otherwise).
+* Pod Security "restricted" unless ``restricted=False``: a non-root user (``run_as_user``,
+  default 65532), ``fsGroup`` so it can write the volume, ``seccompProfile:
+  RuntimeDefault``, no privilege escalation, every capability dropped; beyond the
+  profile, a read-only root filesystem with an ``emptyDir`` at ``/tmp`` (``TMPDIR``).
+  :mod:`restartable.kube.podsecurity` checks it.
+* Resources: ``cpu`` and ``memory`` requests (default 100m and 256Mi), a memory limit
+  equal to the request, no CPU limit unless asked (a CPU limit throttles; a memory limit
+  keeps one pod from pushing the node out of memory).
+* A ``python SCRIPT.py ARGS`` command runs as ``python -m restartable run SCRIPT.py ARGS``
+  (``wrap=False`` keeps it verbatim): every library error, even one raised before the
+  script creates its Job, ends with its documented exit code for the failure policy.
+* Names: per kind, the longest name whose derived names and labels a cluster accepts
+  (:mod:`restartable.kube.limits`).
+* ``patch``: a JSON merge patch applied to the workload, then checked again
+  (:mod:`restartable.kube.patch`).
 
 Per-version fields: ``kube_version`` (default :data:`DEFAULT_KUBE_VERSION`, at least
 :data:`MIN_KUBE_VERSION`) omits what the target version does not enable by default
@@ -53,13 +71,21 @@ from typing import Any, Literal
 
 from ..entry import PERMANENT_CODES
 from ..errors import MissingDriver, UsageError
+from .cron import check_schedule, check_time_zone
+from .limits import max_name_length, name_limit_reason, parse_quantity
+from .patch import apply_to_workload, validate_schema
 
 __all__ = [
     "CONTAINER",
     "DATA_DIR",
+    "DEFAULT_CPU",
+    "DEFAULT_MEMORY",
+    "DEFAULT_STARTING_DEADLINE",
+    "DEFAULT_UID",
     "DEFAULT_KUBE_VERSION",
     "MARKER",
     "MIN_KUBE_VERSION",
+    "QUEUE_LABEL",
     "Built",
     "WorkloadSpec",
     "build",
@@ -67,8 +93,8 @@ __all__ = [
     "parse_kube_version",
 ]
 
-Kind = Literal["job", "indexed-job", "statefulset"]
-KINDS: tuple[str, ...] = ("job", "indexed-job", "statefulset")
+Kind = Literal["job", "indexed-job", "cronjob", "statefulset"]
+KINDS: tuple[str, ...] = ("job", "indexed-job", "cronjob", "statefulset")
 
 #: The version whose features are assumed when none is given.
 DEFAULT_KUBE_VERSION = "1.31"
@@ -87,6 +113,18 @@ DEFAULT_GRACE = 60
 DEFAULT_BACKOFF = 6
 DEFAULT_TTL = 86400
 ACCESS_MODES = ("ReadWriteOnce", "ReadWriteOncePod")
+#: Requests: enough for a Python process and its batch, small enough to schedule anywhere.
+DEFAULT_CPU = "100m"
+DEFAULT_MEMORY = "256Mi"
+#: The non-root user, group and fsGroup: "nonroot" in distroless images, unused elsewhere.
+DEFAULT_UID = 65532
+#: How late a CronJob's run may still start (controller down, previous run still going).
+DEFAULT_STARTING_DEADLINE = 3600
+DEFAULT_SUCCESSFUL_HISTORY = 3
+DEFAULT_FAILED_HISTORY = 3
+TMP_DIR = "/tmp"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+_PYTHON = re.compile(r"python(\d+(\.\d+)?)?")
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -102,7 +140,10 @@ class WorkloadSpec:
     """What to generate. ``None`` options take the kind's default (or are refused where meaningless).
 
     Exactly one of ``pvc`` (a size such as ``1Gi``), ``store_secret`` (``SECRET`` or
-    ``SECRET:KEY``, key default ``url``) and ``store_url`` is required.
+    ``SECRET:KEY``, key default ``url``) and ``store_url`` is required. ``schedule`` is
+    required for a CronJob and refused elsewhere; ``run_as_group`` and ``fs_group``
+    default to ``run_as_user``; ``memory_limit`` defaults to ``memory``; ``patch`` is a
+    parsed JSON merge patch (:func:`restartable.kube.patch.load_patch`).
     """
 
     kind: Kind
@@ -123,6 +164,33 @@ class WorkloadSpec:
     namespace: str | None = None
     pushgateway: str | None = None
     python: str = "python"
+    wrap: bool = True
+    # CronJob only.
+    schedule: str | None = None
+    time_zone: str | None = None
+    starting_deadline: int | None = None
+    successful_history: int | None = None
+    failed_history: int | None = None
+    # Pod Security.
+    restricted: bool = True
+    read_only_root: bool = True
+    run_as_user: int = DEFAULT_UID
+    run_as_group: int | None = None
+    fs_group: int | None = None
+    # Resources and scheduling.
+    cpu: str = DEFAULT_CPU
+    memory: str = DEFAULT_MEMORY
+    cpu_limit: str | None = None
+    memory_limit: str | None = None
+    active_deadline: int | None = None
+    priority_class: str | None = None
+    queue: str | None = None
+    patch: dict[str, Any] | None = None
+
+    @property
+    def pod_security(self) -> Literal["baseline", "restricted"]:
+        """The Pod Security level the pods are generated for, and checked against."""
+        return "restricted" if self.restricted else "baseline"
 
 
 @dataclass
@@ -146,7 +214,14 @@ def parse_kube_version(text: str) -> tuple[int, int]:
 
 
 def build(spec: WorkloadSpec) -> Built:
-    """The manifests for ``spec``: an optional Secret, a PVC for a Job, then the workload."""
+    """The manifests for ``spec``: an optional Secret, a PVC for a Job, then the workload.
+
+    Every result passes :func:`restartable.kube.rules.enforce` at ``spec.pod_security``
+    (UsageError otherwise); with a ``patch``, the patched workload must also pass the
+    Kubernetes schema of ``kube_version`` (which needs kubernetes-validate).
+    """
+    from .rules import enforce  # rules imports nothing from here; deferred to keep the layers clear
+
     version = parse_kube_version(spec.kube_version)
     parallelism = _check(spec)
     built = Built(documents=[])
@@ -156,7 +231,12 @@ def build(spec: WorkloadSpec) -> Built:
     else:
         if spec.pvc is not None:
             built.documents.append(_pvc(spec))
-        built.documents.append(_job(spec, version, secret_ref, parallelism, built))
+        job = _job(spec, version, secret_ref, parallelism, built)
+        built.documents.append(_cronjob(spec, job) if spec.kind == "cronjob" else job)
+    if spec.patch is not None:
+        built.documents = apply_to_workload(built.documents, spec.patch)
+        built.warnings.extend(validate_schema(built.documents, f"{version[0]}.{version[1]}"))
+    enforce(built.documents, pod_security=spec.pod_security)
     return built
 
 
@@ -177,9 +257,13 @@ def _check(spec: WorkloadSpec) -> int:
     """Refuse what cannot work; return the parallelism to generate (1 for a StatefulSet)."""
     if spec.kind not in KINDS:
         raise UsageError(f"unknown kind {spec.kind!r}: use one of {', '.join(KINDS)}")
-    if len(spec.name) > 63 or not _DNS_LABEL.fullmatch(spec.name):
-        raise UsageError(f"invalid name {spec.name!r}: use at most 63 lowercase letters, digits and '-', starting "
-                         "and ending with a letter or digit (a DNS label: it names the pods too)")
+    if not _DNS_LABEL.fullmatch(spec.name):
+        raise UsageError(f"invalid name {spec.name!r}: use lowercase letters, digits and '-', starting and ending "
+                         "with a letter or digit (a DNS label: it names the pods too)")
+    completions = spec.completions if isinstance(spec.completions, int) else None
+    if len(spec.name) > max_name_length(spec.kind, completions):
+        raise UsageError(f"name {spec.name!r} is too long ({len(spec.name)} characters): "
+                         f"{name_limit_reason(spec.kind, completions)}")
     if spec.namespace is not None and (len(spec.namespace) > 63 or not _DNS_LABEL.fullmatch(spec.namespace)):
         raise UsageError(f"invalid namespace {spec.namespace!r}: a DNS label")
     if not spec.image or any(c.isspace() for c in spec.image):
@@ -209,6 +293,11 @@ def _check(spec: WorkloadSpec) -> int:
         raise UsageError(f"--grace must be at least 1 second, not {spec.grace}")
     if spec.pushgateway is not None and not _HOST_PORT.fullmatch(spec.pushgateway):
         raise UsageError(f"invalid Pushgateway {spec.pushgateway!r}: use HOST:PORT")
+    _check_security(spec)
+    _check_resources(spec)
+    _check_cron(spec)
+    if spec.patch is not None and not isinstance(spec.patch, dict):
+        raise UsageError("--patch must be a mapping (a JSON merge patch of the workload)")
     for what, value in (("--completions", spec.completions), ("--parallelism", spec.parallelism),
                         ("--backoff-limit", spec.backoff_limit), ("--ttl", spec.ttl)):
         if value is not None and (not isinstance(value, int) or value < (0 if what in ("--backoff-limit", "--ttl")
@@ -216,12 +305,14 @@ def _check(spec: WorkloadSpec) -> int:
             raise UsageError(f"invalid {what} {value!r}")
     if spec.kind == "statefulset":
         given = [w for w, v in (("--completions", spec.completions), ("--parallelism", spec.parallelism),
-                                ("--backoff-limit", spec.backoff_limit), ("--ttl", spec.ttl)) if v is not None]
+                                ("--backoff-limit", spec.backoff_limit), ("--ttl", spec.ttl),
+                                ("--active-deadline", spec.active_deadline), ("--queue", spec.queue))
+                 if v is not None]
         if given:
             raise UsageError(f"{', '.join(given)} belong to Jobs: a StatefulSet runs one pod, restarted by the "
                              "kubelet, and stays up when done")
         return 1
-    if spec.kind == "job" and spec.completions not in (None, 1):
+    if spec.kind in ("job", "cronjob") and spec.completions not in (None, 1):
         raise UsageError("a Job runs the command once to completion: for N shards use `restartable k8s "
                          "indexed-job --completions N`")
     if spec.kind == "indexed-job":
@@ -230,7 +321,7 @@ def _check(spec: WorkloadSpec) -> int:
         if spec.completions > 100_000:
             raise UsageError("an Indexed Job has at most 100000 completions")
     local = spec.pvc is not None
-    default = 1 if spec.kind == "job" or local else (spec.completions or 1)
+    default = 1 if spec.kind in ("job", "cronjob") or local else (spec.completions or 1)
     parallelism = spec.parallelism if spec.parallelism is not None else default
     if local and parallelism > 1:
         raise UsageError(
@@ -240,6 +331,70 @@ def _check(spec: WorkloadSpec) -> int:
             "postgresql://...), or --parallelism 1"
         )
     return parallelism
+
+
+def _check_security(spec: WorkloadSpec) -> None:
+    for what, value in (("--run-as-user", spec.run_as_user), ("--run-as-group", spec.run_as_group),
+                        ("--fs-group", spec.fs_group)):
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 2**31 - 1:
+            raise UsageError(f"invalid {what} {value!r}: a numeric id from 1 to 2147483647")
+        if value == 0 and spec.restricted:
+            raise UsageError(f"{what} 0 is root, which Pod Security \"restricted\" refuses: pick a non-root id "
+                             "(the default is 65532), or add --no-restricted for an image that must run as root")
+    if not spec.restricted:
+        changed = [w for w, v, d in (("--run-as-user", spec.run_as_user, DEFAULT_UID),
+                                     ("--run-as-group", spec.run_as_group, None), ("--fs-group", spec.fs_group, None))
+                   if v != d]
+        if changed:
+            raise UsageError(f"{', '.join(changed)} set the pod's securityContext, which --no-restricted leaves out "
+                             "(the image's own user runs the job): drop one or the other")
+
+
+def _check_resources(spec: WorkloadSpec) -> None:
+    cpu = parse_quantity(spec.cpu, what="--cpu", memory=False)
+    memory = parse_quantity(spec.memory, what="--memory", memory=True)
+    if spec.cpu_limit is not None and parse_quantity(spec.cpu_limit, what="--cpu-limit", memory=False) < cpu:
+        raise UsageError(f"--cpu-limit {spec.cpu_limit} is below the request --cpu {spec.cpu}: the API server "
+                         "refuses a limit under its request")
+    if spec.memory_limit is not None and \
+            parse_quantity(spec.memory_limit, what="--memory-limit", memory=True) < memory:
+        raise UsageError(f"--memory-limit {spec.memory_limit} is below the request --memory {spec.memory}: the API "
+                         "server refuses a limit under its request")
+    if spec.active_deadline is not None and (not isinstance(spec.active_deadline, int) or spec.active_deadline < 1):
+        raise UsageError(f"invalid --active-deadline {spec.active_deadline!r}: a number of seconds, at least 1")
+    if spec.priority_class is not None and (len(spec.priority_class) > 253
+                                            or not _DNS_SUBDOMAIN.fullmatch(spec.priority_class)):
+        raise UsageError(f"invalid --priority-class {spec.priority_class!r}: the name of a PriorityClass (lowercase "
+                         "letters, digits, '-' and '.')")
+    if spec.queue is not None and (len(spec.queue) > 63 or not _DNS_LABEL.fullmatch(spec.queue)):
+        raise UsageError(f"invalid --queue {spec.queue!r}: the name of a Kueue LocalQueue in the namespace (a "
+                         "label value: at most 63 lowercase letters, digits and '-')")
+
+
+def _check_cron(spec: WorkloadSpec) -> None:
+    cron_only = [w for w, v in (("--schedule", spec.schedule), ("--time-zone", spec.time_zone),
+                                ("--starting-deadline", spec.starting_deadline),
+                                ("--successful-history", spec.successful_history),
+                                ("--failed-history", spec.failed_history)) if v is not None]
+    if spec.kind != "cronjob":
+        if cron_only:
+            raise UsageError(f"{', '.join(cron_only)} belong to CronJobs: use `restartable k8s cronjob`")
+        return
+    if spec.schedule is None:
+        raise UsageError("a CronJob needs --schedule CRON, such as '30 2 * * *' (02:30 every day) or @daily")
+    check_schedule(spec.schedule)
+    if spec.time_zone is not None:
+        check_time_zone(spec.time_zone)
+    if spec.starting_deadline is not None and (not isinstance(spec.starting_deadline, int)
+                                               or spec.starting_deadline < 10):
+        raise UsageError(f"invalid --starting-deadline {spec.starting_deadline!r}: at least 10 seconds (the "
+                         "controller looks every 10 s, so a shorter deadline can skip every run)")
+    for what, value in (("--successful-history", spec.successful_history),
+                        ("--failed-history", spec.failed_history)):
+        if value is not None and (not isinstance(value, int) or value < 0):
+            raise UsageError(f"invalid {what} {value!r}: a number of finished Jobs to keep, 0 or more")
 
 
 # -- objects ------------------------------------------------------------------------------
@@ -341,7 +496,31 @@ def _env(spec: WorkloadSpec, secret_ref: dict[str, str] | None) -> list[dict[str
         env.append({"name": "RESTARTABLE_STORE", "value": SQLITE_URL})  # a path on the claim, no credentials
     if spec.pushgateway is not None:
         env.append({"name": "RESTARTABLE_PUSHGATEWAY", "value": spec.pushgateway})
+    if _read_only_root(spec):
+        env.append({"name": "TMPDIR", "value": TMP_DIR})  # the root filesystem is read-only; /tmp is an emptyDir
     return env
+
+
+def _read_only_root(spec: WorkloadSpec) -> bool:
+    return spec.restricted and spec.read_only_root
+
+
+def _wrapped(spec: WorkloadSpec, command: list[str]) -> list[str]:
+    """``python SCRIPT.py ARGS`` as ``python -m restartable run SCRIPT.py ARGS``; anything else verbatim.
+
+    The Job's excepthook covers a library error raised once the script has created its
+    Job; the wrapper also covers one raised before (a bad store URL, a WorkQueue without
+    a Job), so every permanent error reaches the failure policy as its exit code. Same
+    interpreter, same process (pid 1 still gets SIGTERM), same ``sys.argv``. Only the
+    plain form is rewritten: interpreter options (``python -u``) or ``-m module`` are
+    left alone, as are other programs.
+    """
+    if not spec.wrap or len(command) < 2:
+        return command
+    prog, script = command[0], command[1]
+    if _PYTHON.fullmatch(prog.rsplit("/", 1)[-1]) and script.endswith(".py") and not script.startswith("-"):
+        return [prog, "-m", "restartable", "run", *command[1:]]
+    return command
 
 
 def _verbatim(arg: str) -> str:
@@ -349,8 +528,19 @@ def _verbatim(arg: str) -> str:
     return arg.replace("$", "$$")
 
 
+def _resources(spec: WorkloadSpec) -> dict[str, Any]:
+    # No CPU limit unless asked: a limit throttles the job even on an idle node (CFS quota),
+    # and a throttled job checkpoints late. A memory limit equal to the request: memory cannot
+    # be throttled, and a pod above its request is what the kubelet evicts first under pressure.
+    limits: dict[str, str] = {}
+    if spec.cpu_limit is not None:
+        limits["cpu"] = spec.cpu_limit
+    limits["memory"] = spec.memory_limit if spec.memory_limit is not None else spec.memory
+    return {"requests": {"cpu": spec.cpu, "memory": spec.memory}, "limits": limits}
+
+
 def _container(spec: WorkloadSpec, secret_ref: dict[str, str] | None) -> dict[str, Any]:
-    command = [_verbatim(a) for a in spec.command]
+    command = _wrapped(spec, [_verbatim(a) for a in spec.command])
     if spec.kind == "statefulset":
         # Exec form all the way down: the wrapper runs the command as its child and passes signals on.
         command = [spec.python, "-m", "restartable.kube.idle", "--marker", MARKER, "--", *command]
@@ -359,17 +549,44 @@ def _container(spec: WorkloadSpec, secret_ref: dict[str, str] | None) -> dict[st
         "image": spec.image,
         "command": command,
         "env": _env(spec, secret_ref),
+        "resources": _resources(spec),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    if spec.restricted:
+        security: dict[str, Any] = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+        if _read_only_root(spec):
+            security["readOnlyRootFilesystem"] = True  # beyond the profile: the image cannot be altered at run time
+        container["securityContext"] = security
     if spec.kind == "statefulset":
         container["readinessProbe"] = {
             "exec": {"command": ["test", "-f", MARKER]},
             "periodSeconds": 10,
             "failureThreshold": 1,
         }
+    mounts = []
     if spec.pvc is not None or spec.kind == "statefulset":
-        container["volumeMounts"] = [{"name": "data", "mountPath": DATA_DIR}]
+        mounts.append({"name": "data", "mountPath": DATA_DIR})
+    if _read_only_root(spec):
+        mounts.append({"name": "tmp", "mountPath": TMP_DIR})
+    if mounts:
+        container["volumeMounts"] = mounts
     return container
+
+
+def _pod_security_context(spec: WorkloadSpec) -> dict[str, Any]:
+    group = spec.run_as_group if spec.run_as_group is not None else spec.run_as_user
+    context: dict[str, Any] = {
+        "runAsNonRoot": True,
+        "runAsUser": spec.run_as_user,
+        "runAsGroup": group,
+        # The volume's files get this group (and group write), so a non-root user can write
+        # the SQLite file on the claim whatever uid created it before.
+        "fsGroup": spec.fs_group if spec.fs_group is not None else group,
+    }
+    if spec.pvc is not None:
+        context["fsGroupChangePolicy"] = "OnRootMismatch"  # no recursive chown of the whole volume at every start
+    context["seccompProfile"] = {"type": "RuntimeDefault"}
+    return context
 
 
 def _pod_spec(spec: WorkloadSpec, secret_ref: dict[str, str] | None) -> dict[str, Any]:
@@ -379,13 +596,22 @@ def _pod_spec(spec: WorkloadSpec, secret_ref: dict[str, str] | None) -> dict[str
         # checkpoint be written in it.
         "terminationGracePeriodSeconds": spec.grace,
         "automountServiceAccountToken": False,  # the job never talks to the API server
-        "containers": [_container(spec, secret_ref)],
     }
+    if spec.priority_class is not None:
+        pod["priorityClassName"] = spec.priority_class
+    if spec.restricted:
+        pod["securityContext"] = _pod_security_context(spec)
+    pod["containers"] = [_container(spec, secret_ref)]
+    volumes: list[dict[str, Any]] = []
     if spec.kind != "statefulset" and spec.pvc is not None:
-        pod["volumes"] = [{"name": "data", "persistentVolumeClaim": {"claimName": f"{spec.name}-checkpoints"}}]
+        volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": f"{spec.name}-checkpoints"}})
     elif spec.kind == "statefulset" and spec.pvc is None:
         # The store is shared; the volume only holds the COMPLETED marker, for the pod's lifetime.
-        pod["volumes"] = [{"name": "data", "emptyDir": {}}]
+        volumes.append({"name": "data", "emptyDir": {}})
+    if _read_only_root(spec):
+        volumes.append({"name": "tmp", "emptyDir": {}})
+    if volumes:
+        pod["volumes"] = volumes
     return pod
 
 
@@ -430,9 +656,38 @@ def _job(spec: WorkloadSpec, version: tuple[int, int], secret_ref: dict[str, str
                 f"Kubernetes {version[0]}.{version[1]} does not enable backoffLimitPerIndex by default (beta in "
                 "1.29): a shared backoffLimit is used, and a permanent error fails the whole Job (FailJob)"
             )
-    job_spec["ttlSecondsAfterFinished"] = spec.ttl if spec.ttl is not None else DEFAULT_TTL
+    if spec.active_deadline is not None:
+        # Counted from the (un)suspension: past it, the pods get SIGTERM and checkpoint, the Job fails.
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline
+    if spec.ttl is not None or spec.kind != "cronjob":
+        # A CronJob keeps its finished Jobs by count (the history limits); a TTL would undercut them.
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl if spec.ttl is not None else DEFAULT_TTL
+    if spec.queue is not None:
+        job_spec["suspend"] = True  # Kueue admits the Job by unsuspending it once its quota allows
     job_spec["template"] = {"metadata": {"labels": _labels(spec)}, "spec": _pod_spec(spec, secret_ref)}
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _metadata(spec, spec.name), "spec": job_spec}
+    meta = _metadata(spec, spec.name)
+    if spec.queue is not None:
+        meta["labels"][QUEUE_LABEL] = spec.queue
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
+
+
+def _cronjob(spec: WorkloadSpec, job: dict[str, Any]) -> dict[str, Any]:
+    """A CronJob whose jobTemplate is ``job`` (its labels, Kueue's included, and its spec)."""
+    cron: dict[str, Any] = {"schedule": check_schedule(spec.schedule or "")}
+    if spec.time_zone is not None:
+        cron["timeZone"] = spec.time_zone
+    # Forbid: a night's run that is still going (or retrying) is never joined by the next
+    # night's Job; the next one starts once it ended, if still within the starting deadline.
+    cron["concurrencyPolicy"] = "Forbid"
+    cron["startingDeadlineSeconds"] = (spec.starting_deadline if spec.starting_deadline is not None
+                                       else DEFAULT_STARTING_DEADLINE)
+    cron["successfulJobsHistoryLimit"] = (spec.successful_history if spec.successful_history is not None
+                                          else DEFAULT_SUCCESSFUL_HISTORY)
+    cron["failedJobsHistoryLimit"] = (spec.failed_history if spec.failed_history is not None
+                                      else DEFAULT_FAILED_HISTORY)
+    cron["jobTemplate"] = {"metadata": {"labels": job["metadata"]["labels"]}, "spec": job["spec"]}
+    meta = _metadata(spec, spec.name)
+    return {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": meta, "spec": cron}
 
 
 def _statefulset(spec: WorkloadSpec, version: tuple[int, int], secret_ref: dict[str, str] | None,

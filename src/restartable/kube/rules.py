@@ -21,6 +21,14 @@ them on every generated manifest. They work on any manifest (parsed YAML as dict
   store URL carries credentials and belongs in a Secret. A path URL such as
   ``sqlite:////data/checkpoints.db`` holds none and is allowed. Nor may a command line
   carry a URL with a password.
+* ``kueue``: a workload labelled ``kueue.x-k8s.io/queue-name`` is created suspended
+  (``suspend: true``), or it starts before Kueue admits it.
+* ``cronjob``: a CronJob uses ``concurrencyPolicy: Forbid`` (two Jobs of one schedule would
+  be two runs writing the same output) and keeps no ``CRON_TZ=``/``TZ=`` in its schedule.
+
+``check(documents, pod_security=LEVEL)`` adds the Pod Security Standard ``LEVEL``
+("baseline" or "restricted", :mod:`restartable.kube.podsecurity`); ``enforce`` checks
+"restricted" unless told otherwise.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import UsageError
+from .podsecurity import Level, pod_security as _pod_security
 
 __all__ = ["RULES", "check", "enforce"]
 
@@ -41,7 +50,10 @@ RULES = (
     "statefulset-always",
     "exec-form",
     "no-url-in-env",
+    "kueue",
+    "cronjob",
 )
+_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 _SHELLS = frozenset({"sh", "bash", "dash", "ash", "zsh", "ksh", "busybox"})
 _HOST_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s]")
@@ -50,8 +62,11 @@ _EXEC = re.compile(r"(^|[;&|\n])\s*exec\s")
 _PASSWORD_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*:[^/@\s]+@")
 
 
-def check(documents: list[dict[str, Any]]) -> list[str]:
-    """Every rule broken by ``documents``, as ``"<rule>: <kind>/<name>: <what>"`` lines (empty when clean)."""
+def check(documents: list[dict[str, Any]], *, pod_security: Level | None = None) -> list[str]:
+    """Every rule broken by ``documents``, as ``"<rule>: <kind>/<name>: <what>"`` lines (empty when clean).
+
+    With ``pod_security``, the controls of that Pod Security Standard level too.
+    """
     problems: list[str] = []
     for doc in documents:
         if not isinstance(doc, dict):
@@ -65,8 +80,15 @@ def check(documents: list[dict[str, Any]]) -> list[str]:
         spec = doc.get("spec") or {}
         if kind == "Job":
             _check_job(spec, bad)
+            _check_kueue(doc, bad)
         elif kind == "CronJob":
             _check_job(((spec.get("jobTemplate") or {}).get("spec")) or {}, bad)
+            _check_kueue(spec.get("jobTemplate") or {}, bad)
+            if spec.get("concurrencyPolicy") != "Forbid":
+                bad("cronjob", f"concurrencyPolicy is {spec.get('concurrencyPolicy', 'Allow')!r}: use Forbid, or two "
+                    "nights' Jobs run at once as two runs")
+            if re.match(r"\s*(CRON_)?TZ=", str(spec.get("schedule", ""))):
+                bad("cronjob", "the schedule holds TZ= or CRON_TZ=, which Kubernetes refuses: use spec.timeZone")
         elif kind == "StatefulSet":
             pod = ((spec.get("template") or {}).get("spec")) or {}
             policy = pod.get("restartPolicy", "Always")
@@ -77,14 +99,30 @@ def check(documents: list[dict[str, Any]]) -> list[str]:
                 bad("statefulset-always", "a StatefulSet has no podFailurePolicy")
         for pod in _pod_specs(doc):
             _check_pod(pod, bad)
+    if pod_security is not None:
+        problems.extend(_pod_security(documents, pod_security))
     return problems
 
 
-def enforce(documents: list[dict[str, Any]]) -> None:
-    """Raise UsageError (exit 2) naming every broken rule."""
-    problems = check(documents)
+def enforce(documents: list[dict[str, Any]], *, pod_security: Level | None = "restricted") -> None:
+    """Raise UsageError (exit 2) naming every broken rule (Pod Security ``pod_security`` included)."""
+    problems = check(documents, pod_security=pod_security)
     if problems:
-        raise UsageError("the manifests break restartable's rules:\n  " + "\n  ".join(problems))
+        hint = ""
+        if any(p.startswith("pod-security/") for p in problems):
+            hint = (f"\n(Pod Security {pod_security!r} is what a namespace enforcing it admits; for an image that "
+                    "cannot run that way, generate with --no-restricted and a namespace at \"baseline\")"
+                    if pod_security == "restricted" else
+                    "\n(Pod Security \"baseline\" is the least restartable generates for)")
+        raise UsageError("the manifests break restartable's rules:\n  " + "\n  ".join(problems) + hint)
+
+
+def _check_kueue(obj: dict[str, Any], bad: Any) -> None:
+    """``obj`` is a Job or a CronJob's jobTemplate: with Kueue's queue label it must be created suspended."""
+    labels = ((obj.get("metadata") or {}).get("labels")) or {}
+    if _QUEUE_LABEL in labels and (obj.get("spec") or {}).get("suspend") is not True:
+        bad("kueue", f"labelled {_QUEUE_LABEL}={labels[_QUEUE_LABEL]!r} but not suspend: true, so it starts "
+            "before Kueue admits it")
 
 
 def _check_job(spec: dict[str, Any], bad: Any) -> None:
