@@ -12,20 +12,9 @@
     if __name__ == "__main__":
         main()
 
-========  =========================================================  ======
-code      meaning                                                    retry?
-========  =========================================================  ======
-0         completed, or already completed                            --
-1         the job's own code raised                                  yes
-2         usage error                                                no
-65        data error: input changed, no readable checkpoint,         no
-          skip budget exceeded
-75        temporary: run held by another live runner after waiting,  yes
-          store unreachable after retries, fenced
-77        permission denied                                          no
-78        configuration: bad store URL or option, missing extra      no
-130/143   interrupted by SIGINT/SIGTERM, after its checkpoint        yes
-========  =========================================================  ======
+The exit codes, what each means and whether a retry can help are listed once, in
+:data:`restartable.errors.EXIT_CODE_TABLE` (the README and the documentation's exit-code
+page are checked against it); the constants ``EXIT_*`` of :mod:`restartable.errors` name them.
 
 A library error ends in one line on stderr, never a traceback; the job's own
 exceptions keep their traceback (it is the user's bug to read).

@@ -32,6 +32,8 @@ no traceback.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 __all__ = [
     "EXIT_OK",
     "EXIT_FAILED",
@@ -42,6 +44,8 @@ __all__ = [
     "EXIT_CONFIG",
     "EXIT_SIGINT",
     "EXIT_SIGTERM",
+    "EXIT_CODE_TABLE",
+    "ExitCode",
     "RestartableError",
     "UsageError",
     "DataError",
@@ -70,6 +74,37 @@ EXIT_PERMISSION = 77
 EXIT_CONFIG = 78
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
+
+
+class ExitCode(NamedTuple):
+    """One row of :data:`EXIT_CODE_TABLE`."""
+
+    #: The process exit code(s) this row describes (130 and 143 share a row).
+    codes: tuple[int, ...]
+    #: What ended the process with it, as the README and the documentation say it.
+    meaning: str
+    #: Whether running the job again can help: True, False, or None for success
+    #: (nothing to retry). Kubernetes' ``podFailurePolicy`` fails the Job on the False rows.
+    retry: bool | None
+
+
+#: The exit-code contract of every entry point (the CLI, :func:`restartable.entrypoint`,
+#: ``restartable run``, the excepthook a Job installs), in the order the documentation
+#: lists it. This tuple is the one source: ``tests/test_docs.py`` checks that the README's
+#: table and the site's ``docs/exit-codes.md`` say exactly this.
+EXIT_CODE_TABLE: tuple[ExitCode, ...] = (
+    ExitCode((EXIT_OK,), "completed, or already completed", None),
+    ExitCode((EXIT_FAILED,), "the job's own code raised", True),
+    ExitCode((EXIT_USAGE,), "usage error", False),
+    ExitCode((EXIT_DATA,), "data error: input changed, no readable checkpoint generation, skip budget exceeded",
+             False),
+    ExitCode((EXIT_TEMPORARY,),
+             "temporary: run held by another live runner after waiting, store unreachable after retries, fenced",
+             True),
+    ExitCode((EXIT_PERMISSION,), "permission denied", False),
+    ExitCode((EXIT_CONFIG,), "configuration: bad store URL or option, missing driver extra", False),
+    ExitCode((EXIT_SIGINT, EXIT_SIGTERM), "interrupted by SIGINT / SIGTERM, after its checkpoint", True),
+)
 
 
 class RestartableError(Exception):
