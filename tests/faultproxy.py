@@ -467,8 +467,8 @@ class FaultProxy:
         if new and seconds is not None:
             self._partition_until = max(self._partition_until, time.monotonic() + seconds)
         hit = self._each("blackhole", seconds, count_as="partition" if new else "blackhole")
-        if new and hit == 0:
-            self.landed["partition"] += 1  # the next connections meet it
+        if new and hit == 0 and seconds is not None:
+            self._landed("partition")  # no connection open: the next ones meet it
         return hit
 
     def delay(self, ms: float, *, seconds: float | None = None) -> None:
@@ -476,7 +476,7 @@ class FaultProxy:
         self._latency = ms / 1000.0
         self._latency_until = math.inf if seconds is None else time.monotonic() + seconds
         if ms > 0:
-            self.landed["delay"] += 1
+            self._landed("delay")
 
     def lose_next_answer_to(self, pattern: Pattern, *, when: Literal["answered", "sent"] = "answered",
                             after: float = 0.0) -> None:
@@ -539,7 +539,7 @@ class FaultProxy:
                         victim = self.rng.choice(live)
                         arg = self.rng.uniform(*blackhole_seconds) if kind == "blackhole" else None
                         victim.request(kind, arg)
-                        self.landed[kind] += 1
+                        self._landed(kind)
 
         self._random = threading.Thread(target=loop, daemon=True, name="faultproxy-random")
         self._random.start()
@@ -566,7 +566,7 @@ class FaultProxy:
         for link in live:
             link.request(what, arg)
         if live:
-            self.landed[count_as or what] += 1
+            self._landed(count_as or what)
         return len(live)
 
     def _forget(self, link: _Link) -> None:

@@ -20,9 +20,22 @@ milliseconds the whole time. The invariants, each failure one *violation*:
   processed again are at most ``every`` (iterate, stages), the in-flight bound
   ``workers + every`` (map), one file (files), none after SIGTERM; ``dst`` holds no
   row twice (batches: a transactional sink is exactly-once whatever happens);
-* clean exits: every worker ends with the code its fault allows (75 fenced, locked or
-  disk full, 77 permission, 143 SIGTERM, -9 SIGKILL, 0 done), never a traceback;
+* clean exits: every worker ends with the code its fault allows (75 fenced, locked,
+  disk full or store unavailable, 77 permission, 143 SIGTERM, -9 SIGKILL, 0 done),
+  never a traceback, and never hangs (a worker still running after 60 s is a
+  violation "hung": a read without a deadline on a silent connection);
 * the run completes.
+
+Network faults (``net-*``) put a tests/faultproxy.py between the workers and the
+server; the sampler and the checks read the server directly. Workers then run with a
+short retry budget (``retry=3s``) and a short read deadline (``read_timeout=2``, the
+stores' and PostgresTable's option), so a fault ends them with 75 or is ridden out.
+``restart-keep`` restarts a server that persists (PostgreSQL; Redis with
+``appendonly``) in one of three ways: plainly (the record must survive as it was),
+followed by ``restartable reset --force`` from another process (the runner must be
+fenced, exit 75, and must not write the record back; the campaign then starts over),
+or followed by a second runner (the lease survived the restart: it must be refused,
+exit 75 naming the holder).
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -39,8 +53,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faults import fill, read_only, unlink
-from procs import Spawner, Worker, fields, read_log
+from faultproxy import PG_COMMIT, PG_SAVE, REDIS_CAS
+from faults import NET, fill, read_only, unlink
+from procs import Spawner, Worker, clean_env, fields, read_log
 from report import Row
 from workloads import JOB, Workload, claimed
 
@@ -55,8 +70,10 @@ SEED = os.environ.get("RESTARTABLE_TORTURE_SEED", "1")
 
 #: Faults per cell: quick (every pytest run) and long (RESTARTABLE_TORTURE=long, by hand).
 TARGETS = {
-    False: {"kill": 3, "term": 2, "stop": 1, "dup": 2, "enospc": 1, "readonly": 1, "restart": 2},
-    True: {"kill": 80, "term": 20, "stop": 4, "dup": 16, "enospc": 6, "readonly": 6, "restart": 10},
+    False: {"kill": 3, "term": 2, "stop": 1, "dup": 2, "enospc": 1, "readonly": 1, "restart": 2,
+            "restart-keep": 2, "net-reset": 3, "net-blackhole": 1, "net-commit": 2, "net-delay": 2},
+    True: {"kill": 80, "term": 20, "stop": 4, "dup": 16, "enospc": 6, "readonly": 6, "restart": 10,
+           "restart-keep": 15, "net-reset": 500, "net-blackhole": 20, "net-commit": 400, "net-delay": 120},
 }
 
 #: Per mode: items, checkpoint interval, work per item (s), and mode-specific settings.
@@ -67,8 +84,14 @@ SIZES: dict[str, dict[str, Any]] = {
     "map": {"n": 240, "every": 3, "sleep": 0.006, "workers": 4},
     "batches": {"n": 200, "every": 1, "sleep": 0.0015, "batch": 5},
 }
-#: Seconds between a worker's start and its fault.
+#: Seconds between a worker's start and its fault (and between two faults on one worker).
 DELAY = (0.03, 0.45)
+#: The same for the network faults of the long mode: a worker rides out many of them.
+NET_DELAY = (0.01, 0.12)
+#: Worker settings of the network cells: a short retry budget and read deadline (seconds).
+NET_RETRY, NET_READ_TIMEOUT = "3s", 2
+#: net-commit on PostgreSQL batches: seconds each COMMIT spends on the server (a deferred trigger).
+SLOW_COMMIT = 0.15
 LEASE = 30.0  # dead workers are taken over at once (dead-owner detection), whatever the lease
 STOP_LEASE = 1.0  # a frozen worker's lease must run out before a second runner takes over
 LOCK_TIMEOUT = 2.0  # a local store's wait for a frozen lock holder
@@ -91,7 +114,8 @@ class CellEnv:
     script: Path
     pg_url: str | None = None  # PostgreSQL server URL (shared, or private for restarts)
     redis_url: str | None = None
-    server: Any = None  # PgServer / RedisServer restarted by the "restart" fault
+    server: Any = None  # PgServer / RedisServer restarted by the "restart" and "restart-keep" faults
+    proxy: Any = None  # the FaultProxy between the workers and the server (net-* faults)
     tmpfs: Path | None = None  # the small filesystem of the "enospc" fault
     cleanups: list[Any] = field(default_factory=list)
 
@@ -108,6 +132,7 @@ class Sampler(threading.Thread):
         self.url, self.run_id = url, run
         self.samples: list[tuple[int, int, str]] = []  # (epoch, done, status)
         self.corrupt: list[str] = []
+        self.resets: list[int] = []  # sample indexes where a `restartable reset` started the run anew
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -136,9 +161,17 @@ class Sampler(threading.Thread):
         self._halt.set()
         self.join(timeout=15)
 
+    def mark_reset(self) -> None:
+        """The run was reset on purpose: the positions after this start again from nothing."""
+        self.resets.append(len(self.samples))
+
     def violations(self) -> list[str]:
         out = [f"unreadable checkpoint: {c}" for c in self.corrupt[:3]]
-        for (e0, d0, _), (e1, d1, s1) in zip(self.samples, self.samples[1:]):
+        pairs = list(zip(self.samples, self.samples[1:]))
+        for k, ((e0, d0, _), (e1, d1, s1)) in enumerate(pairs):
+            if any(k + 1 == r for r in self.resets):
+                continue  # across a deliberate reset
+
             if e1 < e0:
                 out.append(f"epoch went back from {e0} to {e1}")
             if d1 < d0:
@@ -162,12 +195,20 @@ class Campaign:
         self.n = size["n"]
         self.every = size["every"]
         url, conninfo, schema = self._store_url(index)
-        self.url = url
+        self.url = url  # the server itself: the sampler and the checks never go through the proxy
         self.workload = Workload(cell.mode, self.n, self.dir, url, conninfo, schema)
+        if cell.fault == "net-commit" and cell.mode == "batches" and conninfo is not None:
+            # Every batch's COMMIT takes SLOW_COMMIT on the server: a lost answer lands mid-commit.
+            self.workload.slow_commit, self.workload.slow_every = SLOW_COMMIT, size["batch"]
         self.cfg: dict[str, Any] = {
-            "store": url, "job": JOB, "run": self.run_id, "handshake": True, "lock_timeout": LOCK_TIMEOUT,
-            "lease": STOP_LEASE if cell.fault == "stop" else LEASE, **size, **self.workload.settings(),
+            "store": self._worker_url(url), "job": JOB, "run": self.run_id, "handshake": True,
+            "lock_timeout": LOCK_TIMEOUT, "lease": STOP_LEASE if cell.fault == "stop" else LEASE, **size,
+            **self.workload.settings(),
         }
+        if cell.fault in NET and cell.mode == "batches" and conninfo is not None:
+            # The batches' source reads through the proxy too (PostgresTable), with the same deadlines.
+            source = _with_option(conninfo, f"connect_timeout=2&read_timeout={NET_READ_TIMEOUT}")
+            self.cfg["conninfo"] = env.proxy.url_for(source)
         if cell.fault == "kill" and index % 2:
             self.cfg["blob"] = BLOB  # slow saves: kills land inside them
         if cell.fault == "enospc":
@@ -179,6 +220,7 @@ class Campaign:
         self.ended: dict[int, str] = {}  # pid -> the fault that ended it (or "ok")
         self.standby: list[Worker] = []
         self.completed = False  # a worker exited 0: the run is complete
+        self.reset_at = 0  # index into `launched` of the first worker after the last deliberate reset
         self.sampler = Sampler(self._sampler_url(), self.run_id)
 
     # -- stores ---------------------------------------------------------------------
@@ -203,6 +245,16 @@ class Campaign:
         assert self.env.redis_url is not None
         self.env.cleanups.append(("redis", self.env.redis_url, f"{tag}:"))
         return _with_option(self.env.redis_url, f"prefix={tag}:"), None, None
+
+    def _worker_url(self, url: str) -> str:
+        """The URL the workers use: through the fault proxy, with short deadlines, in the net cells."""
+        if self.cell.fault not in NET:
+            return url
+        url = _with_option(self.env.proxy.url_for(url), f"retry={NET_RETRY}")
+        if self.cell.store == "postgresql":
+            url = _with_option(url, "connect_timeout=2")
+        # The stores' own read deadline (restartable's option, on every connection they open).
+        return _with_option(url, f"read_timeout={NET_READ_TIMEOUT}")
 
     def _sampler_url(self) -> str:
         return _with_option(self.url, "retry=1s") if self.cell.store in ("postgresql", "redis") else self.url
@@ -234,9 +286,17 @@ class Campaign:
 
     def _finish(self, w: Worker, timeout: float = 60.0) -> int:
         try:
-            rc = w.finish(timeout=timeout)
-        except AssertionError as exc:
-            self._violate(f"worker {w.pid} hung: {str(exc)[:300]}")
+            w.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # Hung: have it print every thread's stack (faulthandler, see workloads.SCRIPT) before
+            # it is killed, so the violation says where it waits (a read with no deadline...).
+            w.signal(signal.SIGUSR1)
+            time.sleep(1.0)
+        try:
+            rc = w.finish(timeout=0.1 if w.proc.poll() is None else timeout)
+        except AssertionError:
+            self._violate(f"worker {w.pid} hung: still running after {timeout:g}s; its threads' stacks and "
+                          f"stderr:\n{w.stderr[-3000:]}")
             raise _Abort from None
         if "Traceback" in w.stderr:
             self._violate(f"worker {w.pid} printed a traceback (rc {rc}):\n{w.stderr[-1500:]}")
@@ -321,6 +381,14 @@ class Campaign:
             if rec.state.get("blob") != chr(97 + k % 26) * BLOB:
                 self._violate(f"torn state at save {k}")
 
+    def _gap(self, *, first: bool) -> tuple[float, float]:
+        """Seconds between a worker's start and its first fault (``first``), or between two faults."""
+        if LONG and self.cell.fault in ("net-reset", "net-commit", "net-delay"):
+            return NET_DELAY  # cheap to ride out: many per worker
+        if LONG and self.cell.fault == "net-blackhole" and not first:
+            return (0.5, 2.5)  # each silence lasts seconds: let the worker recover between them
+        return DELAY
+
     def _bound(self, end: str) -> int | None:
         mode = self.cell.mode
         if end == "term" and mode != "map":
@@ -338,6 +406,8 @@ class Campaign:
     def _verify(self) -> None:
         rec = self._load()
         n = self.n
+        if self.reset_at:
+            self.row.notes.append("campaigns reset by `restartable reset` started over and completed")
         if rec is None and self.cell.store == "redis" and self.cell.fault == "restart" and self.completed:
             # A restart after the last worker completed: a Redis without persistence forgets
             # even a completed run (documented); the workers' logs below still prove the work.
@@ -363,14 +433,17 @@ class Campaign:
             self._violate(problem)
         # Redo: what a worker processed that a later one processed again.
         later: set[int] = set()
-        for (w, _), items in reversed(list(zip(self.launched, per_worker))):
-            repeats = [i for i, c in Counter(items).items() if c > 1]
-            if repeats:
-                self._violate(f"worker {w.pid} processed items twice itself: {repeats[:10]}")
+        for (w, _), items in reversed(list(zip(self.launched, per_worker))[self.reset_at:]):
             redo = len(set(items) & later)
             later |= set(items)
             if sink is not None:
-                continue  # the log is written after the commit; dst is the truth
+                # The log is written after the `with job.transaction()` block, which also ends
+                # normally for a batch given back after a lost connection (handed out again by
+                # the loop): dst is the truth, checked above.
+                continue
+            repeats = [i for i, c in Counter(items).items() if c > 1]
+            if repeats:
+                self._violate(f"worker {w.pid} processed items twice itself: {repeats[:10]}")
             end = self.ended.get(w.pid, "ok")
             bound = self._bound(end)
             self.row.max_redo = max(self.row.max_redo, redo)
@@ -425,7 +498,113 @@ class Campaign:
             self.env.server.restart()
             self.row.faults += 1
             return w, {0, 75}
+        if fault == "restart-keep":
+            return self._restart_keep(w)
+        if fault in NET:
+            return self._net(w)
         raise AssertionError(fault)
+
+    def _net(self, w: Worker) -> tuple[Worker | None, set[int]]:
+        """One network fault between ``w`` and the server; ``w`` rides it out or exits 75."""
+        proxy, fault = self.env.proxy, self.cell.fault
+        if fault == "net-reset":
+            if proxy.reset_all():
+                self.row.faults += 1
+        elif fault == "net-delay":
+            if proxy.connections:
+                proxy.delay(self.rng.uniform(50, 400), seconds=self.rng.uniform(0.3, 1.5))
+                self.row.faults += 1
+            return w, {0}  # latency under the read deadline is ridden out: no exit 75
+        elif fault == "net-blackhole":
+            # A partition (new connections held too) longer than the read deadline, or old
+            # connections gone silent for good while new ones work (a dropped NAT entry).
+            if self.rng.random() < 0.5:
+                hit = proxy.blackhole(self.rng.uniform(NET_READ_TIMEOUT + 0.5, NET_READ_TIMEOUT + 2.0), new=True)
+            else:
+                hit = proxy.blackhole(None, new=False)
+            if hit:
+                self.row.faults += 1
+        elif fault == "net-commit":
+            if self.cell.store == "redis":
+                pattern = REDIS_CAS
+            else:
+                pattern = PG_COMMIT if self.cell.mode == "batches" else PG_SAVE
+            landed = proxy.landed["lose-answer"]
+            # In turn: cut once the server has answered, or while it still works on the request
+            # (mid-commit on the batches' slow COMMITs: the outcome is then truly unknown).
+            when = ("sent", "answered")[self.row.faults % 2]
+            after = self.rng.uniform(0.02, SLOW_COMMIT * 0.7) if self.workload.slow_commit else self.rng.uniform(0, 0.02)
+            proxy.lose_next_answer_to(pattern, when=when, after=after)
+            deadline = time.monotonic() + 5
+            while proxy.landed["lose-answer"] == landed and w.proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+            if proxy.landed["lose-answer"] > landed:
+                self.row.faults += 1
+            else:
+                proxy.disarm()  # the worker ended (or never wrote) first
+        return w, {0, 75}
+
+    def _restart_keep(self, w: Worker) -> tuple[Worker | None, set[int]]:
+        """Restart a server that keeps its data; then nothing more, a reset, or a second runner."""
+        flavours = ("plain", "second") if self.cell.mode == "batches" else ("plain", "reset", "second")
+        # In turn (from a different start in each mode), so that a few faults cover every flavour.
+        flavour = flavours[(self.row.faults + len(self.cell.mode)) % len(flavours)]
+        self.row.notes.append(f"restart-keep flavours seen: {flavour}")
+        before = self._load()
+        self.env.server.restart()
+        self.row.faults += 1
+        after = self._load()
+        if before is not None and (after is None or after.epoch < before.epoch or after.done < before.done):
+            self._violate(f"a restart with persistence lost or rolled back the record: {before.epoch}/"
+                          f"{before.done} -> {after and (after.epoch, after.done)}")
+        if flavour == "second":
+            w2 = self._launch()
+            outcome = self._wait_started(w2)
+            if outcome == "started":
+                if w.proc.poll() is None:
+                    self._violate(f"worker {w2.pid} took the lease of the live worker {w.pid} after a restart "
+                                  "that kept the data")
+                    raise _Abort
+                rc = self._finish(w)  # w had ended (75 after the restart): w2 took over legitimately
+                self._expect_rc(w, rc, {0, 75}, "runner during a restart")
+                self.ended.setdefault(w.pid, f"exit {rc}")
+                return w2, {0, 75}
+            rc2 = self._finish(w2)
+            self.ended[w2.pid] = "dup-loser"
+            if outcome == "complete":
+                self._expect_rc(w2, rc2, {0}, "started on a completed run")
+            else:
+                self._expect_rc(w2, rc2, {75}, "a second runner after a restart")
+                if rc2 == 75 and "held by" not in w2.stderr:
+                    self._violate(f"the second runner {w2.pid} exited 75 without naming the holder: "
+                                  f"{w2.stderr[-400:]}")
+            return w, {0, 75}
+        if flavour == "reset":
+            done = subprocess.run(
+                [sys.executable, "-m", "restartable", "reset", "--store", self.url, "--force", JOB,
+                 "--run", self.run_id], capture_output=True, text=True, timeout=60, env=clean_env())
+            if done.returncode != 0:
+                if "no run" in done.stderr:
+                    return w, {0, 75}  # nothing to reset yet (the first save had not landed)
+                self._violate(f"`restartable reset --force` exited {done.returncode}: {done.stderr[-400:]}")
+                raise _Abort
+            rc = self._finish(w)
+            self._expect_rc(w, rc, {0, 75}, "runner whose run was reset")
+            self.ended[w.pid] = "reset"
+            if rc == 75 and not any(k in w.stderr.lower() for k in ("reset", "deleted", "fenced")):
+                self._violate(f"the runner {w.pid} of a reset run exited 75 without saying the run was reset: "
+                              f"{w.stderr[-400:]}")
+            rec = self._load()
+            if rec is not None:
+                self._violate(f"the reset was undone: worker {w.pid} (exit {rc}) wrote the run back "
+                              f"({rec.status}, {rec.done} done, epoch {rec.epoch})")
+                raise _Abort
+            # The run starts over: the next runner begins at nothing, as after any reset.
+            self.reset_at = len(self.launched)
+            self.sampler.mark_reset()
+            self.completed = False
+            return None, {0}
+        return w, {0, 75}
 
     def _stop(self, victim: Worker) -> tuple[Worker | None, set[int]]:
         victim.signal(signal.SIGSTOP)
@@ -530,10 +709,13 @@ class Campaign:
                         break
                     current = self._start()
                     allowed = {0}
+                    hits = 0
                 if self.row.faults - made_before < budget:
-                    time.sleep(self.rng.uniform(*DELAY))
+                    time.sleep(self.rng.uniform(*self._gap(first=hits == 0)))
                     if current.proc.poll() is None:
+                        before = current
                         current, allowed = self._inject(current)
+                        hits = hits + 1 if current is before else 0
                         continue
                 rc = self._finish(current)
                 self._expect_rc(current, rc, allowed, "last runner")

@@ -70,3 +70,27 @@ def torture_private_redis() -> Iterator[Any]:
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def torture_private_redis_aof() -> Iterator[Any]:
+    """A private redis-server WITH persistence (appendonly, fsync always), restarted by restart-keep."""
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        unavailable("redis-py is not installed (pip install 'restartable[redis]')")
+    if shutil.which("redis-server") is None:
+        unavailable("the redis-server binary is not installed")
+    from redisserver import RedisServer
+
+    workdir = Path(tempfile.mkdtemp(prefix="rt-torture-redis-aof-"))
+    try:
+        server = RedisServer(workdir, appendonly=True)
+    except TypeError:
+        pytest.fail("tests/redisserver.py has no RedisServer(..., appendonly=True): needed for restart-keep")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

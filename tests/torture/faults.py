@@ -1,7 +1,8 @@
 """The faults the torture suite injects, and the machinery they need (tmpfs mounts, read-only trees).
 
 Signals (SIGKILL, SIGTERM, SIGSTOP/SIGCONT) go through :meth:`procs.Worker.signal`;
-server restarts through the private servers' ``restart()``. Here:
+server restarts through the private servers' ``restart()``; network faults through
+tests/faultproxy.py (a TCP proxy between the workers and the server). Here:
 
 * :class:`Tmpfs`: a small tmpfs mounted for the test (we run as root); outside CI a
   refused mount skips the test with the reason, with ``CI=true`` it fails.
@@ -23,14 +24,17 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["FAULTS", "LOCAL_ONLY", "SERVER_ONLY", "Tmpfs", "fill", "read_only", "unavailable"]
+__all__ = ["FAULTS", "LOCAL_ONLY", "NET", "SERVER_ONLY", "Tmpfs", "fill", "read_only", "unavailable"]
 
 #: Every fault, in the order of the report's columns.
-FAULTS = ("kill", "term", "stop", "dup", "enospc", "readonly", "restart")
+FAULTS = ("kill", "term", "stop", "dup", "enospc", "readonly", "restart", "restart-keep",
+          "net-reset", "net-blackhole", "net-commit", "net-delay")
 #: Faults of a local filesystem: the sqlite and file stores only.
 LOCAL_ONLY = frozenset({"enospc", "readonly"})
+#: Faults of the network between the workers and the server (a tests/faultproxy.py in between).
+NET = frozenset({"net-reset", "net-blackhole", "net-commit", "net-delay"})
 #: Faults of a server: postgresql and redis only.
-SERVER_ONLY = frozenset({"restart"})
+SERVER_ONLY = frozenset({"restart", "restart-keep"}) | NET
 
 
 def unavailable(reason: str) -> None:

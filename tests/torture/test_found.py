@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faultproxy import PG_COMMIT, FaultProxy
 
 from restartable import Job
 from restartable._window import DoneSet
@@ -91,3 +92,73 @@ def test_a_runner_that_finds_the_run_completed_writes_nothing(tmp_path: Path) ->
         assert list(job.iterate(range(5))) == []
     with open_store(url) as store:
         assert store.load("j", "r") == before, "the runner that found the run completed wrote to the store"
+
+
+def test_a_commit_answer_lost_while_the_server_commits_writes_no_row_twice(postgres_server: str) -> None:
+    """Defect 1 (issue 12): ``job.transaction()`` on PostgreSQL whose COMMIT answer is lost while
+    the server is still committing. A deferred constraint trigger makes batch 2's COMMIT take 2 s
+    on the server; the fault proxy forwards the COMMIT and resets the client's socket 1 s later.
+    The code of 145aab9 read the checkpoint back, could not tell "did not commit" from "has not
+    committed yet", raised StoreUnavailable, and ``Job._finish`` saved ``failed`` with the
+    position from before the batch at the same epoch: that UPDATE waited on the commit's row lock
+    and then moved the checkpoint backwards, so the rerun wrote rows 3, 4 and 5 a second time."""
+    import psycopg
+    from psycopg import sql
+    from urllib.parse import urlsplit
+
+    from restartable.sources.postgres import PostgresTable
+
+    schema = f"rt_found_commit_{os.getpid()}_{time.monotonic_ns() % 10**6}"
+    s = sql.Identifier(schema)
+    u = urlsplit(postgres_server)
+    with psycopg.connect(postgres_server, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE SCHEMA {}").format(s))
+        for stmt in (
+            "CREATE TABLE {s}.src (id int PRIMARY KEY, v text NOT NULL)",
+            "INSERT INTO {s}.src SELECT g, 'v' || g FROM generate_series(0, 8) g",
+            "CREATE TABLE {s}.dst (id int NOT NULL)",
+            "CREATE TABLE {s}.slow_once (x int)",  # one slow COMMIT only: the rerun's is fast
+            "INSERT INTO {s}.slow_once VALUES (1)",
+            "CREATE FUNCTION {s}.slow() RETURNS trigger LANGUAGE plpgsql AS $$ DECLARE n int; BEGIN "
+            "IF NEW.id = 4 THEN WITH d AS (DELETE FROM {s}.slow_once RETURNING 1) SELECT count(*) INTO n FROM d; "
+            "IF n > 0 THEN PERFORM pg_sleep(2); END IF; END IF; RETURN NULL; END $$",
+        ):
+            admin.execute(sql.SQL(stmt).format(s=s))
+        admin.execute(sql.SQL("CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON {s}.dst DEFERRABLE "
+                              "INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {s}.slow()").format(s=s))
+        try:
+            with FaultProxy((u.hostname or "127.0.0.1", u.port or 5432), seed=1) as proxy:
+                url = proxy.url_for(f"{postgres_server}?schema={schema}&retry=5")
+                insert = sql.SQL("INSERT INTO {}.dst (id) VALUES (%s)").format(s)
+
+                def run_once() -> None:
+                    with Job("found-commit", run="r", store=url, progress=False, handle_signals=False) as job:
+                        table = PostgresTable(postgres_server, "src", key="id", batch_size=3, schema=schema)
+                        for batch in job.batches(table, every=1):
+                            ids = [r["id"] for r in batch]
+                            if 4 in ids and not proxy.landed["lose-answer"]:
+                                # The COMMIT goes to the server; 1 s later, mid-commit, the client is cut.
+                                proxy.lose_next_answer_to(PG_COMMIT, when="sent", after=1.0)
+                            with job.transaction() as conn, conn.cursor() as cur:
+                                cur.executemany(insert, [(i,) for i in ids])
+
+                first: BaseException | None = None
+                try:
+                    run_once()
+                except TemporaryError as exc:  # exit 75: allowed, the rerun must then finish the work
+                    first = exc
+                except SystemExit as exc:  # Fenced is a ControlSignal (exit 75) too
+                    first = exc
+                assert proxy.landed["lose-answer"] == 1, "the proxy never cut the COMMIT"
+                with open_store(f"{postgres_server}?schema={schema}") as store:
+                    after_fault = store.load("found-commit", "r")
+                run_once()
+            rows = [r[0] for r in admin.execute(sql.SQL("SELECT id FROM {}.dst ORDER BY id").format(s))]
+            twice = sorted({i for i in rows if rows.count(i) > 1})
+            assert not twice, (
+                f"rows {twice} written twice (first runner ended with {first!r}; the checkpoint after it: "
+                f"{after_fault and (after_fault.status, after_fault.epoch, after_fault.positions)})"
+            )
+            assert rows == list(range(9))
+        finally:
+            admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(s))

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from campaigns import Cell, CellEnv, run_cell
-from faults import FAULTS, LOCAL_ONLY, SERVER_ONLY
+from campaigns import SEED, Cell, CellEnv, run_cell
+from faults import FAULTS, LOCAL_ONLY, NET, SERVER_ONLY
 from procs import Spawner
 from report import Report, Row
 from workloads import MODES, write_script
@@ -73,22 +73,33 @@ def cell_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CellEnv
     with Spawner(write_script(tmp_path)) as spawner:
         env = CellEnv(root=tmp_path, spawner=spawner, script=spawner.script)
         if cell.store == "postgresql":
-            if cell.fault == "restart":
+            if cell.fault in ("restart", "restart-keep"):  # PostgreSQL always keeps its data
                 env.server = request.getfixturevalue("torture_private_pg")
                 env.pg_url = env.server.url()
             else:
                 env.pg_url = request.getfixturevalue("postgres_server")
         if cell.store == "redis":
-            if cell.fault == "restart":
-                env.server = request.getfixturevalue("torture_private_redis")
+            if cell.fault in ("restart", "restart-keep"):
+                fixture = "torture_private_redis" if cell.fault == "restart" else "torture_private_redis_aof"
+                env.server = request.getfixturevalue(fixture)
                 env.redis_url = env.server.url
             else:
                 env.redis_url = request.getfixturevalue("redis_server")
+        if cell.fault in NET:
+            from urllib.parse import urlsplit
+
+            from faultproxy import FaultProxy
+
+            server = urlsplit(env.pg_url or env.redis_url)
+            env.proxy = FaultProxy((server.hostname or "127.0.0.1", int(server.port or 0)),
+                                   seed=f"{SEED}-{cell.store}-{cell.mode}-{cell.fault}").start()
         if cell.fault == "enospc":
             env.tmpfs = request.getfixturevalue("torture_tmpfs")
         try:
             yield env
         finally:
+            if env.proxy is not None:
+                env.proxy.close()
             _cleanup(env)
             if env.tmpfs is not None:
                 for child in env.tmpfs.iterdir():

@@ -61,6 +61,9 @@ if cfg.get("drop_dac") and not os.environ.get("RT_TORTURE_NO_DAC"):
     caps = "-dac_override,-dac_read_search,-fowner,-linux_immutable"
     os.execvp("setpriv", ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", sys.executable, *sys.argv])
 
+import faulthandler, signal
+faulthandler.register(signal.SIGUSR1, all_threads=True)  # the harness asks a hung worker where it waits
+
 import restartable
 from restartable import Job
 
@@ -226,6 +229,10 @@ class Workload:
     store_url: str
     pg_conninfo: str | None = None
     pg_schema: str | None = None
+    #: PostgreSQL batches: seconds a deferred constraint trigger adds to each COMMIT that writes a
+    #: row with ``id % slow_every == 0`` (one per batch), so a lost answer can land mid-commit.
+    slow_commit: float = 0.0
+    slow_every: int = 5
 
     def settings(self) -> dict[str, Any]:
         """Worker settings that describe this workload."""
@@ -256,6 +263,15 @@ class Workload:
                 conn.execute(sql.SQL("CREATE TABLE {}.dst (id int NOT NULL, worker int NOT NULL)").format(s))
                 conn.execute(sql.SQL("INSERT INTO {}.src SELECT g, 'v' || g FROM generate_series(0, %s) g").format(s),
                              [self.n - 1])
+                if self.slow_commit:
+                    # Runs at COMMIT, before the commit record: the transaction is "in progress" meanwhile.
+                    conn.execute(sql.SQL(
+                        "CREATE FUNCTION {s}.slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                        "IF NEW.id % {every} = 0 THEN PERFORM pg_sleep({pause}); END IF; RETURN NULL; END $$"
+                    ).format(s=s, every=sql.Literal(self.slow_every), pause=sql.Literal(self.slow_commit)))
+                    conn.execute(sql.SQL("CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON {s}.dst DEFERRABLE "
+                                         "INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {s}.slow_commit()"
+                                         ).format(s=s))
         else:
             path = self.store_url[len("sqlite:///"):]
             Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
