@@ -20,7 +20,18 @@ from ..entry import report_error
 from ..errors import CheckpointCorrupt, ConfigError, RunLocked, UsageError
 from ..stores import open_store
 from ..stores.base import Store, Unreadable
-from ._report import group_shards, iso, lease_state, progress_text, record_json, summarize
+from ._report import (
+    iso,
+    lease_state,
+    progress_text,
+    read_status,
+    record_json,
+    show_json,
+    state_text,
+    status_json,
+    status_rows,
+    summarize,
+)
 
 __all__ = ["main", "run", "cli"]
 
@@ -48,27 +59,89 @@ def cli() -> None:
 @click.option("--job", "job_name", default=None, help="Only this job's runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--shards", is_flag=True, help="List each shard of a sharded run instead of one line per run.")
-def status(store_url: str | None, job_name: str | None, as_json: bool, shards: bool) -> None:
-    """Every run: status, progress, rate, ETA, last update and owner; stale leases flagged."""
+@click.option("--watch", "-w", is_flag=True,
+              help="Redraw every --interval seconds until Ctrl-C (piped: one table, or one JSON line, each time).")
+@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.2),
+              help="Seconds between redraws with --watch.")
+def status(store_url: str | None, job_name: str | None, as_json: bool, shards: bool, watch: bool,
+           interval: float) -> None:
+    """Every run: state, progress, rate, ETA, last save and lease; a run nobody works on shows as stalled.
+
+    A run saved as running whose owner is provably dead or whose lease expired is
+    ``stalled`` (with the age of its last save, and no rate or ETA). With --watch the
+    table is redrawn in place until Ctrl-C, which exits 0.
+    """
+    if job_name is not None:
+        check_name(job_name, "job name")
     with _open(store_url) as store:
-        if job_name is not None:
-            check_name(job_name, "job name")
-        now = store.now()
-        bad: list[Unreadable] = []
-        records = store.list_runs(job_name, corrupt=bad)
-        rows = [summarize(rec, store.history(rec.job, rec.run, limit=10), now) for rec in records]
-        if not shards:
-            rows = group_shards(rows)
+        if watch:
+            _watch(store, job_name=job_name, as_json=as_json, shards=shards, interval=interval)
+            return
+        read = read_status(store, job=job_name)
+        rows = status_rows(read, shards=shards)
+        bad = read.unreadable
         if as_json:
-            click.echo(json.dumps({"store": store.display, "runs": [r.to_json() for r in rows],
-                                   "unreadable": [{"job": j, "run": r, "error": str(e)} for j, r, e in bad]},
-                                  indent=2))
+            click.echo(json.dumps(status_json(store.display, rows, bad), indent=2))
         elif not rows and not bad:
             click.echo(f"no runs in {store.display}")
         else:
             _status_table(store, rows, bad)
         if bad:
             raise _unreadable_error(store, bad)
+
+
+def _watch(store: Store, *, job_name: str | None, as_json: bool, shards: bool, interval: float) -> None:
+    """``status --watch``: redraw until Ctrl-C (SIGINT ends it with exit 0, no traceback).
+
+    On a terminal the table is redrawn in place (rich Live); piped, each interval prints
+    a new table, or one JSON document per line with --json, so ``tail -f``-style readers
+    and ``jq`` see whole documents. A store that cannot be read is shown as such and
+    retried at the next interval: a watch outlives a server restart.
+    """
+    import time
+
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.text import Text
+
+    from ..errors import RestartableError
+
+    console = Console()
+    live_mode = console.is_terminal and not as_json
+
+    def frame() -> Any:
+        stamp = time.strftime("%H:%M:%S")
+        try:
+            read = read_status(store, job=job_name)
+        except RestartableError as exc:
+            if as_json:
+                return json.dumps({"store": store.display, "error": str(exc)})
+            return Text(f"{stamp}  {store.display} cannot be read: {exc}", style="bold red")
+        rows = status_rows(read, shards=shards)
+        if as_json:
+            return json.dumps(status_json(store.display, rows, read.unreadable))
+        if not rows and not read.unreadable:
+            return Text(f"{stamp}  no runs in {store.display}")
+        return Group(_status_renderable(store, rows, read.unreadable, title_suffix=f" at {stamp}"),
+                     Text(f"every {interval:g}s; Ctrl-C to stop", style="dim"))
+
+    try:
+        if live_mode:
+            with Live(frame(), console=console, auto_refresh=False, transient=False) as live:
+                while True:
+                    time.sleep(interval)
+                    live.update(frame(), refresh=True)
+        else:
+            while True:
+                out = frame()
+                if isinstance(out, str):
+                    click.echo(out)
+                else:
+                    Console(width=max(100, console.width)).print(out)
+                sys.stdout.flush()
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how a watch ends: exit 0
 
 
 def _unreadable_error(store: Store, bad: list[Unreadable]) -> CheckpointCorrupt:
@@ -81,24 +154,34 @@ def _unreadable_error(store: Store, bad: list[Unreadable]) -> CheckpointCorrupt:
                              "backup, or `restartable reset JOB --run RUN` to start that run over")
 
 
-def _status_table(store: Store, rows: list[Any], bad: list[Unreadable]) -> None:
-    """The runs as a table, the unreadable ones last."""
-    from rich.console import Console
+def _status_renderable(store: Store, rows: list[Any], bad: list[Unreadable], *, title_suffix: str = "") -> Any:
+    """The runs as a rich table, the unreadable ones last; stalled runs in red, with no rate or ETA."""
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"runs in {store.display}", title_justify="left")
-    for col in ("job", "run", "status", "progress", "rate", "ETA", "updated", "owner / lease"):
+    table = Table(title=f"runs in {escape(store.display)}{escape(title_suffix)}", title_justify="left")
+    for col in ("job", "run", "status", "progress", "rate", "ETA", "last save", "owner / lease"):
         table.add_column(col, overflow="fold")
     for r in rows:
         lease = "" if r.lease in ("free", "held") else f" [bold red]{r.lease.upper()}[/]"
+        state = escape(state_text(r))
+        if r.now_state in ("stalled", "failed"):
+            state = f"[bold red]{state}[/]"
         table.add_row(
-            r.job, r.run, r.status, progress_text(r),
+            escape(r.job), escape(r.run), state, progress_text(r),
             f"{r.rate:,.0f}/s" if r.rate else "", human_duration(r.eta) if r.eta is not None else "",
-            f"{human_duration(r.age)} ago", (r.owner if r.lease != "free" else "") + lease,
+            f"{human_duration(r.age)} ago", escape(r.owner if r.lease != "free" else "") + lease,
         )
     for job, run, _ in bad:
-        table.add_row(job, run, "[bold red]UNREADABLE[/]", "", "", "", "", "")
-    Console(width=max(100, Console().width)).print(table)
+        table.add_row(escape(job), escape(run), "[bold red]UNREADABLE[/]", "", "", "", "", "")
+    return table
+
+
+def _status_table(store: Store, rows: list[Any], bad: list[Unreadable]) -> None:
+    """The runs as a table, the unreadable ones last."""
+    from rich.console import Console
+
+    Console(width=max(100, Console().width)).print(_status_renderable(store, rows, bad))
 
 
 def _run_names(store: Store, job: str) -> list[str]:
@@ -157,15 +240,10 @@ def _show_one(store: Store, rec: Any, *, as_json: bool, limit: int) -> None:
     """Print one run's record and recent history (text or JSON)."""
     job, run = rec.job, rec.run
     history = store.history(job, run, limit=max(limit, 2))
-    summary = summarize(rec, history, store.now())
-    if as_json:
-        data: dict[str, Any] = record_json(rec)
-        data["summary"] = summary.to_json()
-        data["history"] = [
-            {"at": iso(h.at), "epoch": h.epoch, "status": h.status, "done": h.done, "failed": h.failed}
-            for h in history[:limit]
-        ]
-        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    now = store.now()
+    summary = summarize(rec, history, now)
+    if as_json:  # the same document as the web page's /api/runs/JOB/RUN
+        click.echo(json.dumps(show_json(rec, history, now, limit=limit), indent=2, ensure_ascii=False))
         return
     click.echo(f"job {rec.job}  run {rec.run}  ({store.display})")
     click.echo(f"  status    {rec.status}   epoch {rec.epoch}")
@@ -296,7 +374,8 @@ def _register_optional() -> None:
     """Commands that live in their own modules (each registers one click command)."""
     import importlib
 
-    for module, attr in (("demo", "demo"), ("each_file", "each_file"), ("k8s", "k8s"), ("run_script", "run")):
+    for module, attr in (("demo", "demo"), ("each_file", "each_file"), ("k8s", "k8s"), ("run_script", "run"),
+                         ("serve", "serve")):
         try:
             mod = importlib.import_module(f"{__name__}.{module}")
         except ModuleNotFoundError as exc:
