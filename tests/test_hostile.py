@@ -100,22 +100,18 @@ def test_runs_named_like_the_stores_own_files_stay_apart(kind: str) -> None:
 
 # -- store URLs ------------------------------------------------------------------------------------
 
-BUG_PG_NEWLINE = ("BUG: stores/postgres.py PostgresStore.from_url puts psycopg's message, which ends in a newline, "
-                  "inside its ConfigError (no .strip()): the CLI's one error line becomes two")
 NEAR_MISSES = [
     "sqlite://relative", "sqlite://host/x.db", "sqlite:", "sqlite:///x.db?journal=wal", "file:", "file://",
     "file://otherhost/x", "file:///x?ttl=1", "memory:", "postgresql://host:99999/db", "postgresql://[::1/db",
     "postgresql://u:p@[zz]/db", "redis://[::1", "redis://[::1]:99999/0", "ftp://x", "http://[::1:80/", " ",
     "nonsense", "unix:///tmp/x.sock", "redis+sentinel://h/0", "redis://127.0.0.1:1/0?bogus=1",
     "redis://127.0.0.1:1/0?db=x", "redis://127.0.0.1:1/0?ttl=-1", "redis://127.0.0.1:1/0?retry=soon",
-    pytest.param("postgresql://127.0.0.1:1/db?bogus=1", marks=pytest.mark.xfail(strict=True, reason=BUG_PG_NEWLINE)),
+    "postgresql://127.0.0.1:1/db?bogus=1",
     "postgresql://127.0.0.1:1/db?schema=", "postgresql://127.0.0.1:1/db?retry=-5",
     "postgresql://127.0.0.1:1/db?history=x", "postgresql://127.0.0.1:1/db?schema=x%22;DROP",
     "sqlite:///a\x00b.db", "file:///tmp/a\x00b", "postgresql://\x00@127.0.0.1:1/db", "redis://h/0?prefix=a\x00",
     "postgresql://u:p@ss@127.0.0.1:1/db", "redis://h\n/0",
-    pytest.param("rediss://127.0.0.1:1/0?ssl_cert_reqs=bogus", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: stores/redis.py RedisStore.__init__ catches TypeError/ValueError only; redis-py raises RedisError "
-        "for a bad ssl_cert_reqs, which escapes as a traceback (exit 1) instead of ConfigError"))),
+    "rediss://127.0.0.1:1/0?ssl_cert_reqs=bogus",
 ]
 #: Where the drivers are installed, the postgresql/redis near-misses need them to answer.
 _NEEDS = {"postgresql": "psycopg", "redis": "redis"}
@@ -138,9 +134,7 @@ def test_near_miss_urls_are_config_errors(url: str, tmp_path: Path, monkeypatch:
 
 
 @pytest.mark.parametrize("url", ["sqlite://relative", "file:", "postgresql://host:99999/db", "redis://[::1",
-                                 "ftp://x", "redis://h\n/0", pytest.param(
-                                     "postgresql://127.0.0.1:1/db?bogus=1",
-                                     marks=pytest.mark.xfail(strict=True, reason=BUG_PG_NEWLINE))])
+                                 "ftp://x", "redis://h\n/0", "postgresql://127.0.0.1:1/db?bogus=1"])
 def test_cli_near_miss_urls_one_line_exit_78(url: str, tmp_path: Path) -> None:
     _needs_driver(url)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESTARTABLE_")}

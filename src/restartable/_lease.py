@@ -62,7 +62,9 @@ class Heartbeat:
 
     A renewal that fails because the store is briefly busy or unreachable is retried
     sooner; only a fencing answer (a newer epoch) stops the job. A store that lost
-    the record (CheckpointLost) gets it written back by ``on_lost``.
+    the record (CheckpointLost) gets it written back by ``on_lost``; a write-back that
+    is fenced (another runner made the run again) calls ``on_fenced``, one that fails
+    otherwise is retried sooner, like a failed renewal.
 
     Ordering contract: once :meth:`stop` returns True, no renewal (nor ``on_lost``
     write-back) is in flight or will start, so the caller may release the lease
@@ -122,13 +124,30 @@ class Heartbeat:
                 self._store.renew(self._job, self._run, epoch=self._epoch, lease_seconds=self._lease)
                 interval = self._lease / 3
             except Fenced as exc:
-                if not self._stop.is_set():  # after stop the job may have released: not a fencing
+                # After stop the job may have released: not a fencing. Nor is a refusal because
+                # the lease was released (``released``): only this runner can save at its epoch,
+                # so it released the lease itself (its last save) and is on its way out.
+                if not self._stop.is_set() and not getattr(exc, "released", False):
                     self._on_fenced(exc)
                 return
             except CheckpointLost as exc:
                 if self._stop.is_set():  # writing the record back now could land after the release
                     return
-                self._on_lost(exc)
+                # The write-back is a compare-and-set of its own: it may find another runner
+                # (Fenced), or the store still unreachable. Neither may end this thread
+                # silently or with a traceback: a fencing stops the job, anything else is
+                # retried sooner (the next renewal reports the loss again).
+                try:
+                    self._on_lost(exc)
+                except Fenced as fenced:
+                    if not self._stop.is_set():
+                        self._on_fenced(fenced)
+                    return
+                except Exception as err:  # noqa: BLE001 - a busy store must not kill the heartbeat
+                    if self._stop.is_set():
+                        return
+                    log.warning("%s: writing the lost checkpoint back failed (%s); retrying", self._label, err)
+                    interval = max(0.05, min(1.0, self._lease / 10))
             except Exception as exc:  # noqa: BLE001 - a busy store must not kill the heartbeat
                 if self._stop.is_set():
                     return

@@ -83,7 +83,7 @@ _SQL = {
 class PostgresQueue:
     """The queue's tasks as rows of ``{schema}.queue_tasks``; one autocommit connection, locked."""
 
-    options = frozenset({"schema", "retry", "history"})
+    options = frozenset({"schema", "retry", "history", "read_timeout"})
 
     def __init__(self, url: StoreURL, name: str, *, retry: float) -> None:
         try:
@@ -94,9 +94,13 @@ class PostgresQueue:
                                 "'restartable[postgres]'") from None
         from .stores.postgres import _check_schema
 
+        from .stores._pgconn import parse_read_timeout
+
         self._pg = psycopg
         self.display = url.display
         self._url = url.driver_url
+        # Ours, like the store's: taken out of the URL (libpq would refuse it) and checked now.
+        self._read_timeout = parse_read_timeout(url.options.get("read_timeout"), url.display)
         self._name = name
         self._retry = retry
         schema = _check_schema(url.options.get("schema", "restartable"), url.display)
@@ -111,7 +115,7 @@ class PostgresQueue:
 
     def _connect(self) -> Any:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = _pg_connect(self._url, autocommit=True, display=self.display)
+            self._conn = _pg_connect(self._url, autocommit=True, display=self.display, read_timeout=self._read_timeout)
         return self._conn
 
     def _call(self, what: str, fn: Callable[[Any], T]) -> T:
@@ -194,7 +198,8 @@ class PostgresQueue:
         pg = self._pg
         if self._tx_conn is None or self._tx_conn.closed or self._tx_conn.broken:
             try:
-                self._tx_conn = _pg_connect(self._url, autocommit=False, display=self.display)
+                self._tx_conn = _pg_connect(self._url, autocommit=False, display=self.display,
+                                            read_timeout=self._read_timeout)
             except pg.OperationalError as exc:
                 raise StoreUnavailable(f"queue transaction: cannot connect to {self.display} ({exc})") from exc
         conn, result = self._tx_conn, {"ok": False, "in_doubt": False}
@@ -236,7 +241,7 @@ class PostgresQueue:
         pg = self._pg
 
         def connect() -> Any:
-            return _pg_connect(self._url, autocommit=True, display=self.display)
+            return _pg_connect(self._url, autocommit=True, display=self.display, read_timeout=self._read_timeout)
 
         def shows_commit(conn: Any) -> bool:
             # Only this claim can complete the task with its epoch: done by it proves the commit.
@@ -253,11 +258,11 @@ class PostgresQueue:
         self._conn = self._tx_conn = None
 
 
-def _pg_connect(url: str, *, autocommit: bool, display: str) -> Any:
-    """A connection whose every read is bounded by the URL's ?read_timeout= (see stores/_pgconn.py)."""
+def _pg_connect(url: str, *, autocommit: bool, display: str, read_timeout: float) -> Any:
+    """A connection whose every read is bounded by ``read_timeout`` (?read_timeout=; see stores/_pgconn.py)."""
     from .stores import _pgconn  # imports psycopg: only for a PostgreSQL queue
 
-    return _pgconn.connect(url, autocommit=autocommit, display=display, connect_timeout=5)
+    return _pgconn.connect(url, autocommit=autocommit, display=display, connect_timeout=5, read_timeout=read_timeout)
 
 
 def _rollback(conn: Any) -> None:
@@ -341,7 +346,7 @@ _PARTS = ("pending", "leased", "seq", "epoch", "payload", "owner", "attempts", "
 class RedisQueue:
     """The queue as a few keys under one hash tag, every change one Lua script."""
 
-    options = frozenset({"prefix", "retry", "ttl"})
+    options = frozenset({"prefix", "retry", "ttl", "read_timeout"})
 
     def __init__(self, url: StoreURL, name: str, *, retry: float) -> None:
         try:
@@ -349,9 +354,14 @@ class RedisQueue:
         except ImportError:
             raise MissingDriver(f"a work queue on {url.display} needs redis-py: pip install "
                                 "'restartable[redis]'") from None
+        from .stores.redis import make_client, read_timeout_of
+
         self.display = url.display
         self._retry = retry
-        self._client = redis.Redis.from_url(url.driver_url, socket_connect_timeout=5, socket_timeout=30)
+        # The Redis store's client: every reply within ?read_timeout= (default 60 s, 0: none),
+        # and no retries of redis-py's own (its default retries a timeout again and again).
+        self._client = make_client(url.driver_url, display=url.display, retry=retry, read_timeout=read_timeout_of(url),
+                                   options="prefix, retry, ttl and read_timeout")
         self._transient = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
         base = f"{url.options.get('prefix', 'restartable:')}queue:{{{name}}}:"
         self._keys = [base + part for part in _PARTS]

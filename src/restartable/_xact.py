@@ -24,7 +24,9 @@ fencing token races with the commit still landing (issue 12, defect 1). So:
     touched). That makes the outcome final at once: a transaction not yet committing
     rolls back, one inside its commit record finishes, and either way its row locks
     go (an idle orphan behind a silent connection would otherwise hold them until
-    TCP keepalive notices, hours later). Then ask again.
+    TCP keepalive notices, hours later). Then ask again. When the COMMIT ended by the
+    read deadline, :mod:`restartable.stores._pgconn` has usually ended the session
+    already (matched by pid and its start time, through :func:`end_session` too).
 
 * past ``budget`` seconds without a final answer: **unknown**. The caller must then
   write nothing that could race with the transaction (see
@@ -44,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["COMMITTED", "ABORTED", "UNKNOWN", "Outcome", "XactRef", "note", "resolve", "backoff"]
+__all__ = ["COMMITTED", "ABORTED", "UNKNOWN", "Outcome", "XactRef", "backoff", "end_session", "note", "resolve"]
 
 log = logging.getLogger("restartable")
 
@@ -79,11 +81,34 @@ def backoff(attempt: int) -> float:
     return min(5.0, 0.05 * 2 ** max(0, attempt - 1)) + random.uniform(0, 0.1)
 
 
-# The orphan is ours only while it still runs our transaction: matching the xid as well as the
-# pid means a pid reused by a new session after ours ended is never touched.
+# A session is ours only while the pid still runs it: matching the transaction id (or the
+# session's start time) as well as the pid means a pid reused by a new session after ours
+# ended is never touched.
 _TERMINATE = (
-    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %(pid)s AND backend_xid::text = %(xid32)s"
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = %(pid)s "
+    "AND (%(xid32)s::text IS NULL OR backend_xid::text = %(xid32)s::text) "
+    "AND (%(started)s::timestamptz IS NULL OR backend_start = %(started)s::timestamptz)"
 )
+
+
+def end_session(conn: Any, pid: int, *, xid: int | None = None, started: Any = None) -> bool:
+    """End the server session ``pid`` with ``pg_terminate_backend``, run on ``conn`` (another session).
+
+    Only the session that is still the one meant is touched: the one running transaction
+    ``xid`` (its 64-bit id), or the one that started at ``started`` (its
+    ``pg_stat_activity.backend_start``); one of the two is required. Why end it: an
+    abandoned session (its client gave up on it) keeps its row locks until the server
+    notices the client is gone, which behind a silent network is hours later (TCP
+    keepalive), and every runner that wants those rows waits for it. Ending it rolls
+    back a transaction not yet committing (one inside its commit record finishes).
+    Returns whether a session was signalled. Errors propagate (the callers decide:
+    a lost connection is retried by ``resolve``, anything is swallowed by the read deadline).
+    """
+    if xid is None and started is None:
+        raise ValueError("end_session needs the transaction id or the session's start to know the session")
+    row = conn.execute(_TERMINATE, {"pid": pid, "xid32": None if xid is None else str(xid % 2**32),
+                                    "started": started}).fetchone()
+    return bool(row is not None and row[0])
 
 
 def resolve(
@@ -143,14 +168,14 @@ def resolve(
 def _end_orphan(conn: Any, ref: XactRef, what: str, transient: tuple[type[BaseException], ...]) -> None:
     """End the server session still running our transaction, so that its outcome becomes final."""
     try:
-        row = conn.execute(_TERMINATE, {"pid": ref.pid, "xid32": str(ref.xid % 2**32)}).fetchone()
+        ended = end_session(conn, ref.pid, xid=ref.xid)
     except transient:
         raise  # a lost connection: asked again on the next one
     except Exception as exc:  # noqa: BLE001 - not allowed (another role): wait for it instead
         log.warning("%s: could not end the orphaned server session %d (%s); waiting for its commit to finish",
                     what, ref.pid, exc)
         return
-    if row is not None and row[0]:
+    if ended:
         log.warning("%s: ended the orphaned server session %d still running the transaction, so that its "
                     "outcome is final", what, ref.pid)
 

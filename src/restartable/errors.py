@@ -211,7 +211,12 @@ class Interrupted(ControlSignal):
 
 
 class Fenced(ControlSignal):
-    """A newer runner took the run over; this runner must stop without saving."""
+    """A newer runner took the run over; this runner must stop without saving.
+
+    Also raised when the run was reset (its record deleted), and by ``renew`` once this
+    runner's lease was released: a renewal delayed past the release never takes the
+    lease again (the message then says "the lease was released").
+    """
 
     def __init__(self, message: str):
         super().__init__(message, EXIT_TEMPORARY)

@@ -86,6 +86,8 @@ class Pusher:
         self.failures = 0
         self._last = float("-inf")
         self._inflight: threading.Thread | None = None
+        #: (seconds since the run's start by the store's clock, time.monotonic() then): see _since_start.
+        self._anchor: tuple[float, float] | None = None
         if self.gateway is not None:
             try:
                 import prometheus_client  # noqa: F401
@@ -104,6 +106,7 @@ class Pusher:
     def __enter__(self) -> Any:
         job = self.job.__enter__()
         if self.enabled:
+            self._since_start()  # anchor the duration now, not at the first checkpoint inside a transaction
             job.on_checkpoint(self._on_checkpoint)
         return job
 
@@ -140,9 +143,30 @@ class Pusher:
         else:
             done_fn = getattr(job, "_done", None)  # the count about to be saved, not the last one
             done = done_fn() if done_fn is not None else rec.done
-            duration = max(0.0, time.time() - rec.started)
+            duration = self._since_start()
         success = rec.updated if final and rec.status == COMPLETED else None
         return _Families(done=done, duration=duration, success=success, run=job.run)
+
+    def _since_start(self) -> float:
+        """Seconds since the run's first start: the store's clock once, then the monotonic clock.
+
+        ``started`` was stamped by the store's clock (the server's, for PostgreSQL and
+        Redis), which this machine's wall clock may differ from by any skew, and a wall
+        clock steps (NTP, a resumed VM). So the store is asked for its time once, when the
+        job starts, and the monotonic time elapsed since is added to that. A store that
+        cannot answer then falls back to this machine's clock: metrics never fail a job.
+        """
+        if self._anchor is None:
+            started = self.job.record.started
+            try:
+                now = self.job.store.now()
+            except Exception as exc:  # noqa: BLE001 - best effort, like every push
+                log.warning("%s: reading the store's clock for the duration metric failed (%s); using this "
+                            "machine's clock", self.job.label, exc)
+                now = time.time()
+            self._anchor = (max(0.0, now - started), time.monotonic())
+        base, at = self._anchor
+        return base + (time.monotonic() - at)
 
     def _send(self, families: _Families, final: bool) -> bool:
         from prometheus_client import CollectorRegistry, pushadd_to_gateway

@@ -48,23 +48,7 @@ def url(request, tmp_path) -> str:
     return store_url_for(request.param, request, tmp_path)
 
 
-_SERVER_SEEDS_FROM_THE_CLOCK_ALONE = pytest.mark.xfail(
-    strict=True,
-    reason="defect: the server store seeds a new record's epoch from the client's wall clock alone "
-    "(first_epoch() with no floor), so after a reset and a clock step back a stale runner of the "
-    "deleted record matches the new record's epoch and its save overwrites the new run",
-)
-
-
-@pytest.fixture(
-    params=[
-        "memory",
-        "sqlite",
-        "file",
-        pytest.param("postgresql", marks=_SERVER_SEEDS_FROM_THE_CLOCK_ALONE),
-        pytest.param("redis", marks=_SERVER_SEEDS_FROM_THE_CLOCK_ALONE),
-    ]
-)
+@pytest.fixture(params=["memory", "sqlite", "file", "postgresql", "redis"])
 def any_url(request, tmp_path) -> str:
     return store_url_for(request.param, request, tmp_path)
 

@@ -121,6 +121,30 @@ def test_renew_extends_the_lease(store):
         store.acquire("job", "r1", owner=OTHER, lease_seconds=30)
 
 
+@pytest.mark.parametrize("status", [INTERRUPTED, COMPLETED, FAILED])
+def test_renew_after_the_release_is_refused_and_leaves_the_lease_free(store, status):
+    """A renewal delayed past the release (the heartbeat's last one, held up by a retry)
+    must not take the lease again: the next runner would wait a whole lease for nothing."""
+    rec = store.acquire("job", "r1", owner=ME, lease_seconds=30)
+    store.save(rec.replace(status=status), lease_seconds=None)
+    with pytest.raises(Fenced, match="released"):
+        store.renew("job", "r1", epoch=rec.epoch, lease_seconds=30)
+    assert store.load("job", "r1").lease_expires is None
+    # The lease stays free: another runner takes it at once.
+    again = store.acquire("job", "r1", owner=OTHER, lease_seconds=30)
+    assert again.epoch == rec.epoch + 1 and again.owner == OTHER
+    # Renewing the new holder's lease works; the old epoch is fenced as usual.
+    assert store.renew("job", "r1", epoch=again.epoch, lease_seconds=30) >= store.now() + 25
+    with pytest.raises(Fenced):
+        store.renew("job", "r1", epoch=rec.epoch, lease_seconds=30)
+
+
+def test_renew_of_an_expired_lease_nobody_took_still_works(store):
+    rec = store.acquire("job", "r1", owner=ME, lease_seconds=0.2)
+    time.sleep(0.4)
+    assert store.renew("job", "r1", epoch=rec.epoch, lease_seconds=30) >= store.now() + 25
+
+
 def test_renew_of_a_deleted_record_is_fenced(store):
     rec = store.acquire("job", "r1", owner=ME, lease_seconds=30)
     assert store.delete("job", "r1")

@@ -10,7 +10,8 @@ agree with a small reference model of the contract in ``restartable.stores.base`
 * epochs never go back for a live record, and a record created again after a delete
   starts above every epoch the run ever had (a stale runner can never match it);
 * a runner whose epoch is not the stored one is fenced: save, renew and mark raise
-  Fenced and the store is unchanged (never two writers);
+  Fenced and the store is unchanged (never two writers); renew also raises Fenced once
+  the lease was released (a late renewal never takes a released lease again);
 * a deleted run stays deleted: no stale save, renew or mark brings it back, and its
   markers and history are gone;
 * acquire keeps ``completed``; RunLocked while another owner holds a live lease;
@@ -201,7 +202,8 @@ class StoreMachine(RuleBasedStateMachine):
         lease = self.lease(short)
         m = self._current(run, held.epoch)
         store = self.env.runners[who]
-        if m is None:
+        # A released lease is never renewed (a late renewal must not take it again).
+        if m is None or m.lease_expires is None:
             with pytest.raises(Fenced):
                 store.renew(self.job, run, epoch=held.epoch, lease_seconds=lease)
             return

@@ -32,7 +32,7 @@ from restartable.errors import (
     UsageError,
 )
 from restartable.stores import _pgschema, open_store
-from restartable.stores.postgres import PostgresStore
+from restartable.stores.postgres import PostgresStore, _Stale
 
 psycopg = pytest.importorskip("psycopg")
 sql = psycopg.sql
@@ -70,7 +70,8 @@ def _tables(conn_url: str, schema: str) -> set[str]:
 def test_schema_option_is_respected(postgres_url):
     with open_store(postgres_url) as store:
         store.acquire("job", "r1", owner=ME, lease_seconds=30)
-    assert _tables(_base(postgres_url), _schema_of(postgres_url)) == {"schema_migrations", "runs", "history", "markers"}
+    assert _tables(_base(postgres_url), _schema_of(postgres_url)) == {"schema_migrations", "runs", "history", "markers",
+                                                                         "epoch_floor"}
     assert _sql(postgres_url, "SELECT job, run FROM {s}.runs") == [("job", "r1")]
 
 
@@ -97,6 +98,77 @@ def test_a_schema_from_a_newer_version_is_refused(postgres_url):
     _sql(postgres_url, "INSERT INTO {s}.schema_migrations (version) VALUES (%s)", _pgschema.LATEST + 1)
     with pytest.raises(ConfigError, match="upgrade restartable"):
         open_store(postgres_url)
+
+
+def test_a_store_written_by_version_1_is_migrated_and_its_runs_keep_working(postgres_url, monkeypatch):
+    """A schema made before the epoch floor (version 1) gets it at the next open; its runs
+    go on, and a run deleted after that is made again above its epochs whatever the clock."""
+    with open_store(postgres_url) as old:
+        held = old.acquire("job", "r1", owner=ME, lease_seconds=30)
+    # Back to what a restartable that knew only version 1 left: no floor table.
+    _sql(postgres_url, "DROP TABLE {s}.epoch_floor")
+    _sql(postgres_url, "ALTER TABLE {s}.runs DROP COLUMN save_seq")
+    _sql(postgres_url, "DELETE FROM {s}.schema_migrations WHERE version > 1")
+    assert _tables(_base(postgres_url), _schema_of(postgres_url)) == {"schema_migrations", "runs", "history",
+                                                                     "markers"}
+    with open_store(postgres_url) as store:
+        assert [v for (v,) in _sql(postgres_url, "SELECT version FROM {s}.schema_migrations ORDER BY 1")] == [1, 2, 3]
+        held = store.save(held.replace(done=2), lease_seconds=30)  # the old runner goes on
+        assert store.renew("job", "r1", epoch=held.epoch, lease_seconds=30)
+        assert store.delete("job", "r1")
+        assert _sql(postgres_url, "SELECT epoch FROM {s}.epoch_floor") == [(held.epoch,)]
+        monkeypatch.setattr(time, "time_ns", lambda: (held.epoch - 10) * 1000)  # the clock stepped back
+        again = store.acquire("job", "r1", owner=OTHER, lease_seconds=30)
+        monkeypatch.undo()
+        assert again.epoch == held.epoch + 1
+        with pytest.raises(Fenced):
+            store.save(held, lease_seconds=30)
+
+
+def test_cleanup_raises_the_epoch_floor_too(postgres_url, monkeypatch):
+    with open_store(postgres_url) as store:
+        rec = store.acquire("job", "r1", owner=ME, lease_seconds=30)
+        store.save(rec.replace(status=COMPLETED), lease_seconds=None)
+        assert [r.run for r in store.cleanup(older_than=0)] == ["r1"]
+        monkeypatch.setattr(time, "time_ns", lambda: (rec.epoch - 10) * 1000)
+        assert store.acquire("job", "r1", owner=ME, lease_seconds=30).epoch == rec.epoch + 1
+
+
+def test_a_delete_racing_an_acquire_of_the_same_run_never_reuses_an_epoch(postgres_url, monkeypatch):
+    """reset and a new runner at once, the clock stepped back: whichever order the server
+    picks, the record that exists at the end has an epoch above every deleted one."""
+    monkeypatch.setattr(time, "time_ns", lambda: 1_000_000_000 * 1000)  # far below every real epoch
+    with open_store(postgres_url) as a, open_store(postgres_url) as b:
+        top = 0
+        for i in range(20):
+            rec = a.acquire("job", "r", owner=ME, lease_seconds=30)
+            top = max(top, rec.epoch)
+            barrier = threading.Barrier(2)
+            out: dict[str, object] = {}
+
+            def delete() -> None:
+                barrier.wait()
+                out["deleted"] = a.delete("job", "r")
+
+            def acquire() -> None:
+                barrier.wait()
+                try:
+                    out["acquired"] = b.acquire("job", "r", owner=OTHER, lease_seconds=30, steal_epoch=rec.epoch)
+                except RunLocked as exc:  # pragma: no cover - steal_epoch matches or the run is gone
+                    out["acquired"] = exc
+
+            threads = [threading.Thread(target=delete), threading.Thread(target=acquire)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            got = b.load("job", "r")
+            if got is not None:
+                assert got.epoch > rec.epoch, (i, out, got.epoch, rec.epoch)
+                top = max(top, got.epoch)
+                assert a.delete("job", "r")
+        again = a.acquire("job", "r", owner=ME, lease_seconds=30)
+        assert again.epoch > top
 
 
 def _open_and_acquire(url: str, barrier, results, idx: int) -> None:
@@ -153,7 +225,8 @@ def test_injection_shaped_names_are_stored_as_data(postgres_url):
         assert sorted((r.job, r.run) for r in store.list_runs()) == sorted(zip(EVIL, reversed(EVIL)))
         assert store.delete(EVIL[0], EVIL[-1])
         assert len(store.list_runs()) == len(EVIL) - 1
-    assert _tables(_base(postgres_url), _schema_of(postgres_url)) == {"schema_migrations", "runs", "history", "markers"}
+    assert _tables(_base(postgres_url), _schema_of(postgres_url)) == {"schema_migrations", "runs", "history", "markers",
+                                                                         "epoch_floor"}
     with psycopg.connect(_base(postgres_url)) as conn:
         assert conn.execute("SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'public'").fetchone()
 
@@ -428,3 +501,62 @@ def test_save_in_joins_the_callers_transaction(postgres_url):
             assert conn.execute("SHOW search_path").fetchone()[0] == search_path
         finally:
             conn.close()
+
+
+def test_load_in_reads_on_the_callers_connection_and_fences_on_another_epoch(postgres_url):
+    with open_store(postgres_url) as store:
+        rec = store.acquire("job", "r1", owner=ME, lease_seconds=30)
+        store.save(rec.replace(done=3), lease_seconds=30)
+        conn = store._connect()
+        try:
+            assert store.load_in(conn, "job", "r1").done == 3
+            assert store.load_in(conn, "job", "r1", epoch=rec.epoch).epoch == rec.epoch
+            assert store.load_in(conn, "job", "nope", epoch=rec.epoch) is None
+            with pytest.raises(Fenced, match=f"the store is at epoch {rec.epoch}"):
+                store.load_in(conn, "job", "r1", epoch=rec.epoch - 1)
+            conn.rollback()
+        finally:
+            conn.close()
+
+
+@pytest.mark.parametrize("query", ["connect_timeout=abc", "connect_timeout=", "bogus=1"])
+def test_a_bad_libpq_parameter_is_a_one_line_config_error(query):
+    # Port 1: nothing listens; the URL must be refused before any connection matters.
+    with pytest.raises(ConfigError) as info:
+        open_store(f"postgresql://127.0.0.1:1/db?{query}&retry=1s")
+    assert "\n" not in str(info.value), str(info.value)
+
+
+def test_an_unreachable_server_is_one_line_store_unavailable(caplog):
+    caplog.set_level(logging.WARNING, logger="restartable")
+    with pytest.raises(StoreUnavailable) as info:
+        open_store("postgresql://127.0.0.1:1/db?retry=0.5s&connect_timeout=2")
+    # libpq's "...Connection refused\n\tIs the server running...": one line in the message and the logs.
+    assert "Is the server running" in str(info.value) and "\n" not in str(info.value), str(info.value)
+    assert all("\n" not in r.getMessage() for r in caplog.records)
+
+
+def test_a_save_that_lands_late_never_moves_the_checkpoint_back(postgres_url):
+    """A save's bytes delayed in the network past the read deadline: the client gave up, retried
+    it and saved again since; then the server executes the old statement. The epoch matches (one
+    runner), so only the save's sequence number can refuse it."""
+    with open_store(postgres_url) as store:
+        rec = store.acquire("job", "r1", owner=ME, lease_seconds=30)
+        late = store._save_params(rec.replace(done=1, state={"v": 1}), 30)  # sent, never answered
+        store._call("save", lambda c: store._exec_save(c, late))  # ... its retry, which committed
+        store.save(rec.replace(done=2, state={"v": 2}), lease_seconds=30)
+        store._call("save", lambda c: store._exec_save(c, late))  # the old bytes reach the server now
+        got = store.load("job", "r1")
+        assert (got.done, got.state) == (2, {"v": 2})
+        assert [h.done for h in store.history("job", "r1", limit=3)][:2] == [2, 1]  # no entry for the late one
+        # A retry of the newest save changes nothing either, and answers as a success.
+        newest = store._save_params(rec.replace(done=3, state={"v": 3}), 30)
+        first = store._call("save", lambda c: store._exec_save(c, newest))
+        assert store._call("save", lambda c: store._exec_save(c, newest)) == first
+        assert len([h for h in store.history("job", "r1", limit=10) if h.done == 3]) == 1
+        # A new runner (a new epoch) starts its own sequence: its saves are never refused.
+        taken = store.acquire("job", "r1", owner=OTHER, lease_seconds=30, steal_epoch=rec.epoch)
+        assert store.save(taken.replace(done=9), lease_seconds=30).done == 9
+        with pytest.raises(_Stale):  # save() turns it into Fenced
+            store._call("save", lambda c: store._exec_save(c, late))
+        assert store.load("job", "r1").done == 9

@@ -118,7 +118,7 @@ def test_every_key_is_under_the_prefix(redis_url):
         s.mark("job", "r1", "dir/a:b*", "x.csv", 1, epoch=rec.epoch)
     keys = sorted(k.decode() for k in _client(redis_url).scan_iter(match=f"{prefix}*"))
     assert keys == [f"{prefix}{k}" for k in (
-        "hist:job:r1", "instance", "markers:job:r1:dir%2Fa%3Ab%2A", "run:job:r1", "runs")]
+        "epoch-floor", "hist:job:r1", "instance", "markers:job:r1:dir%2Fa%3Ab%2A", "run:job:r1", "runs")]
 
 
 def test_cursor_and_item_names_may_hold_anything(redis_url):
@@ -170,9 +170,43 @@ def test_ttl_expires_the_run(redis_url):
         time.sleep(1.5)  # the keys live 1s + a tenth of it after the last write
         assert s.load("job", "r1") is None
         assert s.list_runs() == [] and s.history("job", "r1") == []
-    # Only the instance key stays (never expires: it tells a later reset from a loss).
+    # Only the instance key (it tells a later reset from a loss) and the epoch floor stay: they never expire.
     prefix = _prefix(redis_url)
-    assert [k.decode() for k in _client(redis_url).scan_iter(match=f"{prefix}*")] == [f"{prefix}instance"]
+    assert sorted(k.decode() for k in _client(redis_url).scan_iter(match=f"{prefix}*")) == [
+        f"{prefix}epoch-floor", f"{prefix}instance"]
+
+
+def test_a_run_made_again_after_its_keys_expired_starts_above_its_old_epochs(redis_url, monkeypatch):
+    """The keys of an idle run expire (``ttl``) and leave nothing behind; a stale runner of it
+    may still hold its epoch. The run made again must start above it, even when the client's
+    clock (which seeds first epochs) stepped back: the prefix's epoch floor remembers it."""
+    with open_store(f"{redis_url}&ttl=1s") as s:
+        old = s.acquire("job", "r1", owner=ME, lease_seconds=30)
+        old = s.acquire("job", "r1", owner=ME, lease_seconds=30, steal_epoch=old.epoch)  # epoch + 1
+        time.sleep(1.5)
+        assert s.load("job", "r1") is None
+        monkeypatch.setattr(time, "time_ns", lambda: (old.epoch - 1) * 1000)  # the clock stepped back
+        new = s.acquire("job", "r1", owner=ME, lease_seconds=30)
+        monkeypatch.undo()
+        assert new.epoch > old.epoch
+        with pytest.raises(Fenced):
+            s.save(old.replace(state={"stale": True}), lease_seconds=30)
+        assert s.load("job", "r1").state == {}
+
+
+def test_a_store_written_before_the_epoch_floor_keeps_working(redis_url, monkeypatch):
+    prefix, client = _prefix(redis_url), _client(redis_url)
+    with open_store(redis_url) as s:
+        held = s.acquire("job", "r1", owner=ME, lease_seconds=30)
+        client.delete(f"{prefix}epoch-floor")  # as a restartable without the floor left it
+        held = s.save(held.replace(done=1), lease_seconds=30)
+        s.renew("job", "r1", epoch=held.epoch, lease_seconds=30)
+        assert s.delete("job", "r1")  # the delete raises the floor to the epoch it removes
+        assert int(client.get(f"{prefix}epoch-floor")) == held.epoch
+        monkeypatch.setattr(time, "time_ns", lambda: (held.epoch - 10) * 1000)
+        again = s.acquire("job", "r1", owner=OTHER, lease_seconds=30)
+        monkeypatch.undo()
+        assert again.epoch == held.epoch + 1
 
 
 @pytest.mark.parametrize("status", [COMPLETED, FAILED])
@@ -183,7 +217,8 @@ def test_every_save_refreshes_the_ttl_of_all_keys(redis_url, status):
         s.mark("job", "r1", "files", "a", 1, epoch=rec.epoch)
         time.sleep(1.2)
         # Every key of the run; the prefix's instance key never expires (test_ttl_expires_the_run).
-        keys = [k for k in client.scan_iter(match=f"{prefix}*") if k != f"{prefix}instance".encode()]
+        keys = [k for k in client.scan_iter(match=f"{prefix}*")
+                if k not in (f"{prefix}instance".encode(), f"{prefix}epoch-floor".encode())]
         assert len(keys) == 4 and all(client.pttl(k) < 2300 for k in keys)
         s.save(rec.replace(status=status), lease_seconds=None)
         # Expiries are pushed to ttl + a tenth of it (0.3s here), so most writes skip the push.
@@ -308,3 +343,21 @@ def test_tls_connection(redis_server_factory):
     with open_store(server.url) as s, pytest.raises(ConfigError, match="ssl_ca_certs"):
         s.load("job", "x")
     assert time.monotonic() - t0 < 10
+
+
+@pytest.mark.parametrize("path", ["/notadb", "/0x1", "/1/2", "/-1", "/١"])
+def test_a_path_that_is_not_a_database_number_is_refused(path):
+    # redis-py would quietly open database 0 (or 12 for /1/2).
+    with pytest.raises(ConfigError, match="database number"):
+        open_store(f"redis://127.0.0.1:1{path}")
+
+
+@pytest.mark.parametrize("path", ["", "/", "/0", "/15"])
+def test_a_database_number_or_none_is_accepted(path):
+    with open_store(f"redis://127.0.0.1:1{path}") as s:  # lazy: nothing connects yet
+        assert s._client.connection_pool.connection_kwargs.get("db", 0) == (int(path[1:]) if path[1:] else 0)
+
+
+def test_a_value_redis_py_refuses_is_a_config_error():
+    with pytest.raises(ConfigError, match="ssl_cert_reqs"):
+        open_store("rediss://127.0.0.1:1/0?ssl_cert_reqs=bogus")

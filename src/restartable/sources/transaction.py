@@ -194,20 +194,17 @@ def _resolve_postgres(job: Job, store: PostgresStore, ref: _xact.XactRef, record
     behind the orphan's row lock, in the heartbeat thread's renew)."""
     import psycopg
 
-    load_sql = store._sql["load"]
-
     def connect() -> Any:
         conn = store._connect()
         conn.autocommit = True
         return conn
 
     def shows_commit(conn: Any) -> bool:
-        row = conn.execute(load_sql, {"job": job.name, "run": job.run}).fetchone()
-        stored = None if row is None else store._decode(row)
-        if stored is not None and stored.epoch != record.epoch:
-            fenced = store._fenced(job.name, job.run, record.epoch, stored.epoch)
+        try:
+            stored = store.load_in(conn, job.name, job.run, epoch=record.epoch)
+        except Fenced as fenced:
             job._fence(fenced)
-            raise fenced
+            raise
         # The position after the batch is unique (keys only increase) and only this runner
         # writes at its epoch: finding it proves that this transaction committed.
         return stored is not None and _same_position(stored, record)

@@ -18,6 +18,13 @@ and nothing happens to a connection from another thread. When it expires:
 * the connection is closed at once (``conn.broken`` becomes True), because a statement
   whose answer never came leaves the connection in an unknown state, and a later
   answer must never be taken for the next statement's;
+* the abandoned server session is ended from a new connection (``pg_terminate_backend``
+  matched by pid AND the session's start time, so no other session is ever touched; best
+  effort, bounded by a few seconds, never raising, see :func:`_end_abandoned`). A
+  session whose client gave up keeps its locks until the server notices the client is
+  gone, which behind a silent network is hours later (TCP keepalive): an UPDATE in an
+  open transaction of the connection ``job.transaction()`` handed out would hold the
+  run's row lock, and the retry and the next runner's acquire would wait behind it;
 * :class:`ReadTimeout`, a :class:`psycopg.OperationalError`, is raised: the stores and
   :class:`~restartable.PostgresTable` treat it like any lost connection (reconnect and
   retry within the ``retry`` budget, then StoreUnavailable, exit 75), and a COMMIT that
@@ -31,13 +38,16 @@ longest statement, or set ``0``. ``conn.notifies(timeout=...)`` keeps its own ti
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import math
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
 
+from .. import _xact
 from .._url import parse_duration
 from ..errors import ConfigError, MissingDriver
 
@@ -70,6 +80,10 @@ class DeadlineConnection(psycopg.Connection):  # type: ignore[type-arg]  # rows 
     """
 
     read_timeout: float = DEFAULT_READ_TIMEOUT
+    #: What ends the abandoned session after a deadline: the conninfo to reach the server
+    #: again and the session's ``backend_start`` (set by :func:`connect`; None: not ended).
+    _reap_conninfo: str | None = None
+    _backend_start: dt.datetime | None = None
 
     def wait(self, gen: Any, interval: float = _INTERVAL, timeout: float | None = None) -> Any:
         limit = self.read_timeout
@@ -85,11 +99,72 @@ class DeadlineConnection(psycopg.Connection):  # type: ignore[type-arg]  # rows 
             log.warning(
                 "PostgreSQL backend %s did not answer within %gs (read_timeout); closed the connection", pid, limit
             )
+            if self._reap_conninfo is not None and self._backend_start is not None:
+                _end_abandoned(self._reap_conninfo, pid, self._backend_start, limit)
             raise ReadTimeout(
                 f"the PostgreSQL server did not answer within {limit:g}s (read_timeout) and the connection was closed: "
                 "it went silent (a network partition, a dropped NAT entry, a frozen server); if statements "
                 "legitimately take longer, raise the URL option ?read_timeout=SECONDS (0: no deadline)"
             ) from None
+
+
+#: The session's own start, which with its pid names it uniquely (a pid is reused, the pair never).
+_BACKEND_START = "SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+#: Bounds of the attempt to end an abandoned session (seconds): it must never hold up the
+#: caller, who is already past its deadline, by more than a few seconds.
+_REAP_MAX = 5.0
+
+
+def _end_abandoned(conninfo: str, pid: int, started: dt.datetime, limit: float) -> None:
+    """End server session ``pid`` (started at ``started``) from a NEW connection; never raises.
+
+    Best effort: the connection is bounded (``connect_timeout`` of 2 to 5 s, libpq's
+    minimum is 2) and so is the statement (a read deadline of at most 5 s, without this
+    reaping of its own). A server that cannot be reached, or a role that may not signal
+    the session, leaves it to the server's own timeouts, with a warning.
+    """
+    bound = min(_REAP_MAX, max(1.0, limit))
+    try:
+        conn = DeadlineConnection.connect(conninfo, autocommit=True, connect_timeout=max(2, math.ceil(bound)))
+    except Exception as exc:  # noqa: BLE001 - best effort: the caller raises ReadTimeout anyway
+        log.warning("could not reach the PostgreSQL server to end the abandoned backend %s (%s); its locks "
+                    "go when the server notices", pid, _one_line(exc))
+        return
+    try:
+        conn.read_timeout = bound
+        if _xact.end_session(conn, pid, started=started):
+            log.warning("ended the abandoned PostgreSQL backend %s, so that its locks go now", pid)
+    except Exception as exc:  # noqa: BLE001 - e.g. not allowed to signal it (another role, no pg_signal_backend)
+        log.warning("could not end the abandoned PostgreSQL backend %s (%s); its locks go when the server "
+                    "notices", pid, _one_line(exc))
+    finally:
+        conn.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def _note_session(conn: DeadlineConnection, conninfo: str, autocommit: bool) -> None:
+    """Remember what :func:`_end_abandoned` needs: how to reach the server, the session's start.
+
+    One round trip per connection, never in a transaction (autocommit is switched on
+    around it, client side only). Without an answer (a pooler that hides
+    ``pg_stat_activity``) the session is simply not ended after a deadline.
+    """
+    try:
+        conn.autocommit = True
+        row = conn.execute(_BACKEND_START).fetchone()
+    except psycopg.Error:
+        if conn.broken or conn.closed:
+            raise
+        row = None
+    finally:
+        if not conn.closed and not conn.broken:
+            conn.autocommit = autocommit
+    if row is not None and isinstance(row[0], dt.datetime):
+        conn._backend_start = row[0]
+        conn._reap_conninfo = conninfo
 
 
 def parse_read_timeout(value: str | float | None, display: str) -> float:
@@ -163,4 +238,10 @@ def connect(
              if k not in given}
     conn = DeadlineConnection.connect(conninfo, autocommit=autocommit, **extra)
     conn.read_timeout = limit
+    if limit:  # without a deadline no session is ever abandoned: nothing to remember
+        try:
+            _note_session(conn, conninfo, autocommit)
+        except BaseException:
+            conn.close()
+            raise
     return conn

@@ -86,8 +86,29 @@ _V1 = [
     )""",
 ]
 
+# Version 2: ``epoch_floor``, one row holding the highest epoch of any record deleted
+# (by delete or cleanup, in the same statement). A record created again starts at
+# GREATEST(clock seed, floor + 1), so even after the client's clock stepped back no epoch
+# of the new record can equal one a stale runner of the deleted record still holds (see
+# base.first_epoch). The row starts at 0: records deleted before the migration were
+# seeded from the clock alone, as before. A store written by version 1 gets the table
+# when a restartable that knows version 2 first opens it; nothing else changes.
+_V2 = [
+    "CREATE TABLE {s}.epoch_floor (id int PRIMARY KEY CHECK (id = 0), epoch bigint NOT NULL)",
+    "INSERT INTO {s}.epoch_floor (id, epoch) VALUES (0, 0)",
+]
+
+# Version 3: ``runs.save_seq``, the sequence number of the run's last save at its epoch
+# (0 after an acquire). A save writes only when its number is higher than the stored one:
+# the epoch's compare-and-set does not order the saves of one runner, and a save whose
+# bytes were delayed in the network past the read deadline (the client gave up and
+# retried, and saved again since) would otherwise land later and move the checkpoint
+# backwards. A retried save that finds its own number stored was applied already and
+# is answered with the stored times. A constant default: no table rewrite.
+_V3 = ["ALTER TABLE {s}.runs ADD COLUMN save_seq bigint NOT NULL DEFAULT 0"]
+
 #: Ordered ``(version, statements)``; append only.
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1)]
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2), (3, _V3)]
 LATEST = MIGRATIONS[-1][0]
 
 

@@ -26,8 +26,25 @@ The run hash's fields::
     status    owner (canonical JSON of Owner.to_dict(), "" for none)
     started   updated   heartbeat   lease (ms on the server clock; lease "" when released)
     done      failed    (copied from the record, for the history entry an acquire appends)
+    seq       the sequence number of the last save at this epoch ("0" after an acquire; absent
+              in records written before it existed: 0). SAVE writes only a higher one: the
+              epoch does not order the saves of one runner, and a save whose bytes were
+              delayed past the read deadline (the client gave up, retried, and saved again
+              since) would otherwise land later and move the checkpoint backwards; a retried
+              save that finds its own number was applied already and is answered as done
     cursors   " name1 name2 ": the percent-encoded cursor names that have marker hashes
     expires   when the run's keys expire (ms), "never" with ttl 0 (see touch)
+
+ACQUIRE, DELETE and RESTORE take a fifth key, ``{prefix}epoch-floor`` (a decimal
+string that never expires): the highest epoch ever given to or deleted from any run
+under the prefix. A record created (again) starts at the larger of the client's clock
+seed and floor + 1, so after a reset, or after the run's keys expired by ``ttl``, no
+epoch of the new record can equal one a stale runner of the old record still holds,
+even when the client's clock stepped back (see ``base.first_epoch``). ACQUIRE raises
+it to every epoch it hands out (which covers records that expire: they leave nothing
+behind to raise it from), DELETE to the epoch it removes (which covers records written
+before the key existed), RESTORE to the epoch it writes back. A store without the key
+reads it as 0: records are then seeded from the clock alone, as before.
 
 The instance key tells a reset from a loss. ``acquire`` (and ``restore``) create it
 once per prefix with a random id and it never expires; ``delete`` never touches it.
@@ -122,8 +139,14 @@ local function touch(now, cursors, expires, force)
   if top[2] == 'inf' then redis.call('PERSIST', idx) else redis.call('PEXPIREAT', idx, top[2]) end
 end
 
--- The epoch check shared by save, renew and mark: (nil, cursors, expires) when the
--- caller may write, else the refusal to return.
+-- The epoch floor (KEYS[5] of acquire, delete and restore): raised, never lowered.
+local function raise_floor(epoch)
+  local floor = tonumber(redis.call('GET', KEYS[5]) or '0') or 0
+  if tonumber(epoch) > floor then redis.call('SET', KEYS[5], epoch) end
+end
+
+-- The epoch check of mark: (nil, cursors, expires) when the caller may write, else the
+-- refusal to return. (save and renew read more fields in the same HMGET.)
 local function check(epoch)
   local f = redis.call('HMGET', run, 'epoch', 'cursors', 'expires')
   if not f[1] then return missing() end
@@ -134,20 +157,27 @@ end
 
 # Shared by save and restore. ARGV[5] epoch, [6] body, [7] status, [8] owner,
 # [9] started ms, [10] done, [11] failed, [12] lease ms or "" (release),
-# [13] the history entry after its "at" field ('"done":..,"epoch":..}').
+# [13] the history entry after its "at" field ('"done":..,"epoch":..}'), [14] the save's seq.
 _WRITE = r"""
+-- True when the stored seq (field f of an HMGET) is this save's or a later one: applied already.
+local function applied(f)
+  return tonumber(f or '0') >= tonumber(ARGV[14])
+end
+
 local function write(now, cursors, expires)
   local at, until_ = num(now), ''
   if ARGV[12] ~= '' then until_ = num(now + tonumber(ARGV[12])) end
   redis.call('HSET', run, 'body', ARGV[6], 'epoch', ARGV[5], 'status', ARGV[7], 'owner', ARGV[8],
-    'started', ARGV[9], 'updated', at, 'heartbeat', at, 'lease', until_, 'done', ARGV[10], 'failed', ARGV[11])
+    'started', ARGV[9], 'updated', at, 'heartbeat', at, 'lease', until_, 'done', ARGV[10], 'failed', ARGV[11],
+    'seq', ARGV[14])
   push_history('{"at":' .. at .. ',' .. ARGV[13])
   touch(now, cursors, expires)
   return until_
 end
 """
 
-#: Take the lease. ARGV[5] first epoch, [6] body of a new record, [7] owner,
+#: Take the lease. KEYS[5] the epoch floor. ARGV[5] first epoch (the client's clock seed;
+#: the floor + 1 when that is higher), [6] body of a new record, [7] owner,
 #: [8] lease ms, [9] steal epoch or "", [10] a fresh random id for the instance key.
 #: Returns {"ok", instance id, run_id, field, value, ...} or {"locked", now, owner, heartbeat, lease}.
 ACQUIRE = _PRELUDE + r"""
@@ -157,9 +187,12 @@ local f = redis.call('HMGET', run, 'epoch', 'lease', 'owner', 'status', 'heartbe
   'expires')
 local epoch, status, done, failed = f[1], 'running', '0', '0'
 if not epoch then
-  epoch = ARGV[5]
+  -- Above every epoch handed out or deleted under the prefix, whatever the client's clock says.
+  local floor = tonumber(redis.call('GET', KEYS[5]) or '0') or 0
+  epoch = num(math.max(tonumber(ARGV[5]), floor + 1))
   redis.call('HSET', run, 'body', ARGV[6], 'epoch', epoch, 'status', status, 'owner', owner,
-    'started', at, 'updated', at, 'heartbeat', at, 'lease', num(now + lease), 'done', done, 'failed', failed)
+    'started', at, 'updated', at, 'heartbeat', at, 'lease', num(now + lease), 'done', done, 'failed', failed,
+    'seq', '0')
 else
   local held_until = tonumber(f[2])
   -- The rule of Store._take_over: free, stolen from a proven-dead holder, or our own.
@@ -169,8 +202,9 @@ else
   if f[4] == 'completed' then status = 'completed' end
   done, failed = f[6] or '0', f[7] or '0'
   redis.call('HSET', run, 'status', status, 'owner', owner, 'updated', at, 'heartbeat', at,
-    'lease', num(now + lease))
+    'lease', num(now + lease), 'seq', '0')
 end
+raise_floor(epoch)
 push_history(string.format('{"at":%s,"done":%s,"epoch":%s,"failed":%s,"status":"%s"}',
   at, done, epoch, failed, status))
 touch(now, f[8], f[9])
@@ -179,20 +213,23 @@ for _, v in ipairs(redis.call('HGETALL', run)) do out[#out + 1] = v end
 return out
 """
 
-#: Compare-and-set the whole record on its epoch. Returns {"ok", now, lease or ""},
-#: {"fenced", stored epoch} or {"missing", run_id}.
+#: Compare-and-set the whole record on its epoch and seq. Returns {"ok", now, lease or ""}
+#: (the stored updated and lease when this save or a later one was applied already),
+#: {"fenced", stored epoch} or {"missing", instance id, run_id}.
 SAVE = _PRELUDE + _WRITE + r"""
-local no, cursors, expires = check(ARGV[5])
-if no then return no end
+local f = redis.call('HMGET', run, 'epoch', 'cursors', 'expires', 'seq', 'updated', 'lease')
+if not f[1] then return missing() end
+if f[1] ~= ARGV[5] then return {'fenced', f[1]} end
+if applied(f[4]) then return {'ok', f[5], f[6]} end
 local now = clock()
-return {'ok', num(now), write(now, cursors, expires)}
+return {'ok', num(now), write(now, f[2], f[3])}
 """
 
 #: Write the record back after the server lost it: a compare-and-set on the loss itself.
-#: ARGV[5..13] as SAVE, [14] the instance id the runner saw ("" when it saw none),
-#: [15] a fresh random id (the same for every retry of one restore). Writes only when
-#: the run hash is still absent and the instance key is gone or differs from ARGV[14]
-#: (with ARGV[14] "": only when it is gone) and from ARGV[15] (an id this very restore
+#: KEYS[5] the epoch floor. ARGV[5..14] as SAVE, [15] the instance id the runner saw ("" when it saw none),
+#: [16] a fresh random id (the same for every retry of one restore). Writes only when
+#: the run hash is still absent and the instance key is gone or differs from ARGV[15]
+#: (with ARGV[15] "": only when it is gone) and from ARGV[16] (an id this very restore
 #: made in an attempt whose answer was lost: the run was written back, then reset), or
 #: when the hash is back at the caller's epoch (a retried restore whose first answer
 #: was lost, or another thread of the same runner: a plain save then).
@@ -200,21 +237,28 @@ return {'ok', num(now), write(now, cursors, expires)}
 #: runner created the run meanwhile, or {"missing", instance id, run_id} when the
 #: data was not lost (the run was reset).
 RESTORE = _PRELUDE + _WRITE + r"""
-local f = redis.call('HMGET', run, 'epoch', 'cursors', 'expires')
+local f = redis.call('HMGET', run, 'epoch', 'cursors', 'expires', 'seq', 'updated', 'lease')
 if f[1] then
   if f[1] ~= ARGV[5] then return {'fenced', f[1]} end
+  if applied(f[4]) then return {'ok', f[5], f[6], redis.call('GET', inst) or '', server_id()} end
 else
   local id = redis.call('GET', inst)
-  if id and (ARGV[14] == '' or id == ARGV[14] or id == ARGV[15]) then return missing() end
+  if id and (ARGV[15] == '' or id == ARGV[15] or id == ARGV[16]) then return missing() end
 end
+raise_floor(ARGV[5])
 local now = clock()
-return {'ok', num(now), write(now, f[2], f[3]), instance(ARGV[15]), server_id()}
+return {'ok', num(now), write(now, f[2], f[3]), instance(ARGV[16]), server_id()}
 """
 
-#: Extend the lease. ARGV[5] epoch, [6] lease ms. Returns {"ok", lease} or a refusal.
+#: Extend the lease. ARGV[5] epoch, [6] lease ms. Returns {"ok", lease}, a refusal, or
+#: {"released", epoch} when the lease at that epoch was released (lease field ""): a renewal
+#: delayed past the release must not take the lease again.
 RENEW = _PRELUDE + r"""
-local no, cursors, expires = check(ARGV[5])
-if no then return no end
+local f = redis.call('HMGET', run, 'epoch', 'cursors', 'expires', 'lease')
+if not f[1] then return missing() end
+if f[1] ~= ARGV[5] then return {'fenced', f[1]} end
+if f[4] == '' then return {'released', f[1]} end
+local cursors, expires = f[2], f[3]
 local now = clock()
 local until_ = num(now + tonumber(ARGV[6]))
 redis.call('HSET', run, 'heartbeat', num(now), 'lease', until_)
@@ -222,10 +266,12 @@ touch(now, cursors, expires)
 return {'ok', until_}
 """
 
-#: Remove the run and all its keys. ARGV[5] epoch or "" (any). Returns 1 or 0.
+#: Remove the run and all its keys, raising the epoch floor (KEYS[5]) to its epoch.
+#: ARGV[5] epoch or "" (any). Returns 1 or 0.
 DELETE = _PRELUDE + r"""
 local f = redis.call('HMGET', run, 'epoch', 'cursors')
 if not f[1] or (ARGV[5] ~= '' and f[1] ~= ARGV[5]) then return 0 end
+raise_floor(f[1])
 local keys = {run, hist}
 for c in string.gmatch(f[2] or '', '%S+') do keys[#keys + 1] = mbase .. c end
 redis.call('DEL', unpack(keys))

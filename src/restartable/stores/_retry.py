@@ -18,6 +18,13 @@ T = TypeVar("T")
 
 log = logging.getLogger("restartable")
 
+
+def one_line(exc: BaseException | str) -> str:
+    """A driver's message on one line: libpq ends its own in a newline and indents hints
+    ("\n\tIs the server running..."), which would split a log line or the CLI's error line."""
+    return " ".join(str(exc).split())
+
+
 def _wait() -> object:
     """Exponential backoff with jitter from 50 ms up to 5 s (tenacity 9.2 renamed ``initial``)."""
     import inspect
@@ -54,7 +61,8 @@ def call_with_retry(
 
     def _log(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        log.warning("%s on %s failed (%s); retrying (attempt %d)", what, display, exc, state.attempt_number)
+        log.warning("%s on %s failed (%s); retrying (attempt %d)", what, display, one_line(exc or ""),
+                    state.attempt_number)
         if before_retry is not None and exc is not None:
             try:
                 before_retry(exc)
@@ -68,7 +76,7 @@ def call_with_retry(
         before_sleep=_log,
         reraise=True,
     )
-    log.warning("%s on %s failed (%s); retrying for up to %gs", what, display, first, seconds)
+    log.warning("%s on %s failed (%s); retrying for up to %gs", what, display, one_line(first), seconds)
     if before_retry is not None:
         try:
             before_retry(first)
@@ -78,6 +86,6 @@ def call_with_retry(
         return retrying(fn)
     except transient as exc:
         raise StoreUnavailable(
-            f"{what} failed: {display} stayed unreachable for {seconds:g}s ({exc}); check that the "
+            f"{what} failed: {display} stayed unreachable for {seconds:g}s ({one_line(exc)}); check that the "
             "server is up, or raise the budget with the URL option ?retry=SECONDS"
         ) from exc

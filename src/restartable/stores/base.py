@@ -22,9 +22,10 @@ The rules every store keeps (and ``tests/stores/test_contract.py`` checks):
   succeed only while the stored epoch equals the caller's, and raise
   :class:`~restartable.errors.Fenced` otherwise. A stale runner can therefore
   never overwrite a newer checkpoint. The first epoch of a new record is seeded from
-  the clock, and local stores (memory, sqlite, file) also keep the highest epoch they
-  deleted as a floor for it, so a record deleted by ``reset`` and created again never
-  reuses one, even after the clock stepped back.
+  the clock and kept above a floor every store keeps: the highest epoch it deleted
+  (memory, sqlite, file, PostgreSQL) or ever handed out or deleted (Redis, whose keys
+  also expire), so a record deleted by ``reset`` and created again never reuses one,
+  even after the clock stepped back.
 * Lease times (``heartbeat``, ``lease_expires``, ``updated``) are read from the
   store's clock where it has one (``now()``).
 * A store is safe to share between threads (the heartbeat renews from a thread).
@@ -119,13 +120,25 @@ class Store(ABC):
         ``now + lease_seconds``, or to None when ``lease_seconds`` is None (the lease is
         released). Appends a history entry in the same atomic write and keeps at most
         :data:`HISTORY_LIMIT`. Returns the record as stored.
+
+        The network stores (PostgreSQL, Redis) also order the saves of one runner: each
+        carries a sequence number, and a save older than the stored one (its bytes delayed
+        in the network past the read deadline, landing after a newer save) changes
+        nothing, nor does a retried save whose first attempt was applied (it returns the
+        stored times). The epoch cannot do this: every save of one runner carries the same.
         """
 
     @abstractmethod
     def renew(self, job: str, run: str, *, epoch: int, lease_seconds: float) -> float:
         """Extend the lease to ``now + lease_seconds`` if the epoch matches; return the expiry.
 
-        Raises Fenced when the stored epoch differs or the record is gone.
+        Raises Fenced when the stored epoch differs or the record is gone, and also when
+        the lease was released (``lease_expires`` is None: a save with
+        ``lease_seconds=None``): a renewal delayed past the release (the heartbeat's last
+        one, held up by a store retry) must not take the lease again, or the next runner
+        would wait a whole lease for a runner that has finished. An expired lease that
+        nobody took over is still renewed: the runner is alive and still owns the epoch.
+        The check and the write are one atomic step.
         """
 
     @abstractmethod
@@ -269,6 +282,21 @@ class Store(ABC):
             owner=rec.owner,
             lease_age=age,
         )
+
+    def _released(self, job: str, run: str, epoch: int) -> Fenced:
+        """The refusal of :meth:`renew` when the lease at ``epoch`` was released.
+
+        A Fenced whose ``released`` attribute is True: only the holder of an epoch can
+        save at it, so the runner itself released the lease (its last save), and the
+        heartbeat that meets this refusal ends quietly instead of fencing the job.
+        """
+        exc = Fenced(
+            f"job {job!r} run {run!r}: this runner (epoch {epoch}) may not renew its lease in {self.display}: "
+            "the lease was released (the run was saved as finished, interrupted or failed); a renewal "
+            "that arrives after the release never takes the lease again, so this runner stops"
+        )
+        exc.released = True  # type: ignore[attr-defined]  # read by _lease.Heartbeat
+        return exc
 
     def _fenced(self, job: str, run: str, epoch: int, stored: int | None) -> Fenced:
         now_holder = "the record is gone (reset?)" if stored is None else f"the store is at epoch {stored}"

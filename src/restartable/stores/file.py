@@ -539,6 +539,8 @@ class FileStore(Store):
     def renew(self, job: str, run: str, *, epoch: int, lease_seconds: float) -> float:
         with self._flocked(job, run) as p:
             gen = self._held(job, run, epoch, self._current(job, run, p))
+            if gen.record.lease_expires is None:  # released: a late renewal must not take it again
+                raise self._released(job, run, epoch)
             now = self.now()
             rec = gen.record.replace(heartbeat=now, lease_expires=now + lease_seconds)
             self._write(p, rec, gen.history, rotate=gen.is_current)

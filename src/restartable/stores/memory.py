@@ -86,6 +86,8 @@ class MemoryStore(Store):
             cur = self._d.records.get((job, run))
             if cur is None or cur.epoch != epoch:
                 raise self._fenced(job, run, epoch, cur.epoch if cur else None)
+            if cur.lease_expires is None:  # released: a late renewal must not take it again
+                raise self._released(job, run, epoch)
             now = self.now()
             self._d.records[(job, run)] = cur.replace(heartbeat=now, lease_expires=now + lease_seconds)
             return now + lease_seconds

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -53,7 +54,7 @@ from ..errors import (
     StoreUnavailable,
 )
 from . import _pgschema
-from ._retry import DEFAULT_RETRY_SECONDS, call_with_retry
+from ._retry import DEFAULT_RETRY_SECONDS, call_with_retry, one_line
 from .base import HISTORY_LIMIT, Store, Unreadable
 
 if TYPE_CHECKING:
@@ -79,15 +80,23 @@ _LEASE = "statement_timestamp() + %(lease)s::float8 * interval '1 second'"  # NU
 # acquire: create the record, or take the lease over when it is free, in one statement.
 # ON CONFLICT locks the existing row, so the check and the write are atomic; when the
 # WHERE is false nothing is returned and the caller reports RunLocked.
+# A new record's epoch is the client's clock seed, but above the floor of deleted epochs
+# (see _pgschema version 2). The floor is read FOR SHARE: a delete of this run that has
+# raised the floor but not committed yet is waited for, so the insert that follows it
+# never seeds below the epoch it removed (deletes lock the floor before the run's row,
+# so the two never wait for each other in a cycle).
 _ACQUIRE = f"""
 INSERT INTO {{s}}.runs AS r (job, run, epoch, status, owner, lease_expires, heartbeat, updated, started, record)
-VALUES (%(job)s, %(run)s, %(epoch)s::bigint, 'running', %(owner)s, {_LEASE}, {_NOW}, {_NOW}, {_NOW}, %(record)s)
+VALUES (%(job)s, %(run)s,
+    GREATEST(%(epoch)s::bigint, (SELECT f.epoch + 1 FROM {{s}}.epoch_floor f WHERE f.id = 0 FOR SHARE)),
+    'running', %(owner)s, {_LEASE}, {_NOW}, {_NOW}, {_NOW}, %(record)s)
 ON CONFLICT (job, run) DO UPDATE SET
     epoch = r.epoch + 1,
     owner = excluded.owner,
     heartbeat = excluded.heartbeat,
     updated = excluded.updated,
     lease_expires = excluded.lease_expires,
+    save_seq = 0,
     status = CASE WHEN r.status = 'completed' THEN r.status ELSE 'running' END
 WHERE r.lease_expires IS NULL OR r.lease_expires <= {_NOW}
     OR r.epoch = %(steal)s::bigint OR r.owner = excluded.owner
@@ -97,10 +106,13 @@ RETURNING {_COLS}"""
 # data-modifying CTE). History is a ring: the save writes slot ``saves % keep``, so the
 # run keeps its last ``keep`` saves without pruning or scanning (see _pgschema).
 # The owner column is left alone: an equal epoch means the same acquire, which wrote it.
+# ``save_seq`` orders the saves of one runner (see _pgschema version 3): a save older than
+# the stored one (delayed in the network, landing late) or the same one again (a retry
+# whose first attempt committed) changes nothing.
 _SAVE_UPDATE = f"""
-UPDATE {{s}}.runs SET status = %(status)s, record = %(record)s, saves = saves + 1,
+UPDATE {{s}}.runs SET status = %(status)s, record = %(record)s, saves = saves + 1, save_seq = %(seq)s::bigint,
     updated = {_NOW}, heartbeat = {_NOW}, lease_expires = {_LEASE}
-WHERE job = %(job)s AND run = %(run)s AND epoch = %(epoch)s::bigint"""
+WHERE job = %(job)s AND run = %(run)s AND epoch = %(epoch)s::bigint AND save_seq < %(seq)s::bigint"""
 _SAVE = f"""
 WITH upd AS ({_SAVE_UPDATE}
     RETURNING job, run, epoch, status, saves, updated, lease_expires
@@ -115,15 +127,30 @@ SELECT extract(epoch FROM updated)::float8, extract(epoch FROM lease_expires)::f
 _SAVE_NO_HISTORY = f"""{_SAVE_UPDATE}
 RETURNING extract(epoch FROM updated)::float8, extract(epoch FROM lease_expires)::float8"""
 
+# A released lease (lease_expires NULL) is refused: a renewal delayed past the release
+# must not take it again (see Store.renew).
 _RENEW = f"""
 UPDATE {{s}}.runs SET heartbeat = {_NOW}, lease_expires = {_LEASE}
-WHERE job = %(job)s AND run = %(run)s AND epoch = %(epoch)s::bigint
+WHERE job = %(job)s AND run = %(run)s AND epoch = %(epoch)s::bigint AND lease_expires IS NOT NULL
 RETURNING extract(epoch FROM lease_expires)::float8"""
 
+# Deletes raise the epoch floor in the same statement (a CTE), so a record made again
+# starts above every epoch it had. The floor row is locked first (``fl``; the count is a
+# one-time filter evaluated before the run's row is touched): the lock order is the
+# acquire's (floor, then run), so a delete and an acquire of one run never deadlock.
+_FLOOR_FIRST = "WITH fl AS (SELECT 1 FROM {s}.epoch_floor WHERE id = 0 FOR UPDATE)"
+_RAISE_FLOOR = """raised AS (
+    UPDATE {s}.epoch_floor f SET epoch = GREATEST(f.epoch, (SELECT max(epoch) FROM gone))
+    WHERE f.id = 0 AND EXISTS (SELECT FROM gone))"""
+
 # history and markers go with the run (ON DELETE CASCADE).
-_DELETE = """
-DELETE FROM {s}.runs
-WHERE job = %(job)s AND run = %(run)s AND (%(epoch)s::bigint IS NULL OR epoch = %(epoch)s::bigint)"""
+_DELETE = f"""{_FLOOR_FIRST},
+gone AS (DELETE FROM {{s}}.runs
+    WHERE job = %(job)s AND run = %(run)s AND (%(epoch)s::bigint IS NULL OR epoch = %(epoch)s::bigint)
+    AND (SELECT count(*) FROM fl) >= 0
+    RETURNING epoch),
+{_RAISE_FLOOR}
+SELECT count(*) FROM gone"""
 
 # FOR SHARE waits for a concurrent acquire or delete of the run and re-checks the
 # epoch on the row it leaves, so a fenced runner can never add a marker.
@@ -145,14 +172,17 @@ _STATEMENTS = {
     "load_now": f"SELECT {_COLS}, extract(epoch FROM clock_timestamp())::float8 FROM {{s}}.runs "
     "WHERE job = %(job)s AND run = %(run)s",
     "epoch": "SELECT epoch FROM {s}.runs WHERE job = %(job)s AND run = %(run)s",
+    "saved": "SELECT epoch, save_seq, extract(epoch FROM updated)::float8, extract(epoch FROM lease_expires)::float8 "
+    "FROM {s}.runs WHERE job = %(job)s AND run = %(run)s",
     "list": f"SELECT {_COLS} FROM {{s}}.runs ORDER BY job, run",
     "list_job": f"SELECT {_COLS} FROM {{s}}.runs WHERE job = %(job)s ORDER BY job, run",
     "history": "SELECT extract(epoch FROM at)::float8, epoch, status, done, failed FROM {s}.history "
     "WHERE job = %(job)s AND run = %(run)s ORDER BY seq DESC LIMIT %(limit)s",
     "markers": 'SELECT key, value FROM {s}.markers WHERE job = %(job)s AND run = %(run)s AND "cursor" = %(cursor)s',
-    "cleanup_runs": f"DELETE FROM {{s}}.runs WHERE status = 'completed' "
+    "cleanup_runs": f"{_FLOOR_FIRST}, gone AS (DELETE FROM {{s}}.runs WHERE status = 'completed' "
     f"AND updated <= {_NOW} - %(age)s::float8 * interval '1 second' "
-    f"AND (%(job)s::text IS NULL OR job = %(job)s) RETURNING {_COLS}",
+    f"AND (%(job)s::text IS NULL OR job = %(job)s) AND (SELECT count(*) FROM fl) >= 0 RETURNING *), "
+    f"{_RAISE_FLOOR} SELECT {_COLS} FROM gone",
     # Old history goes too, but each run keeps its newest entry (seq = saves).
     "cleanup_history": f"DELETE FROM {{s}}.history h USING {{s}}.runs r "
     f"WHERE h.job = r.job AND h.run = r.run AND h.seq < r.saves "
@@ -169,7 +199,8 @@ _AUTH_FAILURES = (
     "permission denied",
     "role \"",
 )
-_CONFIG_FAILURES = ("does not exist", "invalid ", "unsupported ", "unrecognized ", "certificate")
+# "bad value for": psycopg's own check of connect_timeout (?connect_timeout=abc).
+_CONFIG_FAILURES = ("does not exist", "invalid ", "unsupported ", "unrecognized ", "certificate", "bad value for")
 
 
 class _Stale(Exception):
@@ -242,6 +273,8 @@ class PostgresStore(Store):
         # Rendered once: the schema is the only identifier, everything else a parameter.
         self._sql = {k: sql.SQL(v).format(s=ident).as_bytes(None) for k, v in _STATEMENTS.items()}
         self._lock = threading.Lock()
+        self._seq_lock = threading.Lock()
+        self._last_seq = 0
         self._conn: psycopg.Connection | None = None
         self._call("open", lambda conn: _pgschema.migrate(conn, self._schema))
 
@@ -254,7 +287,7 @@ class PostgresStore(Store):
             params = psycopg.conninfo.conninfo_to_dict(url.driver_url)
         except psycopg.ProgrammingError as exc:
             raise ConfigError(
-                f"invalid PostgreSQL URL {display}: {_scrub(str(exc), secrets)}; restartable's own options "
+                f"invalid PostgreSQL URL {display}: {_scrub(one_line(exc), secrets)}; restartable's own options "
                 "are schema, retry, history and read_timeout, the rest must be libpq connection parameters"
             ) from None
         from ._pgconn import parse_read_timeout
@@ -315,9 +348,8 @@ class PostgresStore(Store):
     def save(self, record: Checkpoint, *, lease_seconds: float | None) -> Checkpoint:
         params = self._save_params(record, lease_seconds)  # encodes first: StateNotSerializable before any I/O
         # Retrying after a lost connection is safe even if the lost attempt committed:
-        # save does not change the epoch, so the same compare-and-set matches again and
-        # writes the same record (one extra history entry at most). If another runner
-        # took over meanwhile, the retry is fenced, as it must be.
+        # the retry carries the same save_seq, finds it stored and writes nothing again.
+        # If another runner took over meanwhile, the retry is fenced, as it must be.
         try:
             updated, lease = self._call("save", lambda c: self._exec_save(c, params))
         except _Stale as stale:
@@ -336,12 +368,15 @@ class PostgresStore(Store):
         try:
             return self._call("renew", op)
         except _Stale as stale:
+            if stale.stored == epoch:  # our epoch, but no lease: it was released
+                raise self._released(job, run, epoch) from None
             raise self._fenced(job, run, epoch, stale.stored) from None
 
     def delete(self, job: str, run: str, *, epoch: int | None = None) -> bool:
         # A retry after a lost commit reports False although the first attempt removed it.
         params = {"job": job, "run": run, "epoch": epoch}
-        return self._call("delete", lambda c: c.execute(self._sql["delete"], params).rowcount) > 0
+        row = self._call("delete", lambda c: c.execute(self._sql["delete"], params).fetchone())
+        return row is not None and row[0] > 0
 
     def list_runs(self, job: str | None = None, *, corrupt: list[Unreadable] | None = None) -> list[Checkpoint]:
         key, params = ("list", {}) if job is None else ("list_job", {"job": job})
@@ -436,10 +471,38 @@ class PostgresStore(Store):
             raise self._fenced(record.job, record.run, record.epoch, stale.stored) from None
         return record.replace(updated=updated, heartbeat=updated, lease_expires=lease)
 
+    def load_in(self, conn: psycopg.Connection, job: str, run: str, *, epoch: int | None = None) -> Checkpoint | None:
+        """The run's record as ``conn`` (a connection of the caller's, e.g. from :meth:`_connect`) sees it.
+
+        One statement on ``conn``, no retry and no lock of the store's: for a caller that
+        must read on a connection of its own (resolving a COMMIT whose answer was lost,
+        while the store's connection may wait behind the orphaned transaction's row lock).
+        Driver errors propagate as they are, for the caller to judge. With ``epoch``,
+        a record stored at another epoch raises Fenced (a newer runner owns the run); a
+        missing record is None either way.
+        """
+        row = conn.execute(self._sql["load"], {"job": job, "run": run}).fetchone()
+        rec = None if row is None else self._decode(row)
+        if rec is not None and epoch is not None and rec.epoch != epoch:
+            raise self._fenced(job, run, epoch, rec.epoch)
+        return rec
+
     # -- internals -----------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        """A save's sequence number: above every one this store object gave before.
+
+        Monotonic nanoseconds, so that two store objects of one process (one runner)
+        keep one order too; the counter part breaks ties. Only the order of the saves
+        of one epoch matters (an acquire resets the stored number to 0).
+        """
+        with self._seq_lock:
+            self._last_seq = max(self._last_seq + 1, time.monotonic_ns())
+            return self._last_seq
 
     def _save_params(self, record: Checkpoint, lease_seconds: float | None) -> dict[str, Any]:
         return {
+            "seq": self._next_seq(),
             "job": record.job,
             "run": record.run,
             "epoch": record.epoch,
@@ -454,8 +517,13 @@ class PostgresStore(Store):
     def _exec_save(self, conn: psycopg.Connection, params: dict[str, Any]) -> tuple[float, float | None]:
         query = self._sql["save" if self._history_limit else "save_no_history"]
         row = conn.execute(query, params).fetchone()
-        if row is None:  # the rare path: a second statement only to name the stored epoch
-            raise _Stale(self._stored_epoch(conn, params))
+        if row is None:  # the rare path: a second statement to tell why
+            saved = conn.execute(self._sql["saved"], {"job": params["job"], "run": params["run"]}).fetchone()
+            if saved is not None and int(saved[0]) == params["epoch"] and int(saved[1]) >= params["seq"]:
+                # Our epoch, and this save (a retry whose first attempt committed) or a later
+                # one of ours is stored already: nothing to write, the stored times answer.
+                return float(saved[2]), saved[3]
+            raise _Stale(None if saved is None else int(saved[0]))
         return float(row[0]), row[1]
 
     def _stored_epoch(self, conn: psycopg.Connection, params: dict[str, Any]) -> int | None:
@@ -515,7 +583,7 @@ class PostgresStore(Store):
         try:
             return attempt()
         except self._transient as exc:
-            log.warning("%s on %s failed (%s); retrying", what, self.display, self._scrub(str(exc).strip()))
+            log.warning("%s on %s failed (%s); retrying", what, self.display, self._scrub(one_line(exc)))
             try:
                 self._reconnect(exc)
             except self._transient:
@@ -561,7 +629,8 @@ class PostgresStore(Store):
     def _translate(self, exc: BaseException, what: str, *, connecting: bool = False) -> BaseException:
         """The error to raise for a driver error: ours when retrying cannot help, else ``exc`` itself."""
         pg = self._pg
-        message = self._scrub(str(exc).strip())
+        raw = one_line(exc)  # libpq's messages end in a newline and indent their hints
+        message = self._scrub(raw)
         sqlstate = getattr(exc, "sqlstate", None) or ""
         lowered = message.lower()
         connecting = connecting and sqlstate == ""  # libpq's own report, matched by its words
@@ -585,7 +654,7 @@ class PostgresStore(Store):
         else:
             err = StoreUnavailable(f"{what} on {self.display} failed: {message}")
         # Keep the driver error as the cause unless it would print the password.
-        err.__cause__ = None if message != str(exc).strip() else exc
+        err.__cause__ = None if message != raw else exc
         err.__suppress_context__ = True
         return err
 

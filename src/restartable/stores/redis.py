@@ -21,6 +21,8 @@ names may hold anything and are percent-encoded)::
     {prefix}markers:{job}:{run}:{cursor}   hash: item key -> JSON value
     {prefix}runs                           zset: "job\\0run" -> the run's expiry (ms)
     {prefix}instance                       string: a random id, made once, never expires
+    {prefix}epoch-floor                    string: the highest epoch ever handed out or deleted
+                                           under the prefix (never expires; see _redis_lua)
 
 The pattern this replaces is the article's ``SET checkpoint:{job_id} <json> EX 604800``:
 one JSON value per job that silently vanishes seven days after it was written.
@@ -53,9 +55,10 @@ import functools
 import json
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from .._url import StoreURL, parse_duration
 from ..checkpoint import (
@@ -167,9 +170,6 @@ class RedisStore(Store):
         in ``driver_url`` overrides it.
         """
         redis = _driver()
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
         self.display = display
         self._prefix = prefix
         self._ttl_ms = "0" if ttl <= 0 else str(max(1, round(ttl * 1000)))
@@ -180,26 +180,10 @@ class RedisStore(Store):
             redis.exceptions.TimeoutError,
             redis.exceptions.BusyLoadingError,
         )
-        try:
-            # redis-py's own retries are off: call_with_retry owns the budget. Query
-            # parameters in the URL win over these defaults.
-            self._client: _redis.Redis = redis.Redis.from_url(
-                driver_url,
-                retry=Retry(NoBackoff(), 0),
-                socket_connect_timeout=max(1.0, min(5.0, retry)),
-                # A frozen server (SIGSTOP, a stalled VM, a silent network) accepts the
-                # request and never answers: without a deadline the job would hang there.
-                socket_timeout=read_timeout or None,
-            )
-            pool = self._client.connection_pool
-            # The pool makes connections lazily; make one now (unconnected) so an
-            # unknown query parameter is a ConfigError here, not a TypeError mid-run.
-            pool.connection_class(**pool.connection_kwargs)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(
-                f"invalid Redis store URL {display}: {exc}; restartable's options are prefix, ttl, "
-                "retry and read_timeout, the rest must be redis-py's (ssl_ca_certs, ssl_cert_reqs, ...)"
-            ) from None
+        self._client: _redis.Redis = make_client(
+            driver_url, display=display, retry=retry, read_timeout=read_timeout,
+            options="prefix, ttl, retry and read_timeout",
+        )
         self._index = f"{prefix}runs"
         c = self._client
         self._acquire = c.register_script(_redis_lua.ACQUIRE)
@@ -212,24 +196,18 @@ class RedisStore(Store):
         # restored it: the instance id tells a reset from a loss, the run_id is for the message.
         self._seen: dict[tuple[str, str], tuple[str, str]] = {}
         self._seen_lock = threading.Lock()
+        self._last_seq = 0
 
     @classmethod
     def from_url(cls, url: StoreURL) -> Self:
         opts = url.options
-        if "read_timeout" in opts and any(k == "socket_timeout" for k, _ in
-                                          parse_qsl(urlsplit(url.driver_url).query)):
-            raise ConfigError(
-                f"the Redis store URL {url.display} sets both read_timeout and redis-py's socket_timeout, "
-                "which mean the same: keep only ?read_timeout=SECONDS"
-            )
         return cls(
             url.driver_url,
             display=url.display,
             prefix=opts.get("prefix", DEFAULT_PREFIX),
             ttl=parse_duration(opts.get("ttl", DEFAULT_TTL), "ttl (retention) of the Redis store"),
             retry=parse_duration(opts.get("retry", DEFAULT_RETRY_SECONDS), "retry budget of the Redis store"),
-            read_timeout=parse_duration(opts.get("read_timeout", DEFAULT_READ_TIMEOUT),
-                                        "read_timeout (reply deadline) of the Redis store"),
+            read_timeout=read_timeout_of(url),
         )
 
     # -- keys ------------------------------------------------------------------
@@ -237,6 +215,10 @@ class RedisStore(Store):
     def _keys(self, job: str, run: str) -> list[str]:
         p = self._prefix
         return [f"{p}run:{job}:{run}", f"{p}hist:{job}:{run}", self._index, f"{p}instance"]
+
+    def _floored(self, job: str, run: str) -> list[str]:
+        """The keys of acquire, delete and restore: the four of every write plus the epoch floor."""
+        return [*self._keys(job, run), f"{self._prefix}epoch-floor"]
 
     def _common(self, job: str, run: str) -> list[str]:
         return [f"{job}\0{run}", f"{self._prefix}markers:{job}:{run}:", self._ttl_ms, str(HISTORY_LIMIT)]
@@ -358,7 +340,7 @@ class RedisStore(Store):
             str(first_epoch()), body, _owner_json(owner), _ms(lease_seconds),
             "" if steal_epoch is None else str(steal_epoch), secrets.token_hex(16),
         ]
-        keys = self._keys(job, run)
+        keys = self._floored(job, run)
         res = self._call(f"acquiring job {job!r} run {run!r}", lambda: self._acquire(keys=keys, args=args))
         if res[0] == b"locked":
             now_ms, held_by, heartbeat, lease = res[1:5]
@@ -377,8 +359,21 @@ class RedisStore(Store):
         return self._common(job, run) + [
             str(record.epoch), encode_record(record), record.status, _owner_json(record.owner),
             _ms(record.started), str(record.done), str(record.failed),
-            "" if lease_seconds is None else _ms(lease_seconds), _history_tail(record),
+            "" if lease_seconds is None else _ms(lease_seconds), _history_tail(record), str(self._next_seq()),
         ]
+
+    def _next_seq(self) -> int:
+        """A save's sequence number (ARGV[14]): above every one this store object gave before.
+
+        Monotonic microseconds, so that two store objects of one process keep one order
+        too; the counter part breaks ties. Only the order of one epoch's saves matters (an
+        acquire resets the stored number to 0). Microseconds, not nanoseconds: Lua numbers
+        are doubles, exact only below 2**53, which nanoseconds since boot pass after 104
+        days of uptime (and two saves could then compare equal); microseconds, never.
+        """
+        with self._seen_lock:
+            self._last_seq = max(self._last_seq + 1, time.monotonic_ns() // 1000)
+            return self._last_seq
 
     def save(self, record: Checkpoint, *, lease_seconds: float | None) -> Checkpoint:
         job, run = record.job, record.run
@@ -404,7 +399,7 @@ class RedisStore(Store):
             seen = self._seen.get((job, run))
         args = self._write_args(job, run, record, lease_seconds) + [
             "" if seen is None else seen[0], secrets.token_hex(16)]
-        keys = self._keys(job, run)
+        keys = self._floored(job, run)
         # One token for every attempt: a retry can then tell an instance key its own lost
         # attempt made (written back, then reset) from one that a loss left behind.
         res = self._call(f"restoring job {job!r} run {run!r}", lambda: self._restore(keys=keys, args=args))
@@ -414,20 +409,23 @@ class RedisStore(Store):
             raise self._refusal(job, run, record.epoch, res)
         self._seen_server(job, run, res[3], res[4])
         now = _sec(res[1])
-        return record.replace(started=_sec(args[8]), updated=now, heartbeat=now, lease_expires=_sec(res[2]))
+        return record.replace(started=_sec(args[8]), updated=now, heartbeat=now,
+                              lease_expires=_sec(res[2]) if res[2] else None)
 
     def renew(self, job: str, run: str, *, epoch: int, lease_seconds: float) -> float:
         args = self._common(job, run) + [str(epoch), _ms(lease_seconds)]
         keys = self._keys(job, run)
         res = self._call(f"renewing the lease of job {job!r} run {run!r}",
                          lambda: self._renew(keys=keys, args=args))
+        if res[0] == b"released":
+            raise self._released(job, run, epoch)
         if res[0] != b"ok":
             raise self._refusal(job, run, epoch, res)
         return _sec(res[1])
 
     def delete(self, job: str, run: str, *, epoch: int | None = None) -> bool:
         args = self._common(job, run) + ["" if epoch is None else str(epoch)]
-        keys = self._keys(job, run)
+        keys = self._floored(job, run)
         return bool(self._call(f"deleting job {job!r} run {run!r}", lambda: self._delete(keys=keys, args=args)))
 
     def list_runs(self, job: str | None = None, *, corrupt: list[Unreadable] | None = None) -> list[Checkpoint]:
@@ -507,7 +505,7 @@ class RedisStore(Store):
             pipe = self._client.pipeline(transaction=False)
             for rec in old:
                 args = self._common(rec.job, rec.run) + [str(rec.epoch)]
-                self._delete(keys=self._keys(rec.job, rec.run), args=args, client=pipe)
+                self._delete(keys=self._floored(rec.job, rec.run), args=args, client=pipe)
             return pipe.execute()
 
         done = self._call("cleaning up completed runs", delete_all)
@@ -515,6 +513,77 @@ class RedisStore(Store):
 
     def close(self) -> None:
         self._client.close()
+
+
+# The two helpers below are shared with the Redis work queue (restartable._queue_backends);
+# internal, so not in __all__.
+
+
+def read_timeout_of(url: StoreURL) -> float:
+    """The ``read_timeout`` option of a parsed Redis URL in seconds (default 60, ``0``: no deadline).
+
+    Refuses it together with redis-py's ``socket_timeout``, which means the same thing.
+    """
+    if "read_timeout" in url.options and any(k == "socket_timeout" for k, _ in
+                                             parse_qsl(urlsplit(url.driver_url).query)):
+        raise ConfigError(
+            f"the Redis URL {url.display} sets both read_timeout and redis-py's socket_timeout, "
+            "which mean the same: keep only ?read_timeout=SECONDS"
+        )
+    return parse_duration(url.options.get("read_timeout", DEFAULT_READ_TIMEOUT),
+                          "read_timeout (reply deadline) of the Redis URL")
+
+
+def make_client(driver_url: str, *, display: str, retry: float, read_timeout: float | None, options: str) -> Any:
+    """A ``redis.Redis`` for ``driver_url`` (restartable's options already taken out), checked now.
+
+    The one client setup of the Redis store and the Redis work queue: redis-py's own
+    retries off (``call_with_retry`` of the caller owns the budget; its default client
+    retries every timeout again, so one silent server would cost many deadlines), a
+    connect bounded by ``retry`` (1-5 s), and every reply bounded by ``read_timeout``
+    (``0`` or None: no deadline); a ``socket_timeout`` in the URL wins. Every mistake in
+    the URL is a ConfigError naming ``display`` and ``options`` (restartable's own,
+    listed in the message), here rather than at the first command.
+    """
+    redis = _driver()
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    _check_db(driver_url, display)
+    try:
+        # Query parameters in the URL win over these defaults.
+        client = redis.Redis.from_url(
+            driver_url,
+            retry=Retry(NoBackoff(), 0),
+            socket_connect_timeout=max(1.0, min(5.0, retry)),
+            # A frozen server (SIGSTOP, a stalled VM, a silent network) accepts the
+            # request and never answers: without a deadline the job would hang there.
+            socket_timeout=read_timeout or None,
+        )
+        pool = client.connection_pool
+        # The pool makes connections lazily; make one now (unconnected) so an unknown
+        # or malformed query parameter is a ConfigError here, not an error mid-run.
+        pool.connection_class(**pool.connection_kwargs)
+    except (TypeError, ValueError, redis.exceptions.RedisError) as exc:
+        # RedisError: redis-py refuses some values itself (ssl_cert_reqs=bogus).
+        raise ConfigError(
+            f"invalid Redis URL {display}: {' '.join(str(exc).split())}; restartable's options are {options}, "
+            "the rest must be redis-py's (ssl_ca_certs, ssl_cert_reqs, ...)"
+        ) from None
+    return client
+
+
+def _check_db(driver_url: str, display: str) -> None:
+    """Refuse a path that is not a database number: redis-py would quietly open database 0."""
+    try:
+        path = unquote(urlsplit(driver_url).path)
+    except ValueError:
+        return  # redis-py reports the malformed URL itself
+    if path not in ("", "/") and not (path[1:].isdigit() and path[1:].isascii()):
+        raise ConfigError(
+            f"invalid Redis URL {display}: the path {path!r} is not a database number; use "
+            "redis://host:port/N with N a number (0 when absent)"
+        )
 
 
 def _is_tls_failure(exc: BaseException) -> bool:

@@ -476,12 +476,15 @@ class SQLiteStore(Store):
         with self._errors(f"renewing the lease of job {job!r} run {run!r}"), self._write() as conn:
             now = self.now()
             expires = now + lease_seconds
+            # A released lease (lease_expires NULL) is not taken again by a late renewal.
             cur = conn.execute(
-                "UPDATE runs SET heartbeat = ?, lease_expires = ? WHERE job = ? AND run = ? AND epoch = ?",
+                "UPDATE runs SET heartbeat = ?, lease_expires = ? "
+                "WHERE job = ? AND run = ? AND epoch = ? AND lease_expires IS NOT NULL",
                 (now, expires, job, run, epoch),
             )
             if cur.rowcount == 0:
-                raise self._fenced(job, run, epoch, self._stored_epoch(conn, job, run))
+                stored = self._stored_epoch(conn, job, run)
+                raise self._released(job, run, epoch) if stored == epoch else self._fenced(job, run, epoch, stored)
             return expires
 
     def delete(self, job: str, run: str, *, epoch: int | None = None) -> bool:
