@@ -738,7 +738,13 @@ class Campaign:
 
 def run_cell(cell: Cell, env: CellEnv, row: Row, budget: int | None = None) -> None:
     """Run campaigns of ``cell`` until its fault target is met (or a campaign is aborted)."""
-    target = budget if budget is not None else TARGETS[LONG][cell.fault]
+    make: Any = Campaign
+    targets = TARGETS[LONG]
+    if cell.mode == "queue":  # several workers drain one WorkQueue: queue_cells.py
+        from queue_cells import QUEUE_TARGETS, QueueCampaign
+
+        make, targets = QueueCampaign, QUEUE_TARGETS[LONG]
+    target = budget if budget is not None else targets[cell.fault]
     rng = random.Random(f"{SEED}-{cell.store}-{cell.mode}-{cell.fault}")
     t0 = time.monotonic()
     index = 0
@@ -746,7 +752,7 @@ def run_cell(cell: Cell, env: CellEnv, row: Row, budget: int | None = None) -> N
         index += 1
         before = row.faults
         try:
-            Campaign(cell, env, index, rng, row).run(target - row.faults)
+            make(cell, env, index, rng, row).run(target - row.faults)
         except Exception:  # noqa: BLE001 - a harness failure is reported in the table, with its traceback
             row.violations.append(f"c{index}: the campaign crashed:\n{traceback.format_exc(limit=6)}")
         row.campaigns += 1

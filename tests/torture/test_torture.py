@@ -17,6 +17,7 @@ import pytest
 from campaigns import SEED, Cell, CellEnv, run_cell
 from faults import FAULTS, LOCAL_ONLY, NET, SERVER_ONLY
 from procs import Spawner
+from queue_cells import QUEUE_FAULTS
 from report import Report, Row
 from workloads import MODES, write_script
 
@@ -44,6 +45,8 @@ def _param(cell: Cell) -> Any:
 
 
 CELLS = [_param(Cell(s, m, f)) for s in STORES for m in MODES for f in FAULTS if _supported(s, m, f)]
+#: The work queue (queue_cells.py): several workers drain one WorkQueue on PostgreSQL or Redis.
+CELLS += [_param(Cell(s, "queue", f)) for s in ("postgresql", "redis") for f in QUEUE_FAULTS]
 
 
 def _cleanup(env: CellEnv) -> None:
@@ -80,7 +83,10 @@ def cell_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CellEnv
                 env.pg_url = request.getfixturevalue("postgres_server")
         if cell.store == "redis":
             if cell.fault in ("restart", "restart-keep"):
-                fixture = "torture_private_redis" if cell.fault == "restart" else "torture_private_redis_aof"
+                # The queue needs a Redis that keeps its data (test_found.py shows why): its "restart"
+                # is a crash (SIGKILL) of a server with appendonly, its "restart-keep" a clean restart.
+                plain = cell.fault == "restart" and cell.mode != "queue"
+                fixture = "torture_private_redis" if plain else "torture_private_redis_aof"
                 env.server = request.getfixturevalue(fixture)
                 env.redis_url = env.server.url
             else:
