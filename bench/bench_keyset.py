@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common
 
 from restartable import Job
-from restartable.sources.postgres import PostgresTable
+from restartable._postgres.table import PostgresTable
 
 BATCH = 1000
 

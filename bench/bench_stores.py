@@ -37,7 +37,7 @@ from _common import interleaved, parser, report
 from restartable._proc import current_owner
 from restartable.checkpoint import Checkpoint, encode_record
 from restartable.stores.file import FileStore
-from restartable.stores.sqlite import SQLiteStore
+from restartable._sqlite.store import SQLiteStore
 
 
 def realistic(rec: Checkpoint) -> Checkpoint:

@@ -18,6 +18,28 @@ REDIS_URL = os.environ.get("RESTARTABLE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
+#: Environment variables that change what the library does: cleared for every test, so a
+#: developer's shell (or a CI runner inside Kubernetes) cannot change what a test asserts.
+ISOLATED_PREFIXES = ("RESTARTABLE_",)
+ISOLATED_NAMES = ("KUBERNETES_SERVICE_HOST", "JOB_COMPLETION_INDEX")
+#: The test harness's own knobs (server URLs, torture length and seed): the library never reads them.
+HARNESS_PREFIXES = ("RESTARTABLE_TEST_", "RESTARTABLE_TORTURE")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts without ``RESTARTABLE_*``, ``KUBERNETES_SERVICE_HOST`` or ``JOB_COMPLETION_INDEX``.
+
+    The harness's own knobs (``RESTARTABLE_TEST_*``, ``RESTARTABLE_TORTURE*``) stay; a test
+    that wants a library variable sets it with ``monkeypatch.setenv``.
+    """
+    for name in list(os.environ):
+        if name.startswith(HARNESS_PREFIXES):
+            continue
+        if name.startswith(ISOLATED_PREFIXES) or name in ISOLATED_NAMES:
+            monkeypatch.delenv(name, raising=False)
+
+
 def unavailable(reason: str) -> None:
     """Skip outside CI, fail in CI: a server that CI must provide is missing."""
     if IN_CI:

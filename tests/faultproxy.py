@@ -206,8 +206,9 @@ class _Trigger:
 class _Link(threading.Thread):
     """One proxied connection: forwards both ways, applies the faults requested of it."""
 
-    def __init__(self, proxy: FaultProxy, ident: int, client: socket.socket, upstream: socket.socket,
-                 hold_until: float) -> None:
+    def __init__(
+        self, proxy: FaultProxy, ident: int, client: socket.socket, upstream: socket.socket, hold_until: float
+    ) -> None:
         super().__init__(daemon=True, name=f"faultproxy-link-{ident}")
         self.proxy, self.link_id = proxy, ident
         self.client, self.upstream = client, upstream
@@ -478,8 +479,9 @@ class FaultProxy:
         if ms > 0:
             self._landed("delay")
 
-    def lose_next_answer_to(self, pattern: Pattern, *, when: Literal["answered", "sent"] = "answered",
-                            after: float = 0.0) -> None:
+    def lose_next_answer_to(
+        self, pattern: Pattern, *, when: Literal["answered", "sent"] = "answered", after: float = 0.0
+    ) -> None:
         """Arm: the next client message matching ``pattern`` reaches the server, its answer never returns.
 
         ``when="answered"``: the client's socket is reset as soon as the server starts to
@@ -507,9 +509,14 @@ class FaultProxy:
         with self._lock:
             return len(self._triggers)
 
-    def random_faults(self, rate: float, kinds: Iterable[str] = ("reset", "drop", "blackhole", "delay"), *,
-                      blackhole_seconds: tuple[float, float] = (0.5, 3.0),
-                      delay_ms: tuple[float, float] = (20.0, 300.0)) -> None:
+    def random_faults(
+        self,
+        rate: float,
+        kinds: Iterable[str] = ("reset", "drop", "blackhole", "delay"),
+        *,
+        blackhole_seconds: tuple[float, float] = (0.5, 3.0),
+        delay_ms: tuple[float, float] = (20.0, 300.0),
+    ) -> None:
         """Inject ``kinds`` at seeded random moments, ``rate`` a second on average, until :meth:`stop_random`.
 
         ``reset``/``drop``/``blackhole`` hit one random open connection (a blackhole of a
@@ -531,8 +538,11 @@ class FaultProxy:
                     self.delay(self.rng.uniform(*delay_ms), seconds=self.rng.uniform(0.5, 2.0))
                 elif kind == "commit":
                     if not self.armed:
-                        self.lose_next_answer_to(re.compile(PG_COMMIT.pattern + rb"|" + PG_SAVE.pattern + rb"|"
-                                                            + REDIS_CAS.pattern, re.IGNORECASE))
+                        self.lose_next_answer_to(
+                            re.compile(
+                                PG_COMMIT.pattern + rb"|" + PG_SAVE.pattern + rb"|" + REDIS_CAS.pattern, re.IGNORECASE
+                            )
+                        )
                 else:
                     live = self._live()
                     if live:

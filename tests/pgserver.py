@@ -154,8 +154,20 @@ def _template(bindir: Path) -> Path:
         PgServer._chown(root)
         data = root / "data"
         PgServer._as_pg(
-            [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-             "--locale=C", "--no-sync", "--no-instructions"]
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "--no-instructions",
+            ]
         )
         with open(data / "postgresql.conf", "a") as conf:
             conf.write("".join(f"{k} = '{v}'\n" for k, v in _SETTINGS.items()))

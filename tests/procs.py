@@ -318,7 +318,7 @@ class Spawner:
 
 def local_store_url(kind: str, tmp_path: Path) -> str:
     """A fresh sqlite or file store under ``tmp_path``; skip while the file store is not written yet."""
-    module = f"restartable.stores.{kind}"
+    module = {"sqlite": "restartable._sqlite.store"}.get(kind, f"restartable.stores.{kind}")
     if importlib.util.find_spec(module) is None:
         pytest.skip(f"the {kind} store is not implemented yet ({module})")
     return f"sqlite:///{tmp_path}/ckpt.db" if kind == "sqlite" else f"file://{tmp_path}/ckpt"

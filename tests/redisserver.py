@@ -42,9 +42,27 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
     """Make a one-day self-signed certificate for localhost / 127.0.0.1; return (cert, key)."""
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-days", "1",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-days",
+            "1",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     key.chmod(0o600)
     return cert, key
@@ -81,14 +99,37 @@ class RedisServer:
         return f"{'rediss' if self.tls else 'redis'}://{auth}127.0.0.1:{self.port}/0"
 
     def _argv(self) -> list[str]:
-        argv = ["redis-server", "--bind", "127.0.0.1", "--save", "",
-                "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log"), "--daemonize", "no"]
+        argv = [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(self.dir),
+            "--logfile",
+            str(self.dir / "redis.log"),
+            "--daemonize",
+            "no",
+        ]
         # fsync on every write: a SIGKILL loses nothing that was acknowledged.
         argv += ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
         if self.cert:
             cert, key = self.cert
-            argv += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
-                     "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
+            argv += [
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--tls-cert-file",
+                str(cert),
+                "--tls-key-file",
+                str(key),
+                "--tls-ca-cert-file",
+                str(cert),
+                "--tls-auth-clients",
+                "no",
+            ]
         else:
             argv += ["--port", str(self.port)]
         if self.password:
@@ -189,8 +230,9 @@ def redis_server_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iter
             _unavailable(request, "openssl is not installed (needed for the TLS test certificate)")
         workdir = tmp_path / f"redis{len(servers)}"
         workdir.mkdir(mode=0o700)
-        server = RedisServer(workdir, password=password, cert=self_signed_cert(workdir) if tls else None,
-                             appendonly=appendonly)
+        server = RedisServer(
+            workdir, password=password, cert=self_signed_cert(workdir) if tls else None, appendonly=appendonly
+        )
         servers.append(server)
         server.start()
         return server

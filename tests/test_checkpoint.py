@@ -46,8 +46,17 @@ def test_codec_round_trips_every_value_it_accepts(value):
 @given(st.dictionaries(st.text(max_size=8), values, max_size=6))
 @settings(max_examples=100, deadline=None)
 def test_record_round_trips(state):
-    rec = Checkpoint(job="j", run="r", epoch=5, state=state, positions={"0": {"offset": 3, "key": (1, "a")}},
-                     owner=Owner(host="h", pid=1, boot_id="b"), started=1.0, updated=2.0, heartbeat=2.0)
+    rec = Checkpoint(
+        job="j",
+        run="r",
+        epoch=5,
+        state=state,
+        positions={"0": {"offset": 3, "key": (1, "a")}},
+        owner=Owner(host="h", pid=1, boot_id="b"),
+        started=1.0,
+        updated=2.0,
+        heartbeat=2.0,
+    )
     back = decode_record(encode_record(rec))
     assert back == rec
 
@@ -71,7 +80,14 @@ def test_tag_shaped_user_dicts_survive():
 
 
 def test_typed_values_keep_types():
-    v = (1, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), Decimal("1.10"), uuid.UUID(int=1), b"x", dt.date(2026, 1, 2))
+    v = (
+        1,
+        dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+        Decimal("1.10"),
+        uuid.UUID(int=1),
+        b"x",
+        dt.date(2026, 1, 2),
+    )
     back = loads(dumps(v))
     assert back == v and [type(x) for x in back] == [type(x) for x in v]
 

@@ -111,8 +111,9 @@ def test_cleanup_removes_only_completed(capsys, db):
 )
 def test_errors_are_one_line_with_documented_codes(tmp_path, args, code, needle):
     env = {**os.environ, "RESTARTABLE_STORE": f"sqlite:///{tmp_path}/x.db"}
-    proc = subprocess.run([sys.executable, "-m", "restartable.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "restartable.cli", *args], capture_output=True, text=True, env=env, timeout=60
+    )
     assert proc.returncode == code, proc.stderr
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr and "hunter2" not in proc.stderr
@@ -120,8 +121,18 @@ def test_errors_are_one_line_with_documented_codes(tmp_path, args, code, needle)
 
 def test_demo_resumes_with_exactly_once_output(tmp_path):
     env = {**os.environ, "RESTARTABLE_STORE": f"sqlite:///{tmp_path}/demo.db"}
-    cmd = [sys.executable, "-m", "restartable.cli", "demo", "--items", "3000", "--rounds", "2000",
-           "--output", str(tmp_path / "out.csv")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "restartable.cli",
+        "demo",
+        "--items",
+        "3000",
+        "--rounds",
+        "2000",
+        "--output",
+        str(tmp_path / "out.csv"),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     import time
 
@@ -133,8 +144,14 @@ def test_demo_resumes_with_exactly_once_output(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted by SIGINT" in err and "Traceback" not in err
-    proc = subprocess.run(cmd[:-2] + ["--rounds", "1", "--output", str(tmp_path / "out.csv")], env=env,
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        cmd[:-2] + ["--rounds", "1", "--output", str(tmp_path / "out.csv")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "resuming" in proc.stderr
     assert "3,000 lines, 0 duplicates, 0 missing" in proc.stdout

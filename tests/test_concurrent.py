@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from restartable import Job, SkipBudgetExceeded, UsageError, exit_code_for
-from restartable._window import DoneSet, encoded_bound
+from restartable._concurrency.window import DoneSet, encoded_bound
 from restartable.checkpoint import COMPLETED, FAILED, INTERRUPTED, encode_record
-from restartable.concurrent import DEFAULT_WINDOW
+from restartable._concurrency.engines import DEFAULT_WINDOW
 from restartable.stores import open_store
 
 
@@ -285,8 +285,19 @@ class Flaky:
 def test_retries_then_dead_letters(url: str) -> None:
     fn = Flaky({3, 17}, {9})
     with job(url) as j:
-        got = list(j.map(fn, range(30), workers=4, attempts=3, backoff=0.001, retry_on=ValueError,
-                         on_error="skip", key=lambda x: {"id": x}, name="m"))
+        got = list(
+            j.map(
+                fn,
+                range(30),
+                workers=4,
+                attempts=3,
+                backoff=0.001,
+                retry_on=ValueError,
+                on_error="skip",
+                key=lambda x: {"id": x},
+                name="m",
+            )
+        )
         assert sorted(got) == sorted(set(range(30)) - {3, 9, 17})
         assert fn.calls[3] == fn.calls[17] == 3 and fn.calls[9] == 1 and fn.calls[4] == 1
     dead = load(url).positions["m"]["dead"]
@@ -470,8 +481,16 @@ def test_bad_options_are_usage_errors(url: str) -> None:
         yield 1
 
     with job(url) as j:
-        for bad in ({"workers": 0}, {"window": 0}, {"attempts": 0}, {"on_error": "ignore"}, {"rate": 0},
-                    {"retry_on": 3}, {"skip_budget": -1}, {"every": 0}):
+        for bad in (
+            {"workers": 0},
+            {"window": 0},
+            {"attempts": 0},
+            {"on_error": "ignore"},
+            {"rate": 0},
+            {"retry_on": 3},
+            {"skip_budget": -1},
+            {"every": 0},
+        ):
             with pytest.raises(UsageError):
                 j.map(abs, range(3), **bad)
         with pytest.raises(UsageError, match="job.amap"):

@@ -27,11 +27,11 @@ from typing import Any
 import pytest
 from procs import Spawner, Worker, local_store_url, mark_segment, read_log, wait_items
 
-from restartable._window import DoneSet
+from restartable._concurrency.window import DoneSet
 from restartable.checkpoint import COMPLETED, INTERRUPTED, RUNNING
 from restartable.stores import open_store
 
-SCRIPT = r'''
+SCRIPT = r"""
 import asyncio, json, os, random, sys, threading, time
 
 cfg = json.loads(sys.argv[1])
@@ -92,7 +92,7 @@ if cfg.get("handshake"):
     if sys.stdin.readline().strip() != "go":
         sys.exit(3)
 restartable.entrypoint(main)()
-'''
+"""
 
 KILLS = int(os.environ.get("RESTARTABLE_TORTURE_KILLS", "0"))
 N = 160
@@ -129,8 +129,20 @@ def test_sigkill_at_random_moments_loses_nothing_and_redoes_at_most_in_flight(
     bound = WORKERS + 1  # unsettled items, plus one acknowledged and not yet saved
 
     def worker(run: str, log: Path, seed: int) -> Worker:
-        return spawn({"store": url, "run": run, "log": str(log), "n": N, "workers": WORKERS, "mode": mode,
-                      "seed": seed, "max_sleep": 0.02, "every": 1, "handshake": True})
+        return spawn(
+            {
+                "store": url,
+                "run": run,
+                "log": str(log),
+                "n": N,
+                "workers": WORKERS,
+                "mode": mode,
+                "seed": seed,
+                "max_sleep": 0.02,
+                "every": 1,
+                "handshake": True,
+            }
+        )
 
     kills = campaigns = 0
     worst = 0
@@ -190,8 +202,19 @@ def test_sigterm_finishes_in_flight_items_and_does_not_hang_on_a_stuck_one(
     """Item 12 never returns; SIGTERM: the other in-flight items finish, exit 143 after the grace."""
     url = local_store_url("sqlite", tmp_path)
     log = tmp_path / "items.log"
-    cfg = {"store": url, "run": "r", "log": str(log), "n": 60, "workers": WORKERS, "mode": mode, "seed": 7,
-           "max_sleep": 0.08, "every": 1000, "stuck": 12, "grace": 1.0}
+    cfg = {
+        "store": url,
+        "run": "r",
+        "log": str(log),
+        "n": 60,
+        "workers": WORKERS,
+        "mode": mode,
+        "seed": 7,
+        "max_sleep": 0.08,
+        "every": 1000,
+        "stuck": 12,
+        "grace": 1.0,
+    }
     mark_segment(log, "first")
     w = spawn(cfg)
     w.started()

@@ -52,7 +52,7 @@ def section(text: str, heading: str) -> str:
         raise AssertionError(f"no heading {heading!r}") from None
     body: list[str] = []
     fenced = False
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if line.startswith("```"):
             fenced = not fenced
         if not fenced and line.startswith("#"):
@@ -137,7 +137,7 @@ def test_every_error_exits_with_a_code_of_the_table():
 def test_site_maps_each_error_to_its_code():
     """The exit-code page's second table (code -> errors) is what exit_code_for does."""
     text = (DOCS / "exit-codes.md").read_text()
-    second = text[text.index("Which error ends with which code"):]
+    second = text[text.index("Which error ends with which code") :]
     header, rows = first_table(second)
     assert header == ["code", "errors"]
     named: set[str] = set()
@@ -148,8 +148,11 @@ def test_site_maps_each_error_to_its_code():
             named.add(name)
             for signum in (signal.SIGINT, signal.SIGTERM):
                 assert restartable.exit_code_for(_instance(cls, signum)) in row_codes, (name, code_cell)
-    public_errors = {n for n in restartable.__all__
-                     if isinstance(getattr(restartable, n), type) and issubclass(getattr(restartable, n), BaseException)}
+    public_errors = {
+        n
+        for n in restartable.__all__
+        if isinstance(getattr(restartable, n), type) and issubclass(getattr(restartable, n), BaseException)
+    }
     assert public_errors - {"ControlSignal"} <= named, f"not on the exit-code page: {public_errors - named}"
 
 
@@ -165,8 +168,13 @@ def test_cli_help_names_every_exit_code():
     """``restartable --help`` summarises the codes; it must not miss one of the table's."""
     from procs import clean_env
 
-    proc = subprocess.run([sys.executable, "-m", "restartable", "--help"], capture_output=True, text=True,
-                          env=clean_env(PYTHONPATH=str(ROOT / "src")), timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "restartable", "--help"],
+        capture_output=True,
+        text=True,
+        env=clean_env(PYTHONPATH=str(ROOT / "src")),
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     for row in EXIT_CODE_TABLE[1:]:
         for code in row.codes:
@@ -225,7 +233,7 @@ def test_environment_page_lists_every_variable():
 
 # -- the README's first example is exactly once ---------------------------------------
 
-HARNESS = r'''
+HARNESS = r"""
 import os, signal, sys
 from pathlib import Path
 
@@ -255,7 +263,7 @@ def fsync(fd):
 
 os.fsync = fsync
 exec(compile(Path(sys.argv[1]).read_text(), "README.md", "exec"))
-'''
+"""
 
 
 def test_readme_first_example_is_exactly_once_under_sigkill(tmp_path):
@@ -271,8 +279,14 @@ def test_readme_first_example_is_exactly_once_under_sigkill(tmp_path):
     env = clean_env(PYTHONPATH=str(ROOT / "src"))
     codes = []
     for _ in range(8):
-        proc = subprocess.run([sys.executable, "harness.py", "example.py"], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "harness.py", "example.py"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         codes.append(proc.returncode)
         if proc.returncode == 0:
             break
@@ -281,7 +295,8 @@ def test_readme_first_example_is_exactly_once_under_sigkill(tmp_path):
     lines = (tmp_path / "export.csv").read_text().splitlines()
     assert lines == [str(i) for i in range(10_000)]
     # A rerun of the completed run writes nothing more.
-    proc = subprocess.run([sys.executable, "harness.py", "example.py"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "harness.py", "example.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "export.csv").read_text().splitlines() == lines

@@ -256,8 +256,7 @@ _sql = st.binary(min_size=0, max_size=40).map(lambda b: b.replace(b"\0", b"_"))
 
 @settings(max_examples=150, deadline=None)
 @given(queries=st.lists(_sql, min_size=1, max_size=6), cuts=st.lists(st.integers(0, 400), max_size=8))
-def test_pg_framer_cuts_the_same_messages_however_the_stream_is_chunked(queries: list[bytes],
-                                                                        cuts: list[int]) -> None:
+def test_pg_framer_cuts_the_same_messages_however_the_stream_is_chunked(queries: list[bytes], cuts: list[int]) -> None:
     startup = struct.pack("!II", 8 + 5, 196608) + b"user\0"
     startup = struct.pack("!I", len(startup)) + startup[4:]
     msgs = [startup]
@@ -265,8 +264,12 @@ def test_pg_framer_cuts_the_same_messages_however_the_stream_is_chunked(queries:
         if i % 2:
             msgs.append(_pg_msg(b"Q", q + b"\0"))
         else:
-            msgs += [_pg_msg(b"P", b"s%d\0" % i + q + b"\0\0\0"), _pg_msg(b"B", b"\0s%d\0" % i + b"\0" * 6),
-                     _pg_msg(b"E", b"\0\0\0\0\0"), _pg_msg(b"S", b"")]
+            msgs += [
+                _pg_msg(b"P", b"s%d\0" % i + q + b"\0\0\0"),
+                _pg_msg(b"B", b"\0s%d\0" % i + b"\0" * 6),
+                _pg_msg(b"E", b"\0\0\0\0\0"),
+                _pg_msg(b"S", b""),
+            ]
     stream = b"".join(msgs)
     bounds = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
     framer = _PgFramer()
@@ -277,10 +280,13 @@ def test_pg_framer_cuts_the_same_messages_however_the_stream_is_chunked(queries:
 
 
 @settings(max_examples=150, deadline=None)
-@given(cmds=st.lists(st.lists(st.binary(max_size=20), min_size=1, max_size=4), min_size=1, max_size=5),
-       cuts=st.lists(st.integers(0, 300), max_size=8))
-def test_resp_framer_cuts_the_same_commands_however_the_stream_is_chunked(cmds: list[list[bytes]],
-                                                                         cuts: list[int]) -> None:
+@given(
+    cmds=st.lists(st.lists(st.binary(max_size=20), min_size=1, max_size=4), min_size=1, max_size=5),
+    cuts=st.lists(st.integers(0, 300), max_size=8),
+)
+def test_resp_framer_cuts_the_same_commands_however_the_stream_is_chunked(
+    cmds: list[list[bytes]], cuts: list[int]
+) -> None:
     def encode(parts: list[bytes]) -> bytes:
         return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(x), x) for x in parts)
 

@@ -20,7 +20,7 @@ import pytest
 from restartable import Job, _lease
 from restartable.checkpoint import Owner
 from restartable.errors import CheckpointLost, Fenced, StoreUnavailable
-from restartable.job import run_context
+from restartable._job import run_context
 from restartable.stores.memory import MemoryStore
 
 OWNER = Owner(host="h", pid=1)
@@ -43,8 +43,9 @@ def thread_errors(monkeypatch: pytest.MonkeyPatch) -> list[BaseException]:
 
 def _beat(store: MemoryStore, on_lost, on_fenced) -> _lease.Heartbeat:
     rec = store.acquire("job", "r", owner=OWNER, lease_seconds=30)
-    return _lease.Heartbeat(store, "job", "r", epoch=rec.epoch, lease_seconds=0.3, on_fenced=on_fenced,
-                            on_lost=on_lost, label="test")
+    return _lease.Heartbeat(
+        store, "job", "r", epoch=rec.epoch, lease_seconds=0.3, on_fenced=on_fenced, on_lost=on_lost, label="test"
+    )
 
 
 def _wait_for(cond, seconds: float = 10.0) -> bool:
@@ -128,8 +129,16 @@ def test_a_renewal_after_the_runners_own_release_ends_the_heartbeat_without_a_fe
     rec = store.acquire("job", "r", owner=OWNER, lease_seconds=30)
     store.save(rec, lease_seconds=None)  # the runner's own release
     fenced: list[Fenced] = []
-    beat = _lease.Heartbeat(store, "job", "r", epoch=rec.epoch, lease_seconds=0.3, on_fenced=fenced.append,
-                            on_lost=lambda exc: None, label="test")
+    beat = _lease.Heartbeat(
+        store,
+        "job",
+        "r",
+        epoch=rec.epoch,
+        lease_seconds=0.3,
+        on_fenced=fenced.append,
+        on_lost=lambda exc: None,
+        label="test",
+    )
     beat.start()
     assert _wait_for(lambda: not beat._thread.is_alive()), "the heartbeat kept renewing a released lease"
     assert fenced == [] and thread_errors == []

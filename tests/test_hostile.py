@@ -51,10 +51,42 @@ def _job(name: str, url: str, run: str | None = None) -> Job:
 
 # -- job names and run ids -----------------------------------------------------------------------
 
-LOOKALIKES = ["x.ckpt", "x.ckpt.prev", "x.prev", "x.tmp", "x.lock", "x.shard-0-of-2", "x.ckpt.0123456789abcdef.tmp",
-              "x..epoch-floor", "runs", "x" * 128]
-NASTY = ["", ".", "..", "../x", "a/b", "a\\b", ".x", "-x", "_x", "x\x00", "x\n", "x" * 129, "ｘ", "x\u200b", "\udcff",
-         "x y", "x'", "con", "NUL", "x:y", "*", "x%2F"]
+LOOKALIKES = [
+    "x.ckpt",
+    "x.ckpt.prev",
+    "x.prev",
+    "x.tmp",
+    "x.lock",
+    "x.shard-0-of-2",
+    "x.ckpt.0123456789abcdef.tmp",
+    "x..epoch-floor",
+    "runs",
+    "x" * 128,
+]
+NASTY = [
+    "",
+    ".",
+    "..",
+    "../x",
+    "a/b",
+    "a\\b",
+    ".x",
+    "-x",
+    "_x",
+    "x\x00",
+    "x\n",
+    "x" * 129,
+    "ｘ",
+    "x\u200b",
+    "\udcff",
+    "x y",
+    "x'",
+    "con",
+    "NUL",
+    "x:y",
+    "*",
+    "x%2F",
+]
 names = st.sampled_from(LOOKALIKES + NASTY) | st.text(max_size=12) | st.from_regex(_NAME, fullmatch=True)
 
 
@@ -101,16 +133,41 @@ def test_runs_named_like_the_stores_own_files_stay_apart(kind: str) -> None:
 # -- store URLs ------------------------------------------------------------------------------------
 
 NEAR_MISSES = [
-    "sqlite://relative", "sqlite://host/x.db", "sqlite:", "sqlite:///x.db?journal=wal", "file:", "file://",
-    "file://otherhost/x", "file:///x?ttl=1", "memory:", "postgresql://host:99999/db", "postgresql://[::1/db",
-    "postgresql://u:p@[zz]/db", "redis://[::1", "redis://[::1]:99999/0", "ftp://x", "http://[::1:80/", " ",
-    "nonsense", "unix:///tmp/x.sock", "redis+sentinel://h/0", "redis://127.0.0.1:1/0?bogus=1",
-    "redis://127.0.0.1:1/0?db=x", "redis://127.0.0.1:1/0?ttl=-1", "redis://127.0.0.1:1/0?retry=soon",
+    "sqlite://relative",
+    "sqlite://host/x.db",
+    "sqlite:",
+    "sqlite:///x.db?journal=wal",
+    "file:",
+    "file://",
+    "file://otherhost/x",
+    "file:///x?ttl=1",
+    "memory:",
+    "postgresql://host:99999/db",
+    "postgresql://[::1/db",
+    "postgresql://u:p@[zz]/db",
+    "redis://[::1",
+    "redis://[::1]:99999/0",
+    "ftp://x",
+    "http://[::1:80/",
+    " ",
+    "nonsense",
+    "unix:///tmp/x.sock",
+    "redis+sentinel://h/0",
+    "redis://127.0.0.1:1/0?bogus=1",
+    "redis://127.0.0.1:1/0?db=x",
+    "redis://127.0.0.1:1/0?ttl=-1",
+    "redis://127.0.0.1:1/0?retry=soon",
     "postgresql://127.0.0.1:1/db?bogus=1",
-    "postgresql://127.0.0.1:1/db?schema=", "postgresql://127.0.0.1:1/db?retry=-5",
-    "postgresql://127.0.0.1:1/db?history=x", "postgresql://127.0.0.1:1/db?schema=x%22;DROP",
-    "sqlite:///a\x00b.db", "file:///tmp/a\x00b", "postgresql://\x00@127.0.0.1:1/db", "redis://h/0?prefix=a\x00",
-    "postgresql://u:p@ss@127.0.0.1:1/db", "redis://h\n/0",
+    "postgresql://127.0.0.1:1/db?schema=",
+    "postgresql://127.0.0.1:1/db?retry=-5",
+    "postgresql://127.0.0.1:1/db?history=x",
+    "postgresql://127.0.0.1:1/db?schema=x%22;DROP",
+    "sqlite:///a\x00b.db",
+    "file:///tmp/a\x00b",
+    "postgresql://\x00@127.0.0.1:1/db",
+    "redis://h/0?prefix=a\x00",
+    "postgresql://u:p@ss@127.0.0.1:1/db",
+    "redis://h\n/0",
     "rediss://127.0.0.1:1/0?ssl_cert_reqs=bogus",
 ]
 #: Where the drivers are installed, the postgresql/redis near-misses need them to answer.
@@ -133,13 +190,29 @@ def test_near_miss_urls_are_config_errors(url: str, tmp_path: Path, monkeypatch:
     assert text.strip() and "\n" not in text.strip(), text  # one line (each names its fix)
 
 
-@pytest.mark.parametrize("url", ["sqlite://relative", "file:", "postgresql://host:99999/db", "redis://[::1",
-                                 "ftp://x", "redis://h\n/0", "postgresql://127.0.0.1:1/db?bogus=1"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite://relative",
+        "file:",
+        "postgresql://host:99999/db",
+        "redis://[::1",
+        "ftp://x",
+        "redis://h\n/0",
+        "postgresql://127.0.0.1:1/db?bogus=1",
+    ],
+)
 def test_cli_near_miss_urls_one_line_exit_78(url: str, tmp_path: Path) -> None:
     _needs_driver(url)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESTARTABLE_")}
-    done = subprocess.run([sys.executable, "-m", "restartable.cli", "status", "--store", url], capture_output=True,
-                          text=True, timeout=60, env=env, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "restartable.cli", "status", "--store", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
     assert done.returncode == 78, (done.stdout, done.stderr)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
@@ -148,11 +221,31 @@ def test_cli_near_miss_urls_one_line_exit_78(url: str, tmp_path: Path) -> None:
 _tails = st.text(max_size=30).filter(lambda s: ".." not in s)
 
 
-@given(st.one_of(
-    st.text(max_size=40),
-    st.tuples(st.sampled_from(["sqlite:", "sqlite:/", "sqlite://", "file:", "file:/", "memory:", "memory://",
-                               "redis://", "rediss://", "SQLITE://", "x://", "://", ""]), _tails).map("".join),
-))
+@given(
+    st.one_of(
+        st.text(max_size=40),
+        st.tuples(
+            st.sampled_from(
+                [
+                    "sqlite:",
+                    "sqlite:/",
+                    "sqlite://",
+                    "file:",
+                    "file:/",
+                    "memory:",
+                    "memory://",
+                    "redis://",
+                    "rediss://",
+                    "SQLITE://",
+                    "x://",
+                    "://",
+                    "",
+                ]
+            ),
+            _tails,
+        ).map("".join),
+    )
+)
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @example("redis://h/0?prefix=a\x00")
 @example("sqlite:///\x00")
@@ -172,6 +265,7 @@ def test_random_urls_open_or_are_refused_clearly(url: str) -> None:
 
 
 # -- state values ------------------------------------------------------------------------------------
+
 
 def _nest(depth: int, kind: str) -> Any:
     v: Any = 1
@@ -195,17 +289,31 @@ def _same(a: Any, b: Any) -> bool:
 
 _odd_text = st.text(max_size=8) | st.sampled_from(["\udcff", "\ud800", "a\x00b", "\U0010ffff", "é" * 3])
 _leaves = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(min_value=2**63, max_value=2**200), st.floats(),
-    st.sampled_from([-0.0, 0.0, 1e308, 5e-324]), _odd_text, st.binary(max_size=8) | st.just(b"\xff\xfe"),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=2**63, max_value=2**200),
+    st.floats(),
+    st.sampled_from([-0.0, 0.0, 1e308, 5e-324]),
+    _odd_text,
+    st.binary(max_size=8) | st.just(b"\xff\xfe"),
     st.sampled_from([{1}, frozenset(), object()]),
 )
 _keys = _odd_text | st.sampled_from(["$tuple", "$dict", "$bytes", "$date", "$", "$$tuple", "__tuple__"]) | st.integers()
-_values = st.recursive(_leaves, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.tuples(inner, inner), st.dictionaries(_keys, inner, max_size=3)), max_leaves=12)
+_values = st.recursive(
+    _leaves,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.tuples(inner, inner), st.dictionaries(_keys, inner, max_size=3)
+    ),
+    max_leaves=12,
+)
 #: Values hypothesis cannot print (too deep, cyclic, too many digits) travel as recipes.
 _recipes = st.one_of(
-    st.tuples(st.just("deep"), st.sampled_from([MAX_DEPTH - 3, MAX_DEPTH - 1, MAX_DEPTH, 900, 10_000]),
-              st.sampled_from(["list", "dict", "tuple", "tag"])),
+    st.tuples(
+        st.just("deep"),
+        st.sampled_from([MAX_DEPTH - 3, MAX_DEPTH - 1, MAX_DEPTH, 900, 10_000]),
+        st.sampled_from(["list", "dict", "tuple", "tag"]),
+    ),
     st.tuples(st.just("digits"), st.sampled_from([4299, 4300, 4301, 5000])),
     st.just(("cycle",)),
 )

@@ -40,20 +40,38 @@ NOT_EXPORTED = {
     "FileItem": "yielded by job.files()",
     "StageJob": "the job a Pipeline stage receives",
     # Internal: the engines behind Job's methods, reached through Job.
-    "map_threads": "Job.map", "amap": "Job.amap", "aiterate": "Job.aiterate",
-    "iterate_batches": "Job.batches", "active_batch": "sources' internals",
-    "iterate_files": "Job.files", "FileSet": "Job.files", "Entry": "Job.files",
-    "atomic_output": "Job.output", "commit_output": "Job.output", "temp_path_for": "Job.output",
-    "transaction": "Job.transaction", "retry_budget": "Job.transaction",
+    "map_threads": "Job.map",
+    "amap": "Job.amap",
+    "aiterate": "Job.aiterate",
+    "iterate_batches": "Job.batches",
+    "active_batch": "sources' internals",
+    "iterate_files": "Job.files",
+    "FileSet": "Job.files",
+    "Entry": "Job.files",
+    "atomic_output": "Job.output",
+    "commit_output": "Job.output",
+    "temp_path_for": "Job.output",
+    "transaction": "Job.transaction",
+    "retry_budget": "Job.transaction",
     "describe_stages": "restartable show",
     # Internal: the record codec (the stores' business).
-    "encode_value": "codec", "decode_value": "codec", "dumps": "codec", "loads": "codec",
-    "encode_record": "codec", "decode_record": "codec",
+    "encode_value": "codec",
+    "decode_value": "codec",
+    "dumps": "codec",
+    "loads": "codec",
+    "encode_record": "codec",
+    "decode_record": "codec",
     # Internal: one store class per URL scheme, reached through open_store(URL).
-    "SQLiteStore": "open_store", "FileStore": "open_store", "MemoryStore": "open_store",
-    "PostgresStore": "open_store", "RedisStore": "open_store", "first_epoch": "stores' internals",
+    "SQLiteStore": "open_store",
+    "FileStore": "open_store",
+    "MemoryStore": "open_store",
+    "PostgresStore": "open_store",
+    "RedisStore": "open_store",
+    "first_epoch": "stores' internals",
     # Internal: the entry point's parts behind entrypoint/run_main and `restartable run`.
-    "report_error": "entrypoint", "install_excepthook": "Job installs it", "run_script": "restartable run",
+    "report_error": "entrypoint",
+    "install_excepthook": "Job installs it",
+    "run_script": "restartable run",
 }
 
 #: Packages that implement the command line: their names are the CLI's, documented in docs/cli.md.
@@ -72,7 +90,8 @@ def _public_names() -> dict[str, dict[str, object]]:
 def test_all_lists_exactly_the_public_namespace():
     """httpx's rule: every public name bound in ``restartable`` is in ``__all__`` and back."""
     namespace = {
-        name for name, obj in vars(restartable).items()
+        name
+        for name, obj in vars(restartable).items()
         if not name.startswith("_") and not isinstance(obj, types.ModuleType) and name != "annotations"
     }
     assert len(restartable.__all__) == len(set(restartable.__all__)), "a name is twice in __all__"
@@ -106,8 +125,10 @@ def test_public_modules_export_every_public_class_and_function():
             if module_name in PUBLIC_MODULES:
                 problems.append(f"{module_name}.{name} is public but not in its __all__")
             elif declared is not None and name in declared and name not in NOT_EXPORTED:
-                problems.append(f"{module_name}.{name} is in its module's __all__ but not re-exported "
-                                "from restartable (or listed in NOT_EXPORTED with the reason)")
+                problems.append(
+                    f"{module_name}.{name} is in its module's __all__ but not re-exported "
+                    "from restartable (or listed in NOT_EXPORTED with the reason)"
+                )
     assert not problems, "\n".join(problems)
 
 
@@ -135,8 +156,12 @@ def test_every_public_name_is_in_the_api_reference():
         name = path.rpartition(".")[2]
         return any(d.rpartition(".")[2] == name and other is obj for d, other in rendered.items())
 
-    missing = [f"{module_name}.{name}" for module_name, names in _public_names().items()
-               for name, obj in names.items() if not covered(f"{module_name}.{name}", obj)]
+    missing = [
+        f"{module_name}.{name}"
+        for module_name, names in _public_names().items()
+        for name, obj in names.items()
+        if not covered(f"{module_name}.{name}", obj)
+    ]
     assert not missing, f"docs/api.md has no `::: NAME` block for {missing}"
 
 
@@ -148,7 +173,9 @@ def test_every_public_name_has_a_docstring():
 
 
 def test_import_does_not_load_drivers():
-    code = ("import sys, restartable; bad = [m for m in sys.modules if m.split('.')[0] in "
-            "('psycopg', 'redis', 'tenacity', 'prometheus_client', 'yaml')]; print(bad); assert not bad")
+    code = (
+        "import sys, restartable; bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('psycopg', 'redis', 'tenacity', 'prometheus_client', 'yaml')]; print(bad); assert not bad"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -27,8 +27,10 @@ def _kwargs(q: WorkQueue) -> dict:
     return q._backend._client.connection_pool.connection_kwargs
 
 
-@pytest.mark.parametrize(("query", "expected"), [("", 60.0), ("&read_timeout=2.5", 2.5),
-                                                 ("&read_timeout=500ms", 0.5), ("&read_timeout=0", None)])
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [("", 60.0), ("&read_timeout=2.5", 2.5), ("&read_timeout=500ms", 0.5), ("&read_timeout=0", None)],
+)
 def test_a_redis_queue_takes_read_timeout_as_its_own(redis_url: str, query: str, expected: float | None) -> None:
     with WorkQueue(redis_url + query, "rt-q", handle_signals=False) as q:
         kwargs = _kwargs(q)
@@ -40,10 +42,13 @@ def test_a_redis_queue_takes_read_timeout_as_its_own(redis_url: str, query: str,
         q.drop()
 
 
-@pytest.mark.parametrize(("query", "match"), [
-    ("&read_timeout=soon", "read_timeout"),
-    ("&read_timeout=5&socket_timeout=7", "keep only"),
-])
+@pytest.mark.parametrize(
+    ("query", "match"),
+    [
+        ("&read_timeout=soon", "read_timeout"),
+        ("&read_timeout=5&socket_timeout=7", "keep only"),
+    ],
+)
 def test_a_redis_queue_refuses_a_bad_read_timeout(redis_url: str, query: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         WorkQueue(redis_url + query, "rt-q", handle_signals=False)

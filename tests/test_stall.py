@@ -40,8 +40,9 @@ def _run(tmp_path: Path, timeout: float = 60, **cfg: object) -> subprocess.Compl
     script = tmp_path / "stall_job.py"
     script.write_text(SCRIPT)
     cfg.setdefault("store", f"sqlite:///{tmp_path}/ckpt.db")
-    return subprocess.run([sys.executable, str(script), json.dumps(cfg)], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(script), json.dumps(cfg)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_a_hung_item_exits_75_with_every_stack_and_the_rerun_resumes(tmp_path: Path) -> None:
@@ -106,8 +107,9 @@ def test_watchdog_with_a_fake_clock() -> None:
     now = [100.0]
     exits: list[int] = []
     stopped: list[bool] = []
-    dog = StallWatchdog(timeout=10, label="t", on_stall=lambda: stopped.append(True), exit=exits.append,
-                        clock=lambda: now[0])
+    dog = StallWatchdog(
+        timeout=10, label="t", on_stall=lambda: stopped.append(True), exit=exits.append, clock=lambda: now[0]
+    )
     assert not dog.check()  # no iteration yet: not judged
     dog.enter()
     now[0] += 9

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from restartable import _lease, _proc, _signals
+from restartable._job import run_context
 from restartable.checkpoint import Owner
 from restartable.stores import open_store
 from restartable.stores._localfs import make_private_dirs
@@ -65,7 +66,9 @@ def _hide_proc_entry(monkeypatch: pytest.MonkeyPatch, pid: int) -> None:
     monkeypatch.setattr(os.path, "exists", exists)
 
 
-def test_a_live_owner_hidden_from_proc_is_alive(sleeper: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_live_owner_hidden_from_proc_is_alive(
+    sleeper: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
     owner = _owner_of(sleeper.pid)
     assert owner.start_time and not _proc.owner_is_dead(owner)
     _hide_proc_entry(monkeypatch, sleeper.pid)
@@ -125,8 +128,13 @@ def test_hidepid_for_real(sleeper: subprocess.Popen[bytes], tmp_path: Path) -> N
         "mount -t proc -o hidepid=2 proc /proc && exec setpriv --reuid=65534 --regid=65534 --clear-groups "
         '"$0" -I -c "$1" "$2"'
     )
-    res = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script, sys.executable, code, src],
-                         capture_output=True, text=True, timeout=30, cwd="/")
+    res = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, sys.executable, code, src],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd="/",
+    )
     if res.returncode != 0 and "mount" in res.stderr:
         pytest.skip(f"cannot mount a private proc here: {res.stderr.strip()}")
     assert res.returncode == 0, res.stderr
@@ -164,8 +172,9 @@ def test_make_private_dirs_fsyncs_each_parent(tmp_path: Path, monkeypatch: pytes
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "file"])
-def test_local_stores_fsync_the_directories_they_create(kind: str, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_local_stores_fsync_the_directories_they_create(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen = _record_fsyncs(monkeypatch)
     root = tmp_path / "new" / "store"
     url = f"sqlite:///{root}/c.db" if kind == "sqlite" else f"file://{root}"
@@ -268,22 +277,22 @@ def test_renewal_in_flight_at_exit_does_not_extend_the_released_lease(tmp_path: 
 def signal_at_boundary(monkeypatch: pytest.MonkeyPatch) -> Any:
     """``arm(n)``: the n-th checkpoint boundary from now gets a SIGTERM just before it runs.
 
-    That is a signal landing between the source's ``job._signal is None`` check and the
-    boundary, the window a real signal can hit; the job's handler is called directly.
+    That is a signal landing between the source's ``ctx.signal is None`` check and the
+    boundary, the window a real signal can hit; the run's handler is called directly.
     """
-    from restartable.job import _LoopHooks
+    from restartable._run import LoopHooks
 
-    real = _LoopHooks.boundary
+    real = LoopHooks.boundary
     countdown = [0]
 
     def boundary(self: Any, cur: Any, count_due: bool) -> None:
         if countdown[0] > 0:
             countdown[0] -= 1
             if countdown[0] == 0:
-                self.job._on_signal(signal.SIGTERM)
+                self.run.on_signal(signal.SIGTERM)
         real(self, cur, count_due)
 
-    monkeypatch.setattr(_LoopHooks, "boundary", boundary)
+    monkeypatch.setattr(LoopHooks, "boundary", boundary)
 
     def arm(n: int) -> None:
         countdown[0] = n
@@ -301,9 +310,9 @@ class Releases:
 
 @pytest.fixture
 def releases(monkeypatch: pytest.MonkeyPatch) -> Releases:
-    from restartable.job import Job
+    from restartable._run import RunContext
 
-    real = Job._save
+    real = RunContext.save
     rec = Releases()
 
     def save(self: Any, status: str, *, release: bool = False) -> Any:
@@ -311,12 +320,13 @@ def releases(monkeypatch: pytest.MonkeyPatch) -> Releases:
             rec.seen.append(rec.probe())
         return real(self, status, release=release)
 
-    monkeypatch.setattr(Job, "_save", save)
+    monkeypatch.setattr(RunContext, "save", save)
     return rec
 
 
-def test_map_signal_at_the_boundary_keeps_the_lease_until_workers_end(tmp_path: Path, signal_at_boundary: Any,
-                                                                     releases: Releases) -> None:
+def test_map_signal_at_the_boundary_keeps_the_lease_until_workers_end(
+    tmp_path: Path, signal_at_boundary: Any, releases: Releases
+) -> None:
     from restartable import Job
     from restartable.errors import Interrupted
 
@@ -360,11 +370,13 @@ def test_map_stragglers_past_the_grace_keep_the_lease(tmp_path: Path, releases: 
 
     try:
         with pytest.raises(Interrupted):
-            with Job("stragglers", run="r", store=f"sqlite:///{tmp_path}/c.db", handle_signals=False,
-                     lease_seconds=30) as job:
+            with Job(
+                "stragglers", run="r", store=f"sqlite:///{tmp_path}/c.db", handle_signals=False, lease_seconds=30
+            ) as job:
+
                 def signal_soon() -> None:
                     started.wait(10)
-                    job._on_signal(signal.SIGTERM)
+                    run_context(job).on_signal(signal.SIGTERM)
 
                 threading.Thread(target=signal_soon, daemon=True).start()
                 for _ in job.map(fn, range(4), workers=2, grace=0.2):
@@ -409,9 +421,26 @@ def test_each_file_signal_at_the_boundary_keeps_the_lease_until_commands_end(
     monkeypatch.chdir(tmp_path)
     signal_at_boundary(2)  # the first boundary is before any launch; the second follows a.txt's end
     with pytest.raises(Interrupted):
-        each_file.main(["--store", f"sqlite:///{tmp_path}/c.db", "--job", "race", "-j", "2", "--grace", "20",
-                        "in/*.txt", "--", "sh", "-c", f'sleep "$(cat "$1")" # {marker}', "_", "{}"],
-                       standalone_mode=False)
+        each_file.main(
+            [
+                "--store",
+                f"sqlite:///{tmp_path}/c.db",
+                "--job",
+                "race",
+                "-j",
+                "2",
+                "--grace",
+                "20",
+                "in/*.txt",
+                "--",
+                "sh",
+                "-c",
+                f'sleep "$(cat "$1")" # {marker}',
+                "_",
+                "{}",
+            ],
+            standalone_mode=False,
+        )
     assert releases.seen == [[]], f"the lease was released while commands {releases.seen} still ran"
     with open_store(f"sqlite:///{tmp_path}/c.db") as store:
         rec = store.load("race", "default")
@@ -451,9 +480,14 @@ def _runner(tmp_path: Path, *args: str, code: str | None = None) -> subprocess.P
     from procs import clean_env
 
     head = [sys.executable, "-m", "restartable"] if code is None else [sys.executable, "-c", code]
-    return subprocess.Popen([*head, "each-file", "--store", f"sqlite:///{tmp_path}/c.db", *args], cwd=tmp_path,
-                            env=clean_env(), start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [*head, "each-file", "--store", f"sqlite:///{tmp_path}/c.db", *args],
+        cwd=tmp_path,
+        env=clean_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _all_dead(pids: list[int], timeout: float = 5) -> list[int]:
@@ -482,7 +516,7 @@ def test_each_file_sigkill_leaves_no_grandchild(tmp_path: Path) -> None:
 
 REGISTER_KILLS = r"""
 import os, signal, sys
-import restartable.cli, restartable.cli.each_file as m
+import restartable.cli, restartable._concurrency.processes as m
 # SIGKILL the runner in the window after Popen returned and before the reaper knows the command.
 m._Reaper.add = lambda self, pgid: os.kill(os.getpid(), signal.SIGKILL)
 sys.exit(restartable.cli.main(sys.argv[1:]))
@@ -493,8 +527,17 @@ def test_each_file_sigkill_before_the_command_is_registered(tmp_path: Path) -> N
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.txt").write_text("a")
     marker = f"REG-{os.getpid()}-{time.monotonic_ns()}"
-    proc = _runner(tmp_path, "in/*.txt", "--", "sh", "-c", f'echo "$$" > "$1"; sleep 303 # {marker}', "_",
-                   str(tmp_path / "a.pid"), code=REGISTER_KILLS)
+    proc = _runner(
+        tmp_path,
+        "in/*.txt",
+        "--",
+        "sh",
+        "-c",
+        f'echo "$$" > "$1"; sleep 303 # {marker}',
+        "_",
+        str(tmp_path / "a.pid"),
+        code=REGISTER_KILLS,
+    )
     assert proc.wait(timeout=30) == -signal.SIGKILL
     deadline = time.monotonic() + 3  # the orphaned command runs on, unless the reaper got it first
     while not (tmp_path / "a.pid").exists() and _alive_with(marker) and time.monotonic() < deadline:
@@ -505,16 +548,29 @@ def test_each_file_sigkill_before_the_command_is_registered(tmp_path: Path) -> N
 
 # -- hostile file names: each reaches the command as exactly one argv element ------------------------------
 
-HOSTILE = ["with space.txt", "new\nline.txt", "-leading-dash.txt", "{}.txt", "{name}.txt", "{stem}{out}.txt",
-           "ünïcödé-名前.txt", "x.txt.done", "y.txt.tmp", ".x.txt.0123456789abcdef.tmp", "tab\there.txt",
-           "quote'\"$(touch pwned).txt", "back\\slash.txt", "[glob]*?.txt"]
+HOSTILE = [
+    "with space.txt",
+    "new\nline.txt",
+    "-leading-dash.txt",
+    "{}.txt",
+    "{name}.txt",
+    "{stem}{out}.txt",
+    "ünïcödé-名前.txt",
+    "x.txt.done",
+    "y.txt.tmp",
+    ".x.txt.0123456789abcdef.tmp",
+    "tab\there.txt",
+    "quote'\"$(touch pwned).txt",
+    "back\\slash.txt",
+    "[glob]*?.txt",
+]
 
 
 def test_fill_substitutes_once_whatever_the_name() -> None:
     from hypothesis import given
     from hypothesis import strategies as st
 
-    from restartable.cli.each_file import fill
+    from restartable._concurrency.processes import fill
 
     names = st.text(st.characters(blacklist_characters="/\0", blacklist_categories=("Cs",)), min_size=1)
 
@@ -522,8 +578,9 @@ def test_fill_substitutes_once_whatever_the_name() -> None:
     def prop(name: str, directory: str) -> None:
         path = f"{directory}/{name}"
         stem = "s"
-        argv = fill(["{}", "a{name}b", "{stem}", "{out}", "{other}", "{{}}"],
-                    {"": path, "name": name, "stem": stem, "out": "o"})
+        argv = fill(
+            ["{}", "a{name}b", "{stem}", "{out}", "{other}", "{{}}"], {"": path, "name": name, "stem": stem, "out": "o"}
+        )
         assert argv == [path, f"a{name}b", stem, "o", "{other}", "{" + path + "}"]
 
     prop()
@@ -538,11 +595,33 @@ def test_each_file_hostile_names(tmp_path: Path) -> None:
         (inp / name).write_text(name)
     log = tmp_path / "argv.log"
     # Records its argv as JSON, one line per call: each name must arrive whole, as one element.
-    recorder = ("import json, sys; open(sys.argv[1], 'a').write(json.dumps(sys.argv[2:]) + '\\n'); "
-                "open(sys.argv[4], 'w').write(open(sys.argv[2]).read())")
-    args = [sys.executable, "-m", "restartable", "each-file", "--store", f"sqlite:///{tmp_path}/c.db", "-j", "3",
-            "--marker-dir", str(tmp_path / "markers"), "-o", str(tmp_path / "out" / "{name}.res"), "in/*", "--",
-            sys.executable, "-c", recorder, str(log), "{}", "{name}", "{out}"]
+    recorder = (
+        "import json, sys; open(sys.argv[1], 'a').write(json.dumps(sys.argv[2:]) + '\\n'); "
+        "open(sys.argv[4], 'w').write(open(sys.argv[2]).read())"
+    )
+    args = [
+        sys.executable,
+        "-m",
+        "restartable",
+        "each-file",
+        "--store",
+        f"sqlite:///{tmp_path}/c.db",
+        "-j",
+        "3",
+        "--marker-dir",
+        str(tmp_path / "markers"),
+        "-o",
+        str(tmp_path / "out" / "{name}.res"),
+        "in/*",
+        "--",
+        sys.executable,
+        "-c",
+        recorder,
+        str(log),
+        "{}",
+        "{name}",
+        "{out}",
+    ]
     for _ in range(2):  # the rerun does nothing: every name was recorded as done
         res = subprocess.run(args, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60)
         assert res.returncode == 0, res.stderr
@@ -580,7 +659,7 @@ def test_amap_stragglers_are_cancelled_and_unwound_before_the_release(tmp_path: 
 
     async def main() -> None:
         with Job("astragglers", run="r", store=f"sqlite:///{tmp_path}/c.db", handle_signals=False) as job:
-            asyncio.get_running_loop().call_later(0.2, job._on_signal, signal.SIGTERM)
+            asyncio.get_running_loop().call_later(0.2, run_context(job).on_signal, signal.SIGTERM)
             async for _ in job.amap(fn, range(4), concurrency=2, grace=0.2):
                 pytest.fail("no item can finish")
 

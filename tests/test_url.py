@@ -38,27 +38,39 @@ EXAMPLES = [
     ("redis://:p@ss@host:6379/0", "redis://:***@host:6379/0"),
     # the defect: ?sslpassword= was printed as it is
     ("postgresql://u@host/db?sslpassword=KEYPASS", "postgresql://u@host/db?sslpassword=***"),
-    ("postgresql://u@host/db?sslmode=verify-full&sslpassword=K&sslkey=/k.pem",
-     "postgresql://u@host/db?sslmode=verify-full&sslpassword=***&sslkey=/k.pem"),
-    ("postgresql://u:pw@h1:5432,h2:5433/db?target_session_attrs=read-write",
-     "postgresql://u:***@h1:5432,h2:5433/db?target_session_attrs=read-write"),
+    (
+        "postgresql://u@host/db?sslmode=verify-full&sslpassword=K&sslkey=/k.pem",
+        "postgresql://u@host/db?sslmode=verify-full&sslpassword=***&sslkey=/k.pem",
+    ),
+    (
+        "postgresql://u:pw@h1:5432,h2:5433/db?target_session_attrs=read-write",
+        "postgresql://u:***@h1:5432,h2:5433/db?target_session_attrs=read-write",
+    ),
     ("postgresql://u:p%40ss%3Aw%2F@host/db", "postgresql://u:***@host/db"),
     ("postgresql://u:pw@[::1]:5432/db", "postgresql://u:***@[::1]:5432/db"),
     ("postgresql://u:pw@[::1]:5432,[fe80::1%25eth0]:5433/db", "postgresql://u:***@[::1]:5432,[fe80::1%25eth0]:5433/db"),
     ("postgresql:///db?host=/run/pg&password=x", "postgresql:///db?host=/run/pg&password=***"),
-    ("postgresql:///db?host=%2Frun%2Fpg&user=u&password=x&passfile=/home/u/.pgpass",
-     "postgresql:///db?host=%2Frun%2Fpg&user=u&password=***&passfile=/home/u/.pgpass"),
-    ("postgresql://u@host/db?oauth_client_secret=c&scram_client_key=k",
-     "postgresql://u@host/db?oauth_client_secret=***&scram_client_key=***"),
+    (
+        "postgresql:///db?host=%2Frun%2Fpg&user=u&password=x&passfile=/home/u/.pgpass",
+        "postgresql:///db?host=%2Frun%2Fpg&user=u&password=***&passfile=/home/u/.pgpass",
+    ),
+    (
+        "postgresql://u@host/db?oauth_client_secret=c&scram_client_key=k",
+        "postgresql://u@host/db?oauth_client_secret=***&scram_client_key=***",
+    ),
     ("postgresql://u@host/db?pass%77ord=x", "postgresql://u@host/db?pass%77ord=***"),  # libpq decodes names
     ("postgresql://u@host/db?PASSWORD=x", "postgresql://u@host/db?PASSWORD=***"),
     ("redis://:pw@host:6379/0", "redis://:***@host:6379/0"),
     ("redis://default:pw@host:6379/0?prefix=p:", "redis://default:***@host:6379/0?prefix=p:"),
-    ("rediss://u:pw@host:6380/0?ssl_cert_reqs=none&ssl_password=kp",
-     "rediss://u:***@host:6380/0?ssl_cert_reqs=none&ssl_password=***"),
+    (
+        "rediss://u:pw@host:6380/0?ssl_cert_reqs=none&ssl_password=kp",
+        "rediss://u:***@host:6380/0?ssl_cert_reqs=none&ssl_password=***",
+    ),
     ("redis://host/0?password=pw&username=u", "redis://host/0?password=***&username=u"),
-    ("redis://host/0?token=t&api_key=k&access_token=a&auth=x&client_secret=s",
-     "redis://host/0?token=***&api_key=***&access_token=***&auth=***&client_secret=***"),
+    (
+        "redis://host/0?token=t&api_key=k&access_token=a&auth=x&client_secret=s",
+        "redis://host/0?token=***&api_key=***&access_token=***&auth=***&client_secret=***",
+    ),
     # keyword/value DSNs (refused as store URLs, but printed in the refusal)
     ("host=h port=5432 password=pw user=u", "host=h port=5432 password=*** user=u"),
     ("host=h password = 'a b\\' c' dbname=d", "host=h password = *** dbname=d"),
@@ -74,20 +86,36 @@ EXAMPLES = [
     ("postgresql://h:5432/db?application_name=me@x", "postgresql://h:***@x"),
     # a message quoting URLs
     ("cannot reach 'redis://:pw@h:1/0' now", "cannot reach 'redis://:***@h:1/0' now"),
-    ("cannot reach redis://h/0 nor postgresql://u:pw@h/db?sslpassword=k now",
-     "cannot reach redis://h/0 nor postgresql://u:***@h/db?sslpassword=*** now"),
+    (
+        "cannot reach redis://h/0 nor postgresql://u:pw@h/db?sslpassword=k now",
+        "cannot reach redis://h/0 nor postgresql://u:***@h/db?sslpassword=*** now",
+    ),
     # ... and when several URLs have a ':', everything from the first to the last '@' (over-redacting is safe)
     ("redis://:pw@h:1/0 or postgresql://u:pw@h/db", "redis://:***@h/db"),
 ]
 
 NO_SECRETS = [
-    "sqlite:///.restartable/checkpoints.db", "sqlite:////abs/a:b@c.db", "file:///data/u:p@x/ckpt", "file:rel/dir",
-    "memory://", "memory://name", "postgresql://u@host/db", "postgresql://host:5432/db?schema=s&retry=30s",
-    "postgresql://u@h1:5432,h2:5433/db", "postgresql://[::1]:5432/db", "postgresql:///db?host=/run/pg",
+    "sqlite:///.restartable/checkpoints.db",
+    "sqlite:////abs/a:b@c.db",
+    "file:///data/u:p@x/ckpt",
+    "file:rel/dir",
+    "memory://",
+    "memory://name",
+    "postgresql://u@host/db",
+    "postgresql://host:5432/db?schema=s&retry=30s",
+    "postgresql://u@h1:5432,h2:5433/db",
+    "postgresql://[::1]:5432/db",
+    "postgresql:///db?host=/run/pg",
     "postgresql://u:@host/db",  # an empty password is no secret
-    "redis://host:6379/0?prefix=a:b:&ttl=7d", "rediss://host:6380/0?ssl_cert_reqs=none&ssl_keyfile=/k.pem",
-    "redis://u@host/0", "postgresql://host/db?application_name=a@b", "redis://u@[::1]/0?client_name=a:b", "postgresql://host/db?passfile=/p&sslkey=/k",
-    "host=h port=5432 user=u dbname=d", "ftp://example/x", "nonsense",
+    "redis://host:6379/0?prefix=a:b:&ttl=7d",
+    "rediss://host:6380/0?ssl_cert_reqs=none&ssl_keyfile=/k.pem",
+    "redis://u@host/0",
+    "postgresql://host/db?application_name=a@b",
+    "redis://u@[::1]/0?client_name=a:b",
+    "postgresql://host/db?passfile=/p&sslkey=/k",
+    "host=h port=5432 user=u dbname=d",
+    "ftp://example/x",
+    "nonsense",
 ]
 
 
@@ -118,8 +146,7 @@ FORMS = [
     "redis://cache:6379/0?password={pw}&prefix=x",
     "rediss://cache/0?ssl_password={pw}",
 ]
-_printable = st.characters(min_codepoint=0x20, max_codepoint=0x7E) | st.characters(
-    blacklist_categories=("Cs", "Cc"))
+_printable = st.characters(min_codepoint=0x20, max_codepoint=0x7E) | st.characters(blacklist_categories=("Cs", "Cc"))
 _specials = st.sampled_from(list("@:/?#&=%+ ;,[]'\"\\"))
 passwords = st.text(_printable | _specials, min_size=1, max_size=24)
 
@@ -139,7 +166,8 @@ def test_redact_hides_any_percent_encoded_password(form: str, password: str) -> 
 #: Passwords as a careless user types them: raw delimiters, unencoded. Only upper-case
 #: letters, which no form below contains, so any that survive in the display leaked.
 raw_passwords = st.text(st.sampled_from(list("QWXZKJ@:/?#%=&;, !$'()*+[]")), min_size=1, max_size=16).filter(
-    lambda s: any(c.isupper() for c in s))
+    lambda s: any(c.isupper() for c in s)
+)
 RAW_FORMS = [
     "postgresql://user:{pw}@db.example.com:5432/app",
     "postgresql://user:{pw}@h1:5432,h2:5433/app?schema=s",
@@ -170,16 +198,25 @@ def test_redact_never_raises_and_only_hides(text: str) -> None:
 
 # -- parse_store_url -----------------------------------------------------------------------------
 
+
 def test_unix_socket_form_reaches_the_driver_intact() -> None:
     """urlunsplit turned postgresql:///db?host=/run/pg into postgresql:/db?host=..., which libpq refused."""
-    url = parse_store_url("postgresql:///db?host=/run/pg&schema=s&application_name=a+b",
-                          known_options=frozenset({"schema"}))
+    url = parse_store_url(
+        "postgresql:///db?host=/run/pg&schema=s&application_name=a+b", known_options=frozenset({"schema"})
+    )
     assert url.driver_url == "postgresql:///db?host=/run/pg&application_name=a+b"
     assert url.options == {"schema": "s"}
 
 
-@pytest.mark.parametrize("url", ["postgresql://u:p@ss@127.0.0.1:1/db?retry=0.1", "postgresql://u:12?34@127.0.0.1:1/db",
-                                 "postgresql://u:1#2@127.0.0.1:1/db", "postgresql://u:pa/ss@127.0.0.1:1/db"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:p@ss@127.0.0.1:1/db?retry=0.1",
+        "postgresql://u:12?34@127.0.0.1:1/db",
+        "postgresql://u:1#2@127.0.0.1:1/db",
+        "postgresql://u:pa/ss@127.0.0.1:1/db",
+    ],
+)
 def test_libpq_ambiguous_userinfo_is_refused_without_printing_it(url: str) -> None:
     """libpq reads u:p@ss@host as password 'p' on host 'ss@host' and prints that host: refuse first."""
     with pytest.raises(ConfigError, match="percent-encode") as err:
@@ -189,10 +226,12 @@ def test_libpq_ambiguous_userinfo_is_refused_without_printing_it(url: str) -> No
 
 # -- through the real printing paths -------------------------------------------------------------
 
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESTARTABLE_")}
-    return subprocess.run([sys.executable, "-m", "restartable.cli", *args], capture_output=True, text=True,
-                          timeout=60, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "restartable.cli", *args], capture_output=True, text=True, timeout=60, env=env
+    )
 
 
 CLI_CASES = [

@@ -13,6 +13,10 @@ losing no finished work and never corrupting its checkpoint::
 
 from __future__ import annotations
 
+from ._job import Job
+from ._pipeline import Pipeline, StagesChanged
+from ._postgres.table import PostgresTable
+from ._sqlite.table import SQLiteTable
 from .checkpoint import Checkpoint, HistoryEntry, Owner
 from .entry import entrypoint, exit_code_for, run_main
 from .errors import (
@@ -34,11 +38,7 @@ from .errors import (
     TemporaryError,
     UsageError,
 )
-from .job import Job
 from .queue import WorkQueue
-from .sources.postgres import PostgresTable
-from .sources.sqlite import SQLiteTable
-from .sources.stages import Pipeline, StagesChanged
 from .stores import DEFAULT_STORE, Store, open_store
 
 __version__ = "0.1.0"
@@ -77,3 +77,15 @@ __all__ = [
     "Interrupted",
     "Fenced",
 ]
+
+
+def _show_the_public_path() -> None:
+    # httpx's habit: documentation and tracebacks name `restartable.Job`, not the private
+    # module a class happens to live in (restartable._job.Job). Constants have no __module__.
+    for name in __all__:
+        obj = globals()[name]
+        if isinstance(obj, type) or callable(obj):
+            obj.__module__ = __name__
+
+
+_show_the_public_path()

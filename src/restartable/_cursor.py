@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from ._fingerprint import Fingerprinter, sample_indices
 
@@ -54,8 +54,11 @@ class Source:
         if isinstance(iterable, (list, tuple, range, str)):
             self.seq = iterable
             self._slice = True
-        elif isinstance(iterable, Sequence) or (hasattr(iterable, "__len__") and hasattr(iterable, "__getitem__")
-                                                 and not isinstance(iterable, (dict, set, frozenset))):
+        elif isinstance(iterable, Sequence) or (
+            hasattr(iterable, "__len__")
+            and hasattr(iterable, "__getitem__")
+            and not isinstance(iterable, (dict, set, frozenset))
+        ):
             self.seq = iterable  # type: ignore[assignment]
             self._slice = False
         else:
@@ -109,7 +112,7 @@ class Cursor:
         # the two lines records the real index in stop_index before it moves the iterator
         # to its end, so the second read sees it. The other order could read the moved
         # index and save a position past the item in flight.
-        red = chunk.__reduce__()
+        red = cast("tuple[Any, ...]", chunk.__reduce__())  # (type, (start,), index): the index is red[2]
         stop = self.stop_index
         if stop is not None:
             return self.offset + max(0, stop - 1)
@@ -125,7 +128,7 @@ class Cursor:
             return
         if self.stop_index is not None:
             return
-        red = chunk.__reduce__()
+        red = cast("tuple[Any, ...]", chunk.__reduce__())
         if len(red) < 3:
             return
         self.stop_index = red[2]

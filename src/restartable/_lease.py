@@ -108,12 +108,20 @@ class Heartbeat:
         limit = STOP_WAIT if wait is None else wait
         self._thread.join(timeout=min(limit, _STOP_NOTICE))
         if self._thread.is_alive() and limit > _STOP_NOTICE:
-            log.warning("%s: waiting up to %.0fs more for the lease renewal in flight before releasing the lease",
-                        self._label, limit - _STOP_NOTICE)
+            log.warning(
+                "%s: waiting up to %.0fs more for the lease renewal in flight before releasing the lease",
+                self._label,
+                limit - _STOP_NOTICE,
+            )
             self._thread.join(timeout=limit - _STOP_NOTICE)
         if self._thread.is_alive():
-            log.warning("%s: a lease renewal is still in flight after %.0fs; if it lands after the release, the "
-                        "next runner waits up to %.0fs for the lease", self._label, limit, self._lease)
+            log.warning(
+                "%s: a lease renewal is still in flight after %.0fs; if it lands after the release, the "
+                "next runner waits up to %.0fs for the lease",
+                self._label,
+                limit,
+                self._lease,
+            )
             return False
         return True
 

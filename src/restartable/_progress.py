@@ -48,11 +48,13 @@ class Progress:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
-            Progress as RichProgress,
             TaskProgressColumn,
             TextColumn,
             TimeElapsedColumn,
             TimeRemainingColumn,
+        )
+        from rich.progress import (
+            Progress as RichProgress,
         )
 
         self._bar = RichProgress(
@@ -99,7 +101,11 @@ class Progress:
             eta = (total - done) / rate if rate > 0 else None
             log.info(
                 "%s: checkpoint at %s/%s items (%.1f%%), %s items/s, ETA %s",
-                where, f"{done:,}", f"{total:,}", 100.0 * done / total, f"{rate:,.0f}",
+                where,
+                f"{done:,}",
+                f"{total:,}",
+                100.0 * done / total,
+                f"{rate:,.0f}",
                 human_duration(eta),
             )
         else:

@@ -70,7 +70,7 @@ def _exit_now(message: str, code: int) -> None:
     try:
         if select.select([], [2], [], 0)[1]:
             os.write(2, message.encode("utf-8", "replace"))
-    except BaseException:  # noqa: BLE001, S110 - nothing may stand between a second signal and the exit
+    except BaseException:  # noqa: BLE001 - nothing may stand between a second signal and the exit
         pass
     finally:
         os._exit(code)

@@ -43,7 +43,7 @@ def parse_store_url(url: str, *, known_options: frozenset[str] = frozenset()) ->
     change what libpq reads: it does not decode ``+`` as a space). A URL without a
     scheme, or with a bad port or bracket, is refused with the accepted forms.
     """
-    if not isinstance(url, str) or "://" not in url and not url.startswith("file:"):
+    if not isinstance(url, str) or ("://" not in url and not url.startswith("file:")):
         raise ConfigError(
             f"invalid store URL {redact(str(url))!r}: use sqlite:///path/to.db, file:///abs/dir, "
             "file:rel/dir, postgresql://user@host/db, redis://host:6379/0 or memory://"
@@ -72,7 +72,7 @@ def parse_store_url(url: str, *, known_options: frozenset[str] = frozenset()) ->
         # differ, libpq would connect to a host made of the password's tail (and print
         # it in its error), and our options would be read from the wrong place.
         authority = url.split("://", 1)[1].split("/", 1)[0]
-        if authority.count("@") > 1 or "@" in authority and "@" not in parts.netloc:
+        if authority.count("@") > 1 or ("@" in authority and "@" not in parts.netloc):
             raise ConfigError(
                 f"invalid store URL {redact(url)!r}: its user or password holds a raw '@', '?' or '#', "
                 "which libpq reads differently: percent-encode them (%40, %3F, %23)"
@@ -100,11 +100,31 @@ def parse_store_url(url: str, *, known_options: frozenset[str] = frozenset()) ->
 #: password and ssl_password (the client key's passphrase) are secrets. The rest are
 #: the names other tools give credentials. Paths (passfile, sslkey, ssl_keyfile) and
 #: user names stay visible: they are what a reader needs to fix a refused login.
-_SECRET_PARAMS = frozenset({
-    "password", "sslpassword", "oauth_client_secret", "scram_client_key", "scram_server_key", "ssl_password",
-    "pass", "passwd", "pwd", "secret", "token", "auth", "api_key", "apikey", "access_key", "secret_key",
-    "private_key", "access_token", "auth_token", "client_secret", "credentials",
-})
+_SECRET_PARAMS = frozenset(
+    {
+        "password",
+        "sslpassword",
+        "oauth_client_secret",
+        "scram_client_key",
+        "scram_server_key",
+        "ssl_password",
+        "pass",
+        "passwd",
+        "pwd",
+        "secret",
+        "token",
+        "auth",
+        "api_key",
+        "apikey",
+        "access_key",
+        "secret_key",
+        "private_key",
+        "access_token",
+        "auth_token",
+        "client_secret",
+        "credentials",
+    }
+)
 _SECRET_WORDS = ("password", "passwd", "secret", "token", "credential")
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
@@ -154,7 +174,7 @@ def _secret_spans(text: str) -> list[tuple[int, int]]:
         # hides the password under every reading, at the cost of hiding more when a
         # path or query holds an unencoded '@' too.
         stops = [j for j in (text.find(c, start) for c in "/?#") if j >= 0]
-        colon = _host_colon(text[start:min(stops) if stops else len(text)])
+        colon = _host_colon(text[start : min(stops) if stops else len(text)])
         if colon < 0:
             continue
         last_at = text.rfind("@", start + colon)
@@ -165,7 +185,7 @@ def _secret_spans(text: str) -> list[tuple[int, int]]:
         if not _is_secret_param(m.group("key")):
             continue
         v = m.end()
-        if text[v:v + 1] in ("'", '"'):
+        if text[v : v + 1] in ("'", '"'):
             quote, i = text[v], v + 1
             while i < len(text) and text[i] != quote:
                 i += 2 if text[i] == "\\" else 1

@@ -94,7 +94,10 @@ class StallWatchdog:
         log.error(
             "%s: no item finished for %.0fs (stall_timeout=%gs): dumping every thread's stack and exiting %d so "
             "that another runner can take over; the last checkpoint is kept",
-            self._label, idle, self.timeout, EXIT_TEMPORARY,
+            self._label,
+            idle,
+            self.timeout,
+            EXIT_TEMPORARY,
         )
         try:
             self._on_stall()  # stop renewing the lease before anything that could block

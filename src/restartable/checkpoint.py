@@ -406,9 +406,7 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number a checkpoint can hold")
 
 
-def decode_record(
-    text: str | bytes, *, where: str = "checkpoint", expect: tuple[str, str] | None = None
-) -> Checkpoint:
+def decode_record(text: str | bytes, *, where: str = "checkpoint", expect: tuple[str, str] | None = None) -> Checkpoint:
     """Parse and validate a record. Raises :class:`CheckpointCorrupt` naming what is wrong.
 
     ``expect`` is the ``(job, run)`` the record was stored under: a record that names

@@ -36,8 +36,8 @@ import runpy
 import sys
 import threading
 import traceback
-from types import TracebackType
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any, NoReturn, TypeVar
 
 from .errors import (

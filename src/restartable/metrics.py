@@ -76,8 +76,10 @@ class Pusher:
 
     def __init__(self, job: Any, *, gateway: str | None = None, interval: float | None = None) -> None:
         if getattr(job, "_entered", False):
-            raise UsageError(f"{job.label}: metrics.attach() wraps a Job that is not started yet: "
-                             "`with metrics.attach(Job(...)) as job:`")
+            raise UsageError(
+                f"{job.label}: metrics.attach() wraps a Job that is not started yet: "
+                "`with metrics.attach(Job(...)) as job:`"
+            )
         self.job = job
         self.gateway = gateway or os.environ.get(ENV_GATEWAY) or None
         env_interval = os.environ.get(ENV_INTERVAL)
@@ -92,8 +94,9 @@ class Pusher:
             try:
                 import prometheus_client  # noqa: F401
             except ImportError:
-                raise MissingDriver(f"{ENV_GATEWAY} is set but prometheus-client is not installed: pip install "
-                                    "'restartable[metrics]'") from None
+                raise MissingDriver(
+                    f"{ENV_GATEWAY} is set but prometheus-client is not installed: pip install 'restartable[metrics]'"
+                ) from None
 
     @property
     def enabled(self) -> bool:
@@ -124,8 +127,9 @@ class Pusher:
             return
         self._last = time.monotonic()
         families = self._families(final=False)
-        self._inflight = threading.Thread(target=self._send, args=(families, False), daemon=True,
-                                          name=f"restartable-metrics-{self.job.name}")
+        self._inflight = threading.Thread(
+            target=self._send, args=(families, False), daemon=True, name=f"restartable-metrics-{self.job.name}"
+        )
         self._inflight.start()
 
     def push(self, *, final: bool) -> bool:
@@ -161,8 +165,11 @@ class Pusher:
             try:
                 now = self.job.store.now()
             except Exception as exc:  # noqa: BLE001 - best effort, like every push
-                log.warning("%s: reading the store's clock for the duration metric failed (%s); using this "
-                            "machine's clock", self.job.label, exc)
+                log.warning(
+                    "%s: reading the store's clock for the duration metric failed (%s); using this machine's clock",
+                    self.job.label,
+                    exc,
+                )
                 now = time.time()
             self._anchor = (max(0.0, now - started), time.monotonic())
         base, at = self._anchor
@@ -176,8 +183,9 @@ class Pusher:
         registry.register(families)
         assert self.gateway is not None
         try:
-            pushadd_to_gateway(self.gateway, job=job.name, registry=registry, grouping_key=self.grouping(),
-                               timeout=_TIMEOUT)
+            pushadd_to_gateway(
+                self.gateway, job=job.name, registry=registry, grouping_key=self.grouping(), timeout=_TIMEOUT
+            )
         except Exception as exc:  # noqa: BLE001 - metrics are best effort: never fail the job
             self.failures += 1
             if self.failures == 1 or final:
@@ -205,6 +213,7 @@ class _Families:
         info.add_metric([run], 1)
         families.append(info)
         if success is not None:
-            families.append(GaugeMetricFamily("restartable_last_success_timestamp_seconds", _HELP["success"],
-                                              value=success))
+            families.append(
+                GaugeMetricFamily("restartable_last_success_timestamp_seconds", _HELP["success"], value=success)
+            )
         return families

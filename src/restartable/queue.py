@@ -34,7 +34,7 @@ code against one PostgreSQL or Redis. The contract:
   ``claim.transaction()`` (PostgreSQL) is a connection in an open transaction whose
   commit includes the fenced completion: output written there is committed exactly once.
   When its COMMIT's answer is lost, whether it committed is settled on new connections
-  (:mod:`restartable._xact`) before anything else is written for the claim: committed,
+  (:mod:`restartable._postgres.xact`) before anything else is written for the claim: committed,
   the claim is completed; not committed, StoreUnavailable and the claim is released;
   not settled within the URL's ``retry``, StoreUnavailable and the claim is left to
   expire, never released (a release could let another worker redo the task beside a
@@ -55,16 +55,17 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Self
 
 from ._names import check_name
-from .entry import install_excepthook
 from ._proc import current_owner
+from ._queue_types import Counts, QueueBackend, Row
 from ._signals import SignalGuard
 from ._url import parse_duration, parse_store_url
-from .errors import ConfigError, Fenced, Interrupted, StoreUnavailable, UsageError
+from .entry import install_excepthook
+from .errors import Fenced, Interrupted, StoreUnavailable, UsageError
 from .stores import resolve_store_url
+from .stores._registry import queue_backend
 
 __all__ = ["Claim", "Counts", "WorkQueue", "ranges"]
 
@@ -81,33 +82,10 @@ def ranges(total: int, size: int, *, start: int = 0) -> list[tuple[int, int]]:
     return [(a, min(a + size, start + total)) for a in range(start, start + total, size)]
 
 
-@dataclass(frozen=True)
-class Counts:
-    """``total`` tasks, ``done``, ``leased`` (live leases), ``pending`` (claimable now)."""
-
-    total: int
-    done: int
-    leased: int
-    next_expiry: float | None = None  # seconds until the earliest live lease expires
-
-    @property
-    def pending(self) -> int:
-        return self.total - self.done - self.leased
-
-
-@dataclass
-class _Row:
-    key: str
-    payload: Any
-    epoch: int
-    attempts: int
-    offset: int
-
-
 class Claim:
     """One claimed task. Use it as a context manager; see the module docstring."""
 
-    def __init__(self, queue: WorkQueue, row: _Row) -> None:
+    def __init__(self, queue: WorkQueue, row: Row) -> None:
         self._queue = queue
         self.key = row.key
         self.payload = row.payload
@@ -177,8 +155,16 @@ class WorkQueue:
     :param handle_signals: stop at the next claim on SIGTERM/SIGINT (main thread only).
     """
 
-    def __init__(self, store: str | None, name: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS,
-                 poll: float | None = None, fill_wait: float = 60.0, handle_signals: bool = True) -> None:
+    def __init__(
+        self,
+        store: str | None,
+        name: str,
+        *,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        poll: float | None = None,
+        fill_wait: float = 60.0,
+        handle_signals: bool = True,
+    ) -> None:
         install_excepthook()  # as Job does: an escaping library error ends the script with its code
         self.name = check_name(name, "queue name")
         if lease_seconds <= 0:
@@ -190,17 +176,10 @@ class WorkQueue:
         owner = current_owner()
         self.owner = f"{owner.describe()} token {owner.token}"
         url = resolve_store_url(store)
-        scheme = url.split(":", 1)[0].lower()
-        if scheme in ("postgresql", "postgres"):
-            from ._queue_backends import PostgresQueue as backend_cls
-        elif scheme in ("redis", "rediss"):
-            from ._queue_backends import RedisQueue as backend_cls  # type: ignore[assignment]
-        else:
-            raise ConfigError(f"a work queue needs a postgresql:// or redis:// store shared by its workers, not "
-                              f"{parse_store_url(url).display}")
+        backend_cls = queue_backend(url)  # by URL scheme, from the store registry
         parsed = parse_store_url(url, known_options=backend_cls.options)
         retry = parse_duration(parsed.options.get("retry", 60.0), "retry option")
-        self._backend = backend_cls(parsed, self.name, retry=retry)
+        self._backend: QueueBackend = backend_cls(parsed, self.name, retry=retry)
         self.display = parsed.display
         self._held: dict[str, Claim] = {}
         self._held_lock = threading.Lock()
@@ -271,8 +250,9 @@ class WorkQueue:
             self._held[claim.key] = claim
         self._ensure_heartbeat()
         if row.attempts > 1:
-            log.info("%s: took over task %r (attempt %d, from offset %d)", self.label, row.key, row.attempts,
-                     row.offset)
+            log.info(
+                "%s: took over task %r (attempt %d, from offset %d)", self.label, row.key, row.attempts, row.offset
+            )
         return claim
 
     def claims(self, *, wait: bool = True) -> Iterator[Claim]:
@@ -287,8 +267,10 @@ class WorkQueue:
                 if previous is not None and previous.state == "held":
                     # Going on would claim it again at once: a loop that never ends.
                     previous.release()
-                    raise UsageError(f"{self.label}: task {previous.key!r} was neither completed nor released "
-                                     "before the next claim (released now): use `with claim:` in the loop")
+                    raise UsageError(
+                        f"{self.label}: task {previous.key!r} was neither completed nor released "
+                        "before the next claim (released now): use `with claim:` in the loop"
+                    )
                 if self._signal is not None:
                     raise self._interrupted()
                 claim = self.claim()
@@ -311,8 +293,10 @@ class WorkQueue:
         announced = False
         while not self._backend.filled():
             if time.monotonic() >= deadline:
-                raise UsageError(f"{self.label} was never filled (waited {self.fill_wait:g}s): call "
-                                 "queue.fill(tasks) first (every worker may: the first one fills it)")
+                raise UsageError(
+                    f"{self.label} was never filled (waited {self.fill_wait:g}s): call "
+                    "queue.fill(tasks) first (every worker may: the first one fills it)"
+                )
             if not announced:
                 log.info("%s: waiting for a worker to fill it", self.label)
                 announced = True
@@ -336,8 +320,10 @@ class WorkQueue:
     def _fenced(self, claim: Claim, what: str) -> Fenced:
         epoch, owner, done = self._backend.holder(claim.key)
         now = f"done by claim {epoch}" if done else f"held by claim {epoch}" + (f" ({owner})" if owner else "")
-        return Fenced(f"{self.label}: cannot {what} task {claim.key!r}: this worker's claim {claim.epoch} lost its "
-                      f"lease and the task was claimed again (now {now}); this worker's work on it is discarded")
+        return Fenced(
+            f"{self.label}: cannot {what} task {claim.key!r}: this worker's claim {claim.epoch} lost its "
+            f"lease and the task was claimed again (now {now}); this worker's work on it is discarded"
+        )
 
     def _finish(self, claim: Claim, op: str) -> None:
         if claim._lost is not None:  # fenced earlier (by the heartbeat or another call): stays fenced
@@ -404,8 +390,7 @@ class WorkQueue:
 
     def _ensure_heartbeat(self) -> None:
         if self._heartbeat is None or not self._heartbeat.is_alive():
-            self._heartbeat = threading.Thread(target=self._beat, name=f"restartable-queue-{self.name}",
-                                               daemon=True)
+            self._heartbeat = threading.Thread(target=self._beat, name=f"restartable-queue-{self.name}", daemon=True)
             self._heartbeat.start()
 
     def _beat(self) -> None:

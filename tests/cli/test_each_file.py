@@ -67,14 +67,28 @@ tr 'a-z' 'A-Z' < "$1" > "$2" && cksum < "$1" >> "$2"
 
 
 def each_file(*args: str, cwd: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "restartable", "each-file", *args], capture_output=True, text=True,
-                          cwd=cwd, env=clean_env(**env), timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "restartable", "each-file", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=clean_env(**env),
+        timeout=timeout,
+        check=False,
+    )
 
 
 def start(*args: str, cwd: Path, **env: str) -> subprocess.Popen[str]:
     """A runner in its own process group (so the test can kill the group)."""
-    return subprocess.Popen([sys.executable, "-m", "restartable", "each-file", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=cwd, env=clean_env(**env), start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "restartable", "each-file", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env=clean_env(**env),
+        start_new_session=True,
+    )
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
@@ -154,8 +168,18 @@ def test_continues_a_bash_loop_run_through_its_marker_dir(work):
     assert len(os.listdir(work / "checkpoints")) == 12
     (work / "fail-part-012.csv").unlink()
     before = len(processed(work))
-    r = each_file("--store", store(work), "--marker-dir", "checkpoints", "input/*.csv", "--",
-                  "./process-file.sh", "{}", "output-bash/{name}", cwd=work)
+    r = each_file(
+        "--store",
+        store(work),
+        "--marker-dir",
+        "checkpoints",
+        "input/*.csv",
+        "--",
+        "./process-file.sh",
+        "{}",
+        "output-bash/{name}",
+        cwd=work,
+    )
     assert r.returncode == 0, r.stderr
     assert processed(work)[before:] == [f"part-{i:03d}.csv" for i in range(12, 20)]
     assert sorted(os.listdir(work / "checkpoints")) == [f"part-{i:03d}.csv.done" for i in range(20)]
@@ -188,8 +212,9 @@ def test_placeholders_and_default_job_name(work):
 
 def test_parallel_output_is_prefixed(work):
     make_inputs(work / "in", 4)
-    r = each_file("--store", store(work), "-j", "2", "in/*.csv", "--", "sh", "-c", 'echo out; echo err >&2', "_",
-                  "{}", cwd=work)
+    r = each_file(
+        "--store", store(work), "-j", "2", "in/*.csv", "--", "sh", "-c", "echo out; echo err >&2", "_", "{}", cwd=work
+    )
     assert r.returncode == 0, r.stderr
     assert sorted(r.stdout.splitlines()) == [f"[part-{i:03d}.csv] out" for i in range(4)]
     assert sum(line.endswith("] err") for line in r.stderr.splitlines()) == 4
@@ -198,8 +223,20 @@ def test_parallel_output_is_prefixed(work):
 def test_output_template_renames_only_on_success(work):
     make_inputs(work / "in", 3)
     (work / "fail-part-001.csv").touch()
-    r = each_file("--store", store(work), "--on-error", "skip", "-o", "out/{stem}.txt", "in/*.csv", "--",
-                  "./process-file.sh", "{}", "{out}", cwd=work)
+    r = each_file(
+        "--store",
+        store(work),
+        "--on-error",
+        "skip",
+        "-o",
+        "out/{stem}.txt",
+        "in/*.csv",
+        "--",
+        "./process-file.sh",
+        "{}",
+        "{out}",
+        cwd=work,
+    )
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(work / "out")) == ["part-000.txt", "part-002.txt"]  # no temp, no partial output
     assert "1 failed and skipped: part-001.csv" in r.stderr
@@ -228,15 +265,23 @@ def test_stop_on_error_then_rerun_resumes(work):
 def test_retries_with_backoff(work):
     make_inputs(work / "in", 3)
     flaky = work / "flaky.sh"
-    flaky.write_text('#!/bin/sh\nc="$1.count"; n=$(cat "$c" 2>/dev/null || echo 0); echo $((n+1)) > "$c"\n'
-                     'echo "${1##*/} try $((n+1))" >> tries.log\n'
-                     'case "$1" in *part-001*) [ "$n" -ge 2 ] || exit 7;; esac\n')
+    flaky.write_text(
+        '#!/bin/sh\nc="$1.count"; n=$(cat "$c" 2>/dev/null || echo 0); echo $((n+1)) > "$c"\n'
+        'echo "${1##*/} try $((n+1))" >> tries.log\n'
+        'case "$1" in *part-001*) [ "$n" -ge 2 ] || exit 7;; esac\n'
+    )
     flaky.chmod(0o755)
-    r = each_file("--store", store(work), "--attempts", "3", "--backoff", "0.01", "in/*.csv", "--", "./flaky.sh",
-                  "{}", cwd=work)
+    r = each_file(
+        "--store", store(work), "--attempts", "3", "--backoff", "0.01", "in/*.csv", "--", "./flaky.sh", "{}", cwd=work
+    )
     assert r.returncode == 0, r.stderr
     assert (work / "tries.log").read_text().splitlines() == [
-        "part-000.csv try 1", "part-001.csv try 1", "part-001.csv try 2", "part-001.csv try 3", "part-002.csv try 1"]
+        "part-000.csv try 1",
+        "part-001.csv try 1",
+        "part-001.csv try 2",
+        "part-001.csv try 3",
+        "part-002.csv try 1",
+    ]
     assert r.stderr.count("retrying in") == 2
 
 
@@ -245,16 +290,33 @@ def test_skip_budget(work):
     (work / "out").mkdir()
     for i in (1, 2, 4):
         (work / f"fail-part-{i:03d}.csv").touch()
-    args = ["--store", store(work), "--job", "budget", "--on-error", "skip", "in/*.csv", "--", "./process-file.sh",
-            "{}", "out/{name}"]
+    args = [
+        "--store",
+        store(work),
+        "--job",
+        "budget",
+        "--on-error",
+        "skip",
+        "in/*.csv",
+        "--",
+        "./process-file.sh",
+        "{}",
+        "out/{name}",
+    ]
     r = each_file("--skip-budget", "2", *args, cwd=work)
     assert r.returncode == 65, r.stderr
     assert "3 files failed, more than the skip budget of 2" in r.stderr
     assert "part-005.csv" not in processed(work)
     r = each_file("--skip-budget", "3", *args, cwd=work)
     assert r.returncode == 0, r.stderr
-    show = subprocess.run([sys.executable, "-m", "restartable", "show", "budget", "--store", store(work)],
-                          capture_output=True, text=True, env=clean_env(), cwd=work, check=False)
+    show = subprocess.run(
+        [sys.executable, "-m", "restartable", "show", "budget", "--store", store(work)],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        cwd=work,
+        check=False,
+    )
     assert "completed" in show.stdout and "part-001.csv" in show.stdout and "part-004.csv" in show.stdout
 
 
@@ -282,7 +344,7 @@ def test_bad_input_fails_clearly(work):
 
 AS_NOBODY = r"""
 import os, sys
-import encodings.ascii, restartable._proc, restartable.cli, restartable.stores.sqlite
+import encodings.ascii, restartable._proc, restartable.cli, restartable._sqlite.store
 restartable._proc._machine()
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
 sys.exit(restartable.cli.main(sys.argv[1:]))
@@ -299,9 +361,26 @@ def test_unreadable_input_file_is_77():
         os.chmod(d / "in", 0o755)
         for p in (d / "in").iterdir():
             os.chmod(p, 0o644 if p.name != "part-002.csv" else 0o600)
-        r = subprocess.run([sys.executable, "-c", AS_NOBODY, "each-file", "--store", f"sqlite:///{d}/ckpt.db",
-                            f"{d}/in/*.csv", "--", "cat", "{}"], capture_output=True, text=True, cwd=d,
-                           env=clean_env(), timeout=60, check=False)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                AS_NOBODY,
+                "each-file",
+                "--store",
+                f"sqlite:///{d}/ckpt.db",
+                f"{d}/in/*.csv",
+                "--",
+                "cat",
+                "{}",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=d,
+            env=clean_env(),
+            timeout=60,
+            check=False,
+        )
         assert r.returncode == 77, r.stderr
         assert "part-002.csv" in r.stderr and "readable by uid 65534" in r.stderr
         assert r.stdout == ""  # no command ran
@@ -343,8 +422,23 @@ def test_sigkill_of_the_runner_group_during_parallel_run(work):
     make_inputs(work / "in", n)
     (work / "work.sh").write_text(WORK_SH)
     log = work / "log"
-    args = ["--store", store(work), "--job", "kill", "-j", "4", "-o", "out/{name}", "in/*.csv", "--", "sh",
-            str(work / "work.sh"), "{}", "{out}", str(log)]
+    args = [
+        "--store",
+        store(work),
+        "--job",
+        "kill",
+        "-j",
+        "4",
+        "-o",
+        "out/{name}",
+        "in/*.csv",
+        "--",
+        "sh",
+        str(work / "work.sh"),
+        "{}",
+        "{out}",
+        str(log),
+    ]
     rng = random.Random(20261127)
 
     def lines() -> list[str]:
@@ -400,8 +494,21 @@ def test_sigterm_launches_nothing_new_and_lets_running_commands_finish(work):
     (work / "out").mkdir()
     (work / "term.sh").write_text(TERM_SH)
     log = work / "log"
-    args = ["--store", store(work), "--job", "term", "-j", "3", "in/*.csv", "--", "sh", str(work / "term.sh"), "{}",
-            "out/{name}", str(log)]
+    args = [
+        "--store",
+        store(work),
+        "--job",
+        "term",
+        "-j",
+        "3",
+        "in/*.csv",
+        "--",
+        "sh",
+        str(work / "term.sh"),
+        "{}",
+        "out/{name}",
+        str(log),
+    ]
     proc = start(*args, cwd=work)
     deadline = time.monotonic() + 30
     while (not log.exists() or log.read_text().count("start ") < 3) and time.monotonic() < deadline:
@@ -422,7 +529,7 @@ def test_sigterm_launches_nothing_new_and_lets_running_commands_finish(work):
         assert s.load("term", "default").status == "interrupted"
     code, _, err = finish(start(*args, cwd=work))
     assert code == 0, err
-    second = log.read_text().splitlines()[len(first):]
+    second = log.read_text().splitlines()[len(first) :]
     again = [x[6:] for x in second if x.startswith("start ")]
     assert not set(again) & set(started) and sorted(started + again) == [f"part-{i:03d}.csv" for i in range(12)]
 
@@ -431,8 +538,22 @@ def test_sigterm_grace_then_kill(work):
     make_inputs(work / "in", 4)
     stubborn = work / "stubborn.sh"
     stubborn.write_text("#!/bin/sh\ntrap '' TERM\necho started\nsleep 30\n")
-    proc = start("--store", store(work), "--job", "grace", "-j", "2", "--grace", "0.5", "in/*.csv", "--", "sh",
-                 str(stubborn), "{}", cwd=work)
+    proc = start(
+        "--store",
+        store(work),
+        "--job",
+        "grace",
+        "-j",
+        "2",
+        "--grace",
+        "0.5",
+        "in/*.csv",
+        "--",
+        "sh",
+        str(stubborn),
+        "{}",
+        cwd=work,
+    )
     assert proc.stdout.readline().endswith("started\n")
     time.sleep(0.1)
     t0 = time.monotonic()
@@ -448,7 +569,7 @@ def test_sigterm_grace_then_kill(work):
 
 NO_REAPER = r"""
 import sys
-import restartable.cli, restartable.cli.each_file as m
+import restartable.cli, restartable._concurrency.processes as m
 m.USE_REAPER = False
 sys.exit(restartable.cli.main(sys.argv[1:]))
 """
@@ -463,8 +584,9 @@ def test_commands_die_with_a_killed_runner(work, reaper):
     script.write_text('#!/bin/sh\nsleep 30 &\necho "$!" > "$2.child"\necho "$$" > "$2.pid"\nexec sleep 31\n')
     cmd = ["each-file", "--store", store(work), "in/*.csv", "--", "sh", str(script), "{}", str(work / "p")]
     runner = [sys.executable, "-m", "restartable", *cmd] if reaper else [sys.executable, "-c", NO_REAPER, *cmd]
-    proc = subprocess.Popen(runner, cwd=work, env=clean_env(), start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        runner, cwd=work, env=clean_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 20
     while not (work / "p.pid").exists() and time.monotonic() < deadline:
         time.sleep(0.01)

@@ -79,14 +79,17 @@ def test_a_killed_run_is_stalled_at_once_and_a_live_one_runs_with_a_rate(spawn, 
 
 def test_watch_redraws_until_sigint_and_exits_0(spawn, tmp_path):
     url = f"sqlite:///{tmp_path}/ckpt.db"
-    w = spawn({"store": url, "job": "watched", "n": 100_000, "sleep": 0.005, "every": 4,
-               "log": str(tmp_path / "w.log")})
+    w = spawn(
+        {"store": url, "job": "watched", "n": 100_000, "sleep": 0.005, "every": 4, "log": str(tmp_path / "w.log")}
+    )
     w.started()
     wait_items(tmp_path / "w.log", 20)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "restartable.cli", "status", "--watch", "--interval", "0.3", "--json",
-         "--store", url],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
+        [sys.executable, "-m", "restartable.cli", "status", "--watch", "--interval", "0.3", "--json", "--store", url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
     )
     try:
         assert proc.stdout is not None
@@ -110,7 +113,10 @@ def test_watch_piped_prints_a_table_each_interval(tmp_path):
         list(job.iterate(range(10), every=5))
     proc = subprocess.Popen(
         [sys.executable, "-m", "restartable.cli", "status", "--watch", "--interval", "0.2", "--store", url],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
     )
     time.sleep(1.5)
     proc.send_signal(signal.SIGINT)
@@ -134,9 +140,18 @@ GONE = Owner(host="elsewhere", pid=1)  # another machine: never provably dead fr
 @settings(max_examples=300, deadline=None)
 def test_running_means_a_held_lease_and_only_running_runs_have_a_rate(status, lease, saves, total):
     done = sum(d for _, d in saves)
-    rec = Checkpoint(job="j", run="r", epoch=7, status=status, owner=GONE, done=done, updated=NOW - 1,
-                     heartbeat=NOW - 1, lease_expires=None if lease is None else NOW + lease,
-                     positions={"it": {"offset": done, **({"total": total} if total is not None else {})}})
+    rec = Checkpoint(
+        job="j",
+        run="r",
+        epoch=7,
+        status=status,
+        owner=GONE,
+        done=done,
+        updated=NOW - 1,
+        heartbeat=NOW - 1,
+        lease_expires=None if lease is None else NOW + lease,
+        positions={"it": {"offset": done, **({"total": total} if total is not None else {})}},
+    )
     history, at, count = [], NOW - 1, done
     for gap, step in saves:  # newest first, as stores return it
         history.append(HistoryEntry(at=at, epoch=7, status="running", done=count))
@@ -156,9 +171,18 @@ def test_running_means_a_held_lease_and_only_running_runs_have_a_rate(status, le
 
 def test_a_shard_set_partly_done_reads_at_a_glance():
     def shard(i: int, status: str, lease: float | None) -> Checkpoint:
-        return Checkpoint(job="j", run=f"uid.shard-{i}-of-3", epoch=1, status=status, owner=GONE, done=10,
-                          updated=NOW - 5, heartbeat=NOW - 5, lease_expires=None if lease is None else NOW + lease,
-                          positions={"it": {"offset": 10, "total": 10, "dead": {"k": "boom"}}})
+        return Checkpoint(
+            job="j",
+            run=f"uid.shard-{i}-of-3",
+            epoch=1,
+            status=status,
+            owner=GONE,
+            done=10,
+            updated=NOW - 5,
+            heartbeat=NOW - 5,
+            lease_expires=None if lease is None else NOW + lease,
+            positions={"it": {"offset": 10, "total": 10, "dead": {"k": "boom"}}},
+        )
 
     rows = [summarize(shard(0, "completed", None), [], NOW), summarize(shard(1, "running", -10), [], NOW)]
     (group,) = group_shards(rows)

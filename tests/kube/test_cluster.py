@@ -23,8 +23,12 @@ DNS_LABEL_MAX = 63
 
 
 def _spec(kind: str = "job", **kw: Any) -> WorkloadSpec:
-    base: dict[str, Any] = {"name": "export", "image": "reg/export:1", "command": ("python", "/app/job.py"),
-                            "store_secret": "db"}
+    base: dict[str, Any] = {
+        "name": "export",
+        "image": "reg/export:1",
+        "command": ("python", "/app/job.py"),
+        "store_secret": "db",
+    }
     if kind == "cronjob":
         base["schedule"] = "30 2 * * *"
     if kind == "indexed-job":
@@ -60,38 +64,47 @@ def test_cronjob_is_the_job_on_a_schedule_forbidding_overlap() -> None:
     del job["spec"]["ttlSecondsAfterFinished"]
     assert spec["jobTemplate"]["spec"] == job["spec"]
     env = {e["name"]: e for e in _pod(cron)["containers"][0]["env"]}
-    assert env["RESTARTABLE_RUN"]["valueFrom"]["fieldRef"]["fieldPath"] == \
-        "metadata.labels['batch.kubernetes.io/controller-uid']"
-    custom = _workload(build(_spec("cronjob", starting_deadline=600, successful_history=1, failed_history=5,
-                                   ttl=7200)).documents)["spec"]
-    assert (custom["startingDeadlineSeconds"], custom["successfulJobsHistoryLimit"],
-            custom["failedJobsHistoryLimit"]) == (600, 1, 5)
+    assert (
+        env["RESTARTABLE_RUN"]["valueFrom"]["fieldRef"]["fieldPath"]
+        == "metadata.labels['batch.kubernetes.io/controller-uid']"
+    )
+    custom = _workload(
+        build(_spec("cronjob", starting_deadline=600, successful_history=1, failed_history=5, ttl=7200)).documents
+    )["spec"]
+    assert (
+        custom["startingDeadlineSeconds"],
+        custom["successfulJobsHistoryLimit"],
+        custom["failedJobsHistoryLimit"],
+    ) == (600, 1, 5)
     assert custom["jobTemplate"]["spec"]["ttlSecondsAfterFinished"] == 7200
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"schedule": None}, "needs --schedule"),
-    ({"schedule": "CRON_TZ=UTC 0 2 * * *"}, "--time-zone"),
-    ({"schedule": "TZ=Europe/Paris 0 2 * * *"}, "--time-zone"),
-    ({"schedule": "0 2 * *"}, "4 fields"),
-    ({"schedule": "0 0 2 * * *"}, "no seconds field"),
-    ({"schedule": "60 2 * * *"}, "outside 0-59"),
-    ({"schedule": "0 24 * * *"}, "outside 0-23"),
-    ({"schedule": "0 2 0 * *"}, "outside 1-31"),
-    ({"schedule": "0 2 * 13 *"}, "outside 1-12"),
-    ({"schedule": "0 2 * * 7"}, "outside 0-6"),
-    ({"schedule": "0 2 * * MON-XYZ"}, "not a number"),
-    ({"schedule": "*/0 * * * *"}, "positive"),
-    ({"schedule": "0 5-2 * * *"}, "ends before"),
-    ({"schedule": "@fortnightly"}, "macros"),
-    ({"time_zone": "Local"}, "explicit IANA"),
-    ({"time_zone": "Mars/Olympus"}, "unknown --time-zone"),
-    ({"time_zone": "europe/paris"}, "did you mean Europe/Paris"),
-    ({"time_zone": "../../etc/passwd"}, "unknown --time-zone"),
-    ({"starting_deadline": 5}, "at least 10"),
-    ({"failed_history": -1}, "0 or more"),
-    ({"completions": 3}, "indexed-job"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"schedule": None}, "needs --schedule"),
+        ({"schedule": "CRON_TZ=UTC 0 2 * * *"}, "--time-zone"),
+        ({"schedule": "TZ=Europe/Paris 0 2 * * *"}, "--time-zone"),
+        ({"schedule": "0 2 * *"}, "4 fields"),
+        ({"schedule": "0 0 2 * * *"}, "no seconds field"),
+        ({"schedule": "60 2 * * *"}, "outside 0-59"),
+        ({"schedule": "0 24 * * *"}, "outside 0-23"),
+        ({"schedule": "0 2 0 * *"}, "outside 1-31"),
+        ({"schedule": "0 2 * 13 *"}, "outside 1-12"),
+        ({"schedule": "0 2 * * 7"}, "outside 0-6"),
+        ({"schedule": "0 2 * * MON-XYZ"}, "not a number"),
+        ({"schedule": "*/0 * * * *"}, "positive"),
+        ({"schedule": "0 5-2 * * *"}, "ends before"),
+        ({"schedule": "@fortnightly"}, "macros"),
+        ({"time_zone": "Local"}, "explicit IANA"),
+        ({"time_zone": "Mars/Olympus"}, "unknown --time-zone"),
+        ({"time_zone": "europe/paris"}, "did you mean Europe/Paris"),
+        ({"time_zone": "../../etc/passwd"}, "unknown --time-zone"),
+        ({"starting_deadline": 5}, "at least 10"),
+        ({"failed_history": -1}, "0 or more"),
+        ({"completions": 3}, "indexed-job"),
+    ],
+)
 def test_cronjob_refusals(kw: dict[str, Any], match: str) -> None:
     with pytest.raises(UsageError, match=match):
         build(_spec("cronjob", **kw))
@@ -113,17 +126,21 @@ _FIELD = st.one_of(
 
 
 @settings(max_examples=150, deadline=None)
-@given(minute=_FIELD, hour=st.sampled_from(["*", "0", "23", "1-5", "*/6", "2,14"]),
-       dom=st.sampled_from(["*", "?", "1", "31", "1-15", "*/2"]),
-       month=st.sampled_from(["*", "1", "12", "JAN-MAR", "jun"]),
-       dow=st.sampled_from(["*", "?", "0", "6", "MON-FRI", "sun,sat", "1-5/2"]))
+@given(
+    minute=_FIELD,
+    hour=st.sampled_from(["*", "0", "23", "1-5", "*/6", "2,14"]),
+    dom=st.sampled_from(["*", "?", "1", "31", "1-15", "*/2"]),
+    month=st.sampled_from(["*", "1", "12", "JAN-MAR", "jun"]),
+    dow=st.sampled_from(["*", "?", "0", "6", "MON-FRI", "sun,sat", "1-5/2"]),
+)
 def test_every_valid_five_field_schedule_is_accepted(minute: str, hour: str, dom: str, month: str, dow: str) -> None:
     schedule = f"{minute} {hour} {dom} {month} {dow}"
     assert check_schedule(f"  {schedule} ") == schedule
 
 
-@pytest.mark.parametrize("macro", ["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight",
-                                   "@hourly", "@DAILY"])
+@pytest.mark.parametrize(
+    "macro", ["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly", "@DAILY"]
+)
 def test_macros_are_accepted(macro: str) -> None:
     assert check_schedule(macro) == macro.lower()
 
@@ -149,10 +166,14 @@ def _derived(kind: str, name: str, completions: int) -> list[str]:
 
 
 @settings(max_examples=200, deadline=None)
-@given(kind=st.sampled_from(["job", "indexed-job", "cronjob", "statefulset"]), length=st.integers(40, 70),
-       completions=st.sampled_from([1, 9, 10, 11, 100, 101, 1000, 99999, 100000]))
-def test_a_name_is_accepted_exactly_when_every_name_derived_from_it_is_valid(kind: str, length: int,
-                                                                            completions: int) -> None:
+@given(
+    kind=st.sampled_from(["job", "indexed-job", "cronjob", "statefulset"]),
+    length=st.integers(40, 70),
+    completions=st.sampled_from([1, 9, 10, 11, 100, 101, 1000, 99999, 100000]),
+)
+def test_a_name_is_accepted_exactly_when_every_name_derived_from_it_is_valid(
+    kind: str, length: int, completions: int
+) -> None:
     name = ("a" * length)[:length]
     fits = length <= DNS_LABEL_MAX and all(len(d) <= DNS_LABEL_MAX for d in _derived(kind, name, completions))
     kw: dict[str, Any] = {"name": name}
@@ -192,21 +213,25 @@ def test_resources_default_to_requests_with_a_memory_limit_only() -> None:
         main = _pod(_workload(build(_spec(kind)).documents))["containers"][0]
         assert main["resources"] == {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "256Mi"}}
     main = _pod(_workload(build(_spec(cpu="2", memory="1.5Gi", cpu_limit="4", memory_limit="2Gi")).documents))[
-        "containers"][0]
+        "containers"
+    ][0]
     assert main["resources"] == {"requests": {"cpu": "2", "memory": "1.5Gi"}, "limits": {"cpu": "4", "memory": "2Gi"}}
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"memory": "256m"}, "millibytes"),
-    ({"memory": "lots"}, "Kubernetes quantity"),
-    ({"cpu": "0"}, "more than zero"),
-    ({"cpu": "0.0001"}, "smallest CPU amount is 1m"),
-    ({"cpu": "500m", "cpu_limit": "200m"}, "below the request"),
-    ({"memory": "1Gi", "memory_limit": "512Mi"}, "below the request"),
-    ({"active_deadline": 0}, "at least 1"),
-    ({"priority_class": "High_Priority"}, "PriorityClass"),
-    ({"queue": "Team Queue"}, "LocalQueue"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"memory": "256m"}, "millibytes"),
+        ({"memory": "lots"}, "Kubernetes quantity"),
+        ({"cpu": "0"}, "more than zero"),
+        ({"cpu": "0.0001"}, "smallest CPU amount is 1m"),
+        ({"cpu": "500m", "cpu_limit": "200m"}, "below the request"),
+        ({"memory": "1Gi", "memory_limit": "512Mi"}, "below the request"),
+        ({"active_deadline": 0}, "at least 1"),
+        ({"priority_class": "High_Priority"}, "PriorityClass"),
+        ({"queue": "Team Queue"}, "LocalQueue"),
+    ],
+)
 def test_resource_and_scheduling_refusals(kw: dict[str, Any], match: str) -> None:
     with pytest.raises(UsageError, match=match):
         build(_spec(**kw))
@@ -242,16 +267,18 @@ def test_deadline_priority_and_kueue_on_jobs_and_cronjobs() -> None:
 # -- the command --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command,expected", [
-    (("python", "/app/job.py", "-v"), ["python", "-m", "restartable", "run", "/app/job.py", "-v"]),
-    (("/opt/venv/bin/python3.12", "job.py"), ["/opt/venv/bin/python3.12", "-m", "restartable", "run", "job.py"]),
-    (("python", "-u", "/app/job.py"), ["python", "-u", "/app/job.py"]),  # interpreter options: left alone
-    (("python", "-m", "app.export"), ["python", "-m", "app.export"]),
-    (("/app/export", "--fast"), ["/app/export", "--fast"]),
-    (("pythonista", "x.py"), ["pythonista", "x.py"]),
-])
-def test_a_plain_python_script_runs_under_the_exit_code_contract(command: tuple[str, ...],
-                                                                 expected: list[str]) -> None:
+@pytest.mark.parametrize(
+    "command,expected",
+    [
+        (("python", "/app/job.py", "-v"), ["python", "-m", "restartable", "run", "/app/job.py", "-v"]),
+        (("/opt/venv/bin/python3.12", "job.py"), ["/opt/venv/bin/python3.12", "-m", "restartable", "run", "job.py"]),
+        (("python", "-u", "/app/job.py"), ["python", "-u", "/app/job.py"]),  # interpreter options: left alone
+        (("python", "-m", "app.export"), ["python", "-m", "app.export"]),
+        (("/app/export", "--fast"), ["/app/export", "--fast"]),
+        (("pythonista", "x.py"), ["pythonista", "x.py"]),
+    ],
+)
+def test_a_plain_python_script_runs_under_the_exit_code_contract(command: tuple[str, ...], expected: list[str]) -> None:
     main = _pod(_workload(build(_spec(command=command)).documents))["containers"][0]
     assert main["command"] == expected
     verbatim = _pod(_workload(build(_spec(command=command, wrap=False)).documents))["containers"][0]
@@ -297,9 +324,11 @@ def test_merge_patch_follows_rfc_7386(target: Any, patch: Any, result: Any) -> N
     assert json.dumps(target) == before  # the target is not modified
 
 
-_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=3),
-                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner,
-                                                                                  max_size=3), max_leaves=10)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=3),
+    max_leaves=10,
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -321,10 +350,17 @@ def _kv_or_skip() -> None:
 
 def test_patch_adds_fields_we_have_no_flag_for_and_is_validated(tmp_path: Path) -> None:
     _kv_or_skip()
-    patch = {"spec": {"template": {"spec": {
-        "nodeSelector": {"disktype": "ssd"},
-        "tolerations": [{"key": "batch", "operator": "Exists", "effect": "NoSchedule"}],
-    }}}, "metadata": {"annotations": {"team": "data"}}}
+    patch = {
+        "spec": {
+            "template": {
+                "spec": {
+                    "nodeSelector": {"disktype": "ssd"},
+                    "tolerations": [{"key": "batch", "operator": "Exists", "effect": "NoSchedule"}],
+                }
+            }
+        },
+        "metadata": {"annotations": {"team": "data"}},
+    }
     job = _workload(build(_spec(patch=patch)).documents)
     assert _pod(job)["nodeSelector"] == {"disktype": "ssd"} and _pod(job)["tolerations"][0]["key"] == "batch"
     assert job["metadata"]["annotations"] == {"team": "data"}
@@ -333,19 +369,26 @@ def test_patch_adds_fields_we_have_no_flag_for_and_is_validated(tmp_path: Path) 
     assert cron["spec"]["suspend"] is True
 
 
-@pytest.mark.parametrize("patch,error,match", [
-    ({"spec": {"template": {"spec": {"volumes": [{"name": "h", "hostPath": {"path": "/"}}]}}}},
-     UsageError, "pod-security/host-path-volumes"),
-    ({"spec": {"template": {"spec": {"securityContext": None}}}}, UsageError, "pod-security/running-as-non-root"),
-    ({"spec": {"template": {"spec": {"restartPolicy": "OnFailure"}}}}, UsageError, "never-with-failure-policy"),
-    ({"spec": {"template": {"spec": {"nodeSelectr": {"a": "b"}}}}}, UsageError, "Kubernetes schema"),
-    ({"spec": {"backoffLimit": "six"}}, UsageError, "Kubernetes schema"),
-    ({"metadata": {"name": "other"}}, UsageError, "metadata.name"),
-    ({"kind": "Deployment"}, UsageError, "may not change kind"),
-    ({"metadata": {"labels": {"kueue.x-k8s.io/queue-name": "q"}}}, UsageError, "kueue"),
-])
-def test_patch_refused_when_the_result_breaks_a_rule_or_the_schema(patch: dict[str, Any], error: type,
-                                                                   match: str) -> None:
+@pytest.mark.parametrize(
+    "patch,error,match",
+    [
+        (
+            {"spec": {"template": {"spec": {"volumes": [{"name": "h", "hostPath": {"path": "/"}}]}}}},
+            UsageError,
+            "pod-security/host-path-volumes",
+        ),
+        ({"spec": {"template": {"spec": {"securityContext": None}}}}, UsageError, "pod-security/running-as-non-root"),
+        ({"spec": {"template": {"spec": {"restartPolicy": "OnFailure"}}}}, UsageError, "never-with-failure-policy"),
+        ({"spec": {"template": {"spec": {"nodeSelectr": {"a": "b"}}}}}, UsageError, "Kubernetes schema"),
+        ({"spec": {"backoffLimit": "six"}}, UsageError, "Kubernetes schema"),
+        ({"metadata": {"name": "other"}}, UsageError, "metadata.name"),
+        ({"kind": "Deployment"}, UsageError, "may not change kind"),
+        ({"metadata": {"labels": {"kueue.x-k8s.io/queue-name": "q"}}}, UsageError, "kueue"),
+    ],
+)
+def test_patch_refused_when_the_result_breaks_a_rule_or_the_schema(
+    patch: dict[str, Any], error: type, match: str
+) -> None:
     _kv_or_skip()
     with pytest.raises(error, match=match):
         build(_spec(patch=patch))
@@ -363,12 +406,41 @@ def test_patch_without_the_validator_is_refused_with_the_install_line(monkeypatc
 def test_cli_cronjob_with_every_new_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _kv_or_skip()
     patch = tmp_path / "patch.yaml"
-    patch.write_text("spec:\n  jobTemplate:\n    spec:\n      template:\n        spec:\n"
-                     "          nodeSelector: {pool: batch}\n")
-    code = cli_main(["k8s", "cronjob", "nightly-export", "--schedule", "0 1 * * *", "--time-zone", "Etc/UTC",
-                     "--image", "reg/export:1", "--pvc", "1Gi", "--cpu", "250m", "--memory", "512Mi",
-                     "--queue", "team-a", "--priority-class", "batch", "--active-deadline", "14400",
-                     "--run-as-user", "1000", "--patch", str(patch), "--", "python", "/app/export.py"])
+    patch.write_text(
+        "spec:\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          nodeSelector: {pool: batch}\n"
+    )
+    code = cli_main(
+        [
+            "k8s",
+            "cronjob",
+            "nightly-export",
+            "--schedule",
+            "0 1 * * *",
+            "--time-zone",
+            "Etc/UTC",
+            "--image",
+            "reg/export:1",
+            "--pvc",
+            "1Gi",
+            "--cpu",
+            "250m",
+            "--memory",
+            "512Mi",
+            "--queue",
+            "team-a",
+            "--priority-class",
+            "batch",
+            "--active-deadline",
+            "14400",
+            "--run-as-user",
+            "1000",
+            "--patch",
+            str(patch),
+            "--",
+            "python",
+            "/app/export.py",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     pvc, cron = yaml.safe_load_all(out)
@@ -378,28 +450,53 @@ def test_cli_cronjob_with_every_new_flag(tmp_path: Path, capsys: pytest.CaptureF
     assert pod["containers"][0]["resources"]["requests"] == {"cpu": "250m", "memory": "512Mi"}
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["cronjob", "x", "--schedule", "CRON_TZ=UTC 0 1 * * *", "--image", "i", "--pvc", "1Gi", "--", "python", "j.py"],
-     "--time-zone"),
-    (["statefulset", "s" * 53, "--image", "i", "--pvc", "1Gi", "--", "python", "j.py"], "at most 52"),
-    (["job", "x", "--image", "i", "--pvc", "1Gi", "--memory", "512m", "--", "python", "j.py"], "millibytes"),
-    (["job", "x", "--image", "i", "--pvc", "1Gi", "--run-as-user", "0", "--", "python", "j.py"], "--no-restricted"),
-    (["job", "x", "--image", "i", "--pvc", "1Gi", "--patch", "/nonexistent/p.yaml", "--", "python", "j.py"],
-     "cannot read --patch"),
-])
-def test_cli_refusals_exit_2_with_one_clear_line(argv: list[str], match: str,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (
+            [
+                "cronjob",
+                "x",
+                "--schedule",
+                "CRON_TZ=UTC 0 1 * * *",
+                "--image",
+                "i",
+                "--pvc",
+                "1Gi",
+                "--",
+                "python",
+                "j.py",
+            ],
+            "--time-zone",
+        ),
+        (["statefulset", "s" * 53, "--image", "i", "--pvc", "1Gi", "--", "python", "j.py"], "at most 52"),
+        (["job", "x", "--image", "i", "--pvc", "1Gi", "--memory", "512m", "--", "python", "j.py"], "millibytes"),
+        (["job", "x", "--image", "i", "--pvc", "1Gi", "--run-as-user", "0", "--", "python", "j.py"], "--no-restricted"),
+        (
+            ["job", "x", "--image", "i", "--pvc", "1Gi", "--patch", "/nonexistent/p.yaml", "--", "python", "j.py"],
+            "cannot read --patch",
+        ),
+    ],
+)
+def test_cli_refusals_exit_2_with_one_clear_line(
+    argv: list[str], match: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert cli_main(["k8s", *argv]) == 2
     out, err = capsys.readouterr()
     assert out == "" and match in err and "Traceback" not in err
 
 
 def test_cli_patch_file_must_be_one_mapping(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for text, match in (("- a\n- b\n", "not a list"), ("a: 1\n---\nb: 2\n", "not 2 documents"),
-                        ("a: [unclosed\n", "neither YAML nor JSON")):
+    for text, match in (
+        ("- a\n- b\n", "not a list"),
+        ("a: 1\n---\nb: 2\n", "not 2 documents"),
+        ("a: [unclosed\n", "neither YAML nor JSON"),
+    ):
         patch = tmp_path / "p.yaml"
         patch.write_text(text)
-        assert cli_main(["k8s", "job", "x", "--image", "i", "--pvc", "1Gi", "--patch", str(patch), "--",
-                         "python", "j.py"]) == 2
+        assert (
+            cli_main(["k8s", "job", "x", "--image", "i", "--pvc", "1Gi", "--patch", str(patch), "--", "python", "j.py"])
+            == 2
+        )
         out, err = capsys.readouterr()
         assert out == "" and match in err, err

@@ -29,9 +29,17 @@ POD_ENV = {
     "RESTARTABLE_POD_UID": "6b1c3a5e-2f4d-4c1b-9a8e-0d7f6e5c4b3a",
     "RESTARTABLE_NODE_NAME": "node-a",
 }
-CLEAN = ("RESTARTABLE_STORE", "RESTARTABLE_RUN", "RESTARTABLE_WAIT", "RESTARTABLE_LEASE_SECONDS",
-         "JOB_COMPLETION_INDEX", "RESTARTABLE_SHARDS", "KUBERNETES_SERVICE_HOST", "RESTARTABLE_TERMINATION_LOG",
-         "RESTARTABLE_PUSHGATEWAY")
+CLEAN = (
+    "RESTARTABLE_STORE",
+    "RESTARTABLE_RUN",
+    "RESTARTABLE_WAIT",
+    "RESTARTABLE_LEASE_SECONDS",
+    "JOB_COMPLETION_INDEX",
+    "RESTARTABLE_SHARDS",
+    "KUBERNETES_SERVICE_HOST",
+    "RESTARTABLE_TERMINATION_LOG",
+    "RESTARTABLE_PUSHGATEWAY",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -82,17 +90,21 @@ HOLDER = """
 """
 
 
-def test_in_kubernetes_a_runner_waits_one_lease_for_a_live_holder(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_in_kubernetes_a_runner_waits_one_lease_for_a_live_holder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = f"sqlite:///{tmp_path}/ckpt.db"
-    holder = subprocess.Popen([sys.executable, str(_script(tmp_path, "holder.py", HOLDER)), store],
-                              stdout=subprocess.PIPE, text=True, env=_child_env())
+    holder = subprocess.Popen(
+        [sys.executable, str(_script(tmp_path, "holder.py", HOLDER)), store],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_child_env(),
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         # Outside Kubernetes: the run is busy, exit 75 at once.
         t0 = time.monotonic()
-        with pytest.raises(RunLocked), Job("held", store=store, lease_seconds=3, progress=False,
-                                            handle_signals=False):
+        with pytest.raises(RunLocked), Job("held", store=store, lease_seconds=3, progress=False, handle_signals=False):
             pass
         assert time.monotonic() - t0 < 2.5  # not the 3 s a wait for the lease would take
         # In a pod (the replacement of a pod that is still terminating): wait up to one lease.
@@ -131,11 +143,13 @@ def test_a_permanent_error_writes_one_line_to_the_termination_log(tmp_path: Path
     log.write_text("")  # the kubelet creates it; we only write to an existing one
     env = _child_env(RESTARTABLE_TERMINATION_LOG=str(log), **POD_ENV)
     store = f"sqlite:///{tmp_path}/ckpt.db"
-    first = subprocess.run([sys.executable, str(script), store, "first"], env=env, capture_output=True, text=True,
-                           timeout=30, check=False)
+    first = subprocess.run(
+        [sys.executable, str(script), store, "first"], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
     assert first.returncode == 75 and log.read_text() == ""  # temporary: nothing in the termination log
-    second = subprocess.run([sys.executable, str(script), store, "second"], env=env, capture_output=True,
-                            text=True, timeout=30, check=False)
+    second = subprocess.run(
+        [sys.executable, str(script), store, "second"], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
     assert second.returncode == 65 and second.returncode in PERMANENT_CODES
     lines = log.read_text().splitlines()
     assert len(lines) == 1 and lines[0].startswith("restartable: error: ") and "changed" in lines[0]
@@ -162,9 +176,12 @@ def test_sigterm_checkpoints_within_the_grace_period(tmp_path: Path) -> None:
     grace = 5.0  # the pod's terminationGracePeriodSeconds in this simulation
     items = tmp_path / "items"
     store = f"sqlite:///{tmp_path}/ckpt.db"
-    proc = subprocess.Popen([sys.executable, str(_script(tmp_path, "term.py", SIGTERM_JOB)), store, str(items)],
-                            env=_child_env(KUBERNETES_SERVICE_HOST="10.96.0.1", **POD_ENV),
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(_script(tmp_path, "term.py", SIGTERM_JOB)), store, str(items)],
+        env=_child_env(KUBERNETES_SERVICE_HOST="10.96.0.1", **POD_ENV),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 20
     while not (items.exists() and len(items.read_bytes().splitlines()) >= 30):
         assert time.monotonic() < deadline and proc.poll() is None
@@ -189,7 +206,7 @@ WORKER = """
     import json, os, sys, time
     import restartable
     from restartable import Job, _shard
-    from restartable.sources.postgres import PostgresTable
+    from restartable._postgres.table import PostgresTable
     from psycopg import sql
 
     cfg = json.loads(sys.argv[1])
@@ -231,10 +248,18 @@ class Supervisor:
     signalled: dict[int, signal.Signals] = field(default_factory=dict)
 
     def start(self, index: int) -> None:
-        env = dict(self.env, JOB_COMPLETION_INDEX=str(index), RESTARTABLE_SHARDS=str(self.shards),
-                   RESTARTABLE_POD_NAME=f"sim-{index}-{self.restarts}")
-        self.procs[index] = subprocess.Popen([sys.executable, str(self.script), json.dumps(self.cfg)], env=env,
-                                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        env = dict(
+            self.env,
+            JOB_COMPLETION_INDEX=str(index),
+            RESTARTABLE_SHARDS=str(self.shards),
+            RESTARTABLE_POD_NAME=f"sim-{index}-{self.restarts}",
+        )
+        self.procs[index] = subprocess.Popen(
+            [sys.executable, str(self.script), json.dumps(self.cfg)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
 
     def poll(self) -> None:
         for index, proc in list(self.procs.items()):
@@ -256,8 +281,13 @@ class Supervisor:
 
     def busy(self) -> list[int]:
         """The indexes whose pod is inside its loop (it said so in the ``busy`` directory)."""
-        return [i for i, p in self.procs.items() if p.poll() is None and p.pid not in self.signalled
-                and os.path.exists(os.path.join(self.cfg["busy"], str(p.pid)))]
+        return [
+            i
+            for i, p in self.procs.items()
+            if p.poll() is None
+            and p.pid not in self.signalled
+            and os.path.exists(os.path.join(self.cfg["busy"], str(p.pid)))
+        ]
 
     def kill(self, index: int, sig: signal.Signals) -> None:
         self.signalled[self.procs[index].pid] = sig
@@ -271,13 +301,21 @@ def _setup_tables(url: str, schema: str, n: int) -> None:
     base = url.split("?", 1)[0]
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        conn.execute(sql.SQL("CREATE TABLE {}.items (id int PRIMARY KEY, v int NOT NULL)").format(
-            sql.Identifier(schema)))
-        conn.execute(sql.SQL("INSERT INTO {}.items SELECT g, g * 7 FROM generate_series(0, %s) g").format(
-            sql.Identifier(schema)), [n - 1])
+        conn.execute(
+            sql.SQL("CREATE TABLE {}.items (id int PRIMARY KEY, v int NOT NULL)").format(sql.Identifier(schema))
+        )
+        conn.execute(
+            sql.SQL("INSERT INTO {}.items SELECT g, g * 7 FROM generate_series(0, %s) g").format(
+                sql.Identifier(schema)
+            ),
+            [n - 1],
+        )
         # No unique constraint: a duplicate would be visible, not refused.
-        conn.execute(sql.SQL("CREATE TABLE {}.out (id int NOT NULL, shard int NOT NULL, pid int NOT NULL)").format(
-            sql.Identifier(schema)))
+        conn.execute(
+            sql.SQL("CREATE TABLE {}.out (id int NOT NULL, shard int NOT NULL, pid int NOT NULL)").format(
+                sql.Identifier(schema)
+            )
+        )
 
 
 def test_indexed_job_under_random_kills_writes_every_item_exactly_once(tmp_path: Path, postgres_url: str) -> None:
@@ -289,9 +327,14 @@ def test_indexed_job_under_random_kills_writes_every_item_exactly_once(tmp_path:
     _setup_tables(postgres_url, schema, n)
     (tmp_path / "busy").mkdir()
     cfg = {"store": postgres_url, "schema": schema, "n": n, "batch": 20, "sleep": 0.05, "busy": str(tmp_path / "busy")}
-    sup = Supervisor(_script(tmp_path, "worker.py", WORKER), cfg, shards,
-                     _child_env(RESTARTABLE_RUN="0f7c2b1e-job-uid", **{k: v for k, v in POD_ENV.items()
-                                                                       if k != "RESTARTABLE_POD_NAME"}))
+    sup = Supervisor(
+        _script(tmp_path, "worker.py", WORKER),
+        cfg,
+        shards,
+        _child_env(
+            RESTARTABLE_RUN="0f7c2b1e-job-uid", **{k: v for k, v in POD_ENV.items() if k != "RESTARTABLE_POD_NAME"}
+        ),
+    )
     rng = random.Random(7)
     for index in range(shards):
         sup.start(index)
@@ -314,10 +357,13 @@ def test_indexed_job_under_random_kills_writes_every_item_exactly_once(tmp_path:
     assert kills["SIGKILL"] >= 3 and kills["SIGTERM"] >= 2, kills
     assert sup.codes.count(-9) >= 3 and sup.codes.count(143) >= 2, sup.codes
     with psycopg.connect(postgres_url.split("?", 1)[0]) as conn:
-        total, distinct, lo, hi = conn.execute(sql.SQL("SELECT count(*), count(DISTINCT id), min(id), max(id) "
-                                                       "FROM {}.out").format(sql.Identifier(schema))).fetchone()
-        wrong = conn.execute(sql.SQL("SELECT count(*) FROM {}.out WHERE shard <> id * %s / %s").format(
-            sql.Identifier(schema)), [shards, n]).fetchone()[0]
+        total, distinct, lo, hi = conn.execute(
+            sql.SQL("SELECT count(*), count(DISTINCT id), min(id), max(id) FROM {}.out").format(sql.Identifier(schema))
+        ).fetchone()
+        wrong = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}.out WHERE shard <> id * %s / %s").format(sql.Identifier(schema)),
+            [shards, n],
+        ).fetchone()[0]
     assert (total, distinct, lo, hi) == (n, n, 0, n - 1)  # every item, exactly once
     assert wrong == 0  # each item written by the shard that owns it
     with open_store(postgres_url) as store:
@@ -330,10 +376,14 @@ def test_a_permanent_code_fails_the_index_without_a_restart(tmp_path: Path) -> N
     log = tmp_path / "termination-log"
     log.write_text("")
     # A store URL the image cannot use: a configuration error (exit 78), which no retry fixes.
-    script = _script(tmp_path, "bad.py", """
+    script = _script(
+        tmp_path,
+        "bad.py",
+        """
         import restartable
         restartable.entrypoint(lambda: restartable.Job("bad", store="bogus://x").__enter__())()
-    """)
+    """,
+    )
     sup = Supervisor(script, {}, 1, _child_env(RESTARTABLE_TERMINATION_LOG=str(log)))
     sup.start(0)
     sup.procs[0].wait(30)

@@ -25,12 +25,22 @@ COMMAND = ("python", "/app/job.py", "--day", "$(DAY)")
 
 
 def _spec(kind: str, store: str, **kw: Any) -> WorkloadSpec:
-    stores = {"pvc": {"pvc": "1Gi"}, "secret": {"store_secret": "ckpt-db:url"},
-              "url": {"store_url": f"postgresql://app:{PASSWORD}@db.example:5432/app?schema=ckpt"}}
-    sizing = {"indexed-job": {"completions": 4, "parallelism": 1 if store == "pvc" else 2},
-              "cronjob": {"schedule": "30 2 * * *", "time_zone": "Europe/Paris"}}.get(kind, {})
-    return WorkloadSpec(kind=kind, name="export", image="registry.example/export:1.4", command=COMMAND,  # type: ignore[arg-type]
-                        **{**stores[store], **sizing, **kw})
+    stores = {
+        "pvc": {"pvc": "1Gi"},
+        "secret": {"store_secret": "ckpt-db:url"},
+        "url": {"store_url": f"postgresql://app:{PASSWORD}@db.example:5432/app?schema=ckpt"},
+    }
+    sizing = {
+        "indexed-job": {"completions": 4, "parallelism": 1 if store == "pvc" else 2},
+        "cronjob": {"schedule": "30 2 * * *", "time_zone": "Europe/Paris"},
+    }.get(kind, {})
+    return WorkloadSpec(
+        kind=kind,
+        name="export",
+        image="registry.example/export:1.4",
+        command=COMMAND,  # type: ignore[arg-type]
+        **{**stores[store], **sizing, **kw},
+    )
 
 
 KINDS = ("job", "indexed-job", "cronjob", "statefulset")
@@ -123,12 +133,19 @@ def test_pod_identity_run_grace_and_exec_form(kind: str, store: str) -> None:
     assert env["RESTARTABLE_NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     if kind == "statefulset":
         assert "RESTARTABLE_RUN" not in env
-        assert container["command"][:6] == ["python", "-m", "restartable.kube.idle", "--marker", "/data/COMPLETED",
-                                             "--"]
+        assert container["command"][:6] == [
+            "python",
+            "-m",
+            "restartable.kube.idle",
+            "--marker",
+            "/data/COMPLETED",
+            "--",
+        ]
         argv = container["command"][6:]
     else:
         assert env["RESTARTABLE_RUN"]["valueFrom"] == {
-            "fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/controller-uid']"}}
+            "fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/controller-uid']"}
+        }
         argv = container["command"]
     # Verbatim: Kubernetes turns $$ into $, so $(DAY) reaches the job unexpanded; `python SCRIPT.py`
     # runs under `python -m restartable run`, the same interpreter and process.
@@ -142,13 +159,20 @@ def test_pvc_job_is_the_article_shape_with_sqlite_on_the_claim() -> None:
     docs = build(_spec("job", "pvc", access_mode="ReadWriteOncePod", storage_class="fast")).documents
     pvc, job = docs
     assert pvc["kind"] == "PersistentVolumeClaim"
-    assert pvc["spec"] == {"accessModes": ["ReadWriteOncePod"], "resources": {"requests": {"storage": "1Gi"}},
-                           "storageClassName": "fast"}
+    assert pvc["spec"] == {
+        "accessModes": ["ReadWriteOncePod"],
+        "resources": {"requests": {"storage": "1Gi"}},
+        "storageClassName": "fast",
+    }
     pod = _pod(job)
-    assert pod["volumes"] == [{"name": "data", "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]}},
-                              {"name": "tmp", "emptyDir": {}}]
-    assert pod["containers"][0]["volumeMounts"] == [{"name": "data", "mountPath": "/data"},
-                                                    {"name": "tmp", "mountPath": "/tmp"}]
+    assert pod["volumes"] == [
+        {"name": "data", "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    assert pod["containers"][0]["volumeMounts"] == [
+        {"name": "data", "mountPath": "/data"},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
     assert _env(job)["RESTARTABLE_STORE"] == {"name": "RESTARTABLE_STORE", "value": "sqlite:////data/checkpoints.db"}
 
 
@@ -169,13 +193,16 @@ def test_the_store_url_never_reaches_the_pod_spec(kind: str) -> None:
     assert secret["kind"] == "Secret" and PASSWORD in secret["stringData"]["url"]
     assert PASSWORD not in yaml.safe_dump(workload) and "db.example" not in yaml.safe_dump(workload)
     assert _env(workload)["RESTARTABLE_STORE"]["valueFrom"] == {
-        "secretKeyRef": {"name": secret["metadata"]["name"], "key": "url"}}
+        "secretKeyRef": {"name": secret["metadata"]["name"], "key": "url"}
+    }
     assert any("credentials" in w for w in built.warnings)
     existing = build(_spec(kind, "secret"))
     assert all(d["kind"] != "Secret" for d in existing.documents)
     assert not any("credentials" in w for w in existing.warnings)
     assert _env(_workload(existing.documents))["RESTARTABLE_STORE"]["valueFrom"]["secretKeyRef"] == {
-        "name": "ckpt-db", "key": "url"}
+        "name": "ckpt-db",
+        "key": "url",
+    }
 
 
 # -- versions --------------------------------------------------------------------------------
@@ -199,18 +226,21 @@ def test_older_versions_omit_what_they_do_not_enable_and_say_so() -> None:
 # -- refusals ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kw,match", [
-    ({"pvc": "1Gi", "parallelism": 2}, "serves one pod at a time"),
-    ({"pvc": "1Gi", "store_secret": "x"}, "exactly one store"),
-    ({}, "exactly one store"),
-    ({"store_url": "sqlite:////data/x.db"}, "needs a volume"),
-    ({"store_url": "memory://"}, "postgresql:// or redis://"),
-    ({"pvc": "lots"}, "invalid volume size"),
-    ({"pvc": "1Gi", "completions": 3}, "indexed-job"),
-    ({"store_secret": "Bad_Name"}, "invalid --store-secret"),
-    ({"store_secret": "db", "access_mode": "ReadWriteOncePod"}, "add --pvc"),
-    ({"store_secret": "db", "pushgateway": "http://pg:9091"}, "HOST:PORT"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"pvc": "1Gi", "parallelism": 2}, "serves one pod at a time"),
+        ({"pvc": "1Gi", "store_secret": "x"}, "exactly one store"),
+        ({}, "exactly one store"),
+        ({"store_url": "sqlite:////data/x.db"}, "needs a volume"),
+        ({"store_url": "memory://"}, "postgresql:// or redis://"),
+        ({"pvc": "lots"}, "invalid volume size"),
+        ({"pvc": "1Gi", "completions": 3}, "indexed-job"),
+        ({"store_secret": "Bad_Name"}, "invalid --store-secret"),
+        ({"store_secret": "db", "access_mode": "ReadWriteOncePod"}, "add --pvc"),
+        ({"store_secret": "db", "pushgateway": "http://pg:9091"}, "HOST:PORT"),
+    ],
+)
 def test_refusals_are_usage_errors(kw: dict[str, Any], match: str) -> None:
     with pytest.raises(UsageError, match=match):
         build(WorkloadSpec(kind="job", name="export", image="img", command=("python", "j.py"), **kw))
@@ -292,8 +322,22 @@ def test_exec_in_a_shell_script_passes_and_enforce_raises() -> None:
 
 
 def test_cli_prints_yaml_and_warns_about_credentials_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli_main(["k8s", "indexed-job", "export", "--image", "img:2", "--store",
-                     f"redis://:{PASSWORD}@cache:6379/0", "--completions", "3", "--", "python", "job.py"])
+    code = cli_main(
+        [
+            "k8s",
+            "indexed-job",
+            "export",
+            "--image",
+            "img:2",
+            "--store",
+            f"redis://:{PASSWORD}@cache:6379/0",
+            "--completions",
+            "3",
+            "--",
+            "python",
+            "job.py",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0
     docs = list(yaml.safe_load_all(out))
@@ -302,13 +346,18 @@ def test_cli_prints_yaml_and_warns_about_credentials_on_stderr(capsys: pytest.Ca
     assert "warning" in err and "credentials" in err and PASSWORD not in err
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["job", "x", "--image", "i", "--pvc", "1Gi", "--parallelism", "4", "--", "python", "j.py"], "one pod at a time"),
-    (["job", "x", "--image", "i", "--pvc", "1Gi", "--", "bash", "-c", "python j.py"], "exec-form"),
-    (["statefulset", "x", "--image", "i", "--pvc", "1Gi", "--ttl", "5", "--", "python", "j.py"], "belong to Jobs"),
-])
-def test_cli_errors_exit_2_with_one_clear_line(argv: list[str], match: str,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (
+            ["job", "x", "--image", "i", "--pvc", "1Gi", "--parallelism", "4", "--", "python", "j.py"],
+            "one pod at a time",
+        ),
+        (["job", "x", "--image", "i", "--pvc", "1Gi", "--", "bash", "-c", "python j.py"], "exec-form"),
+        (["statefulset", "x", "--image", "i", "--pvc", "1Gi", "--ttl", "5", "--", "python", "j.py"], "belong to Jobs"),
+    ],
+)
+def test_cli_errors_exit_2_with_one_clear_line(argv: list[str], match: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["k8s", *argv]) == 2
     out, err = capsys.readouterr()
     assert out == "" and match in err and "Traceback" not in err
@@ -319,8 +368,12 @@ def test_cli_errors_exit_2_with_one_clear_line(argv: list[str], match: str,
 
 def _idle(tmp_path: Path, script: str) -> subprocess.Popen[str]:
     marker = tmp_path / "COMPLETED"
-    return subprocess.Popen([sys.executable, "-m", "restartable.kube.idle", "--marker", str(marker), "--",
-                             sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    return subprocess.Popen(
+        [sys.executable, "-m", "restartable.kube.idle", "--marker", str(marker), "--", sys.executable, "-c", script],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
 
 
 def _wait_for(predicate: Any, timeout: float = 10.0) -> None:
@@ -360,10 +413,12 @@ def test_idle_on_a_permanent_code_without_marker_and_exits_on_a_temporary_one(tm
 
 
 def test_idle_passes_sigterm_to_the_running_job(tmp_path: Path) -> None:
-    script = ("import signal, sys, time, pathlib\n"
-              "signal.signal(signal.SIGTERM, lambda s, f: (pathlib.Path('got-term').write_text('y'), sys.exit(143)))\n"
-              "pathlib.Path('started').write_text('y')\n"
-              "time.sleep(30)\n")
+    script = (
+        "import signal, sys, time, pathlib\n"
+        "signal.signal(signal.SIGTERM, lambda s, f: (pathlib.Path('got-term').write_text('y'), sys.exit(143)))\n"
+        "pathlib.Path('started').write_text('y')\n"
+        "time.sleep(30)\n"
+    )
     proc = _idle(tmp_path, script)
     _wait_for(lambda: (tmp_path / "started").exists())
     proc.send_signal(signal.SIGTERM)

@@ -24,11 +24,19 @@ ALL_RULES = [*BASELINE_RULES, *RESTRICTED_RULES]
 
 
 def _spec(kind: str, store: str, **kw: Any) -> WorkloadSpec:
-    stores = {"pvc": {"pvc": "1Gi"}, "secret": {"store_secret": "ckpt-db"},
-              "url": {"store_url": "postgresql://app:pw@db.example/app"}}
+    stores = {
+        "pvc": {"pvc": "1Gi"},
+        "secret": {"store_secret": "ckpt-db"},
+        "url": {"store_url": "postgresql://app:pw@db.example/app"},
+    }
     extra = {"indexed-job": {"completions": 3, "parallelism": 1}, "cronjob": {"schedule": "@daily"}}.get(kind, {})
-    return WorkloadSpec(kind=kind, name="export", image="reg/export:1",  # type: ignore[arg-type]
-                        command=("python", "/app/job.py"), **{**stores[store], **extra, **kw})
+    return WorkloadSpec(
+        kind=kind,
+        name="export",
+        image="reg/export:1",  # type: ignore[arg-type]
+        command=("python", "/app/job.py"),
+        **{**stores[store], **extra, **kw},
+    )
 
 
 def _pod(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -72,23 +80,36 @@ def test_opting_out_leaves_the_restricted_fields_out_and_says_which_controls_tha
     assert "securityContext" not in pod and "securityContext" not in _main(pod)
     assert {v["name"] for v in pod["volumes"]} == {"data"}  # no /tmp emptyDir: the root filesystem is writable
     broken = {p.split(":")[0] for p in pod_security(docs, "restricted")}
-    assert broken == {"pod-security/privilege-escalation", "pod-security/running-as-non-root",
-                      "pod-security/seccomp", "pod-security/capabilities"}
+    assert broken == {
+        "pod-security/privilege-escalation",
+        "pod-security/running-as-non-root",
+        "pod-security/seccomp",
+        "pod-security/capabilities",
+    }
     assert check(docs, pod_security="baseline") == []
 
 
 def test_the_restricted_defaults_and_the_hardening_beyond_the_profile() -> None:
     meta, pod = _pod(build(_spec("job", "pvc")).documents)
-    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
-                                      "fsGroup": 65532, "fsGroupChangePolicy": "OnRootMismatch",
-                                      "seccompProfile": {"type": "RuntimeDefault"}}
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "fsGroup": 65532,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
     main = _main(pod)
-    assert main["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                                       "readOnlyRootFilesystem": True}
+    assert main["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+    }
     assert {"name": "tmp", "mountPath": "/tmp"} in main["volumeMounts"]
     assert {"name": "TMPDIR", "value": "/tmp"} in main["env"]
-    meta, pod = _pod(build(_spec("statefulset", "secret", run_as_user=1000, fs_group=2000,
-                                 read_only_root=False)).documents)
+    meta, pod = _pod(
+        build(_spec("statefulset", "secret", run_as_user=1000, fs_group=2000, read_only_root=False)).documents
+    )
     assert pod["securityContext"]["runAsUser"] == 1000 and pod["securityContext"]["runAsGroup"] == 1000
     assert pod["securityContext"]["fsGroup"] == 2000 and "fsGroupChangePolicy" not in pod["securityContext"]
     assert "readOnlyRootFilesystem" not in _main(pod)["securityContext"]
@@ -114,6 +135,7 @@ def _init_container(**fields: Any) -> Mutate:
         init = copy.deepcopy(_main(pod))
         init.update(name="init", **fields)
         pod["initContainers"] = [init]
+
     return mutate
 
 
@@ -133,6 +155,7 @@ def _windows_with(mutate: Mutate) -> Mutate:
     def both(meta: dict[str, Any], pod: dict[str, Any]) -> None:
         mutate(meta, pod)
         pod["os"] = {"name": "windows"}
+
     return both
 
 
@@ -142,75 +165,149 @@ def _drop(*path: str) -> Mutate:
         for key in path[1:-1]:
             target = target[key]
         del target[path[-1]]
+
     return mutate
 
 
 # rule -> (violations, allowed variants); each violation must be caught, each variant must pass.
 CASES: dict[str, tuple[list[Mutate], list[Mutate]]] = {
-    "host-process": ([_pod_sc(windowsOptions={"hostProcess": True}),
-                      _container_sc(windowsOptions={"hostProcess": True})],
-                     [_pod_sc(windowsOptions={"hostProcess": False})]),
-    "host-namespaces": ([lambda m, p: p.update(hostNetwork=True), lambda m, p: p.update(hostPID=True),
-                         lambda m, p: p.update(hostIPC=True)],
-                        [lambda m, p: p.update(hostNetwork=False, hostPID=False, hostIPC=False)]),
-    "privileged": ([_container_sc(privileged=True), _init_container(securityContext={"privileged": True})],
-                   [_container_sc(privileged=False)]),
-    "capabilities-baseline": ([_container_sc(capabilities={"add": ["SYS_ADMIN"]})],
-                              [_container_sc(capabilities={"drop": ["ALL"], "add": ["CHOWN", "KILL"]})]),
-    "host-path-volumes": ([_add_volume({"name": "host", "hostPath": {"path": "/var/run"}})],
-                          [_add_volume({"name": "cfg", "configMap": {"name": "cfg"}})]),
-    "host-ports": ([lambda m, p: _main(p).update(ports=[{"containerPort": 8080, "hostPort": 8080}])],
-                   [lambda m, p: _main(p).update(ports=[{"containerPort": 8080, "hostPort": 0}]),
-                    lambda m, p: _main(p).update(ports=[{"containerPort": 8080}])]),
-    "host-probes": ([_probe({"httpGet": {"host": "10.0.0.1", "port": 80}}),
-                     _probe({"tcpSocket": {"host": "metadata.internal", "port": 80}}),
-                     lambda m, p: _main(p).update(lifecycle={"preStop": {"httpGet": {"host": "x", "port": 1}}})],
-                    [_probe({"httpGet": {"path": "/healthz", "port": 80}}),
-                     _probe({"tcpSocket": {"host": "", "port": 80}})]),
-    "apparmor": ([_pod_sc(appArmorProfile={"type": "Unconfined"}),
-                  _container_sc(appArmorProfile={"type": "Unconfined"}),
-                  lambda m, p: m.setdefault("annotations", {}).update(
-                      {"container.apparmor.security.beta.kubernetes.io/main": "unconfined"})],
-                 [_pod_sc(appArmorProfile={"type": "RuntimeDefault"}),
-                  _container_sc(appArmorProfile={"type": "Localhost", "localhostProfile": "p"}),
-                  lambda m, p: m.setdefault("annotations", {}).update(
-                      {"container.apparmor.security.beta.kubernetes.io/main": "localhost/p"})]),
-    "selinux": ([_pod_sc(seLinuxOptions={"type": "spc_t"}), _container_sc(seLinuxOptions={"user": "root"}),
-                 _pod_sc(seLinuxOptions={"role": "sysadm_r"})],
-                [_pod_sc(seLinuxOptions={"type": "container_t", "level": "s0:c123,c456"}),
-                 _container_sc(seLinuxOptions={"type": "container_init_t"})]),
+    "host-process": (
+        [_pod_sc(windowsOptions={"hostProcess": True}), _container_sc(windowsOptions={"hostProcess": True})],
+        [_pod_sc(windowsOptions={"hostProcess": False})],
+    ),
+    "host-namespaces": (
+        [
+            lambda m, p: p.update(hostNetwork=True),
+            lambda m, p: p.update(hostPID=True),
+            lambda m, p: p.update(hostIPC=True),
+        ],
+        [lambda m, p: p.update(hostNetwork=False, hostPID=False, hostIPC=False)],
+    ),
+    "privileged": (
+        [_container_sc(privileged=True), _init_container(securityContext={"privileged": True})],
+        [_container_sc(privileged=False)],
+    ),
+    "capabilities-baseline": (
+        [_container_sc(capabilities={"add": ["SYS_ADMIN"]})],
+        [_container_sc(capabilities={"drop": ["ALL"], "add": ["CHOWN", "KILL"]})],
+    ),
+    "host-path-volumes": (
+        [_add_volume({"name": "host", "hostPath": {"path": "/var/run"}})],
+        [_add_volume({"name": "cfg", "configMap": {"name": "cfg"}})],
+    ),
+    "host-ports": (
+        [lambda m, p: _main(p).update(ports=[{"containerPort": 8080, "hostPort": 8080}])],
+        [
+            lambda m, p: _main(p).update(ports=[{"containerPort": 8080, "hostPort": 0}]),
+            lambda m, p: _main(p).update(ports=[{"containerPort": 8080}]),
+        ],
+    ),
+    "host-probes": (
+        [
+            _probe({"httpGet": {"host": "10.0.0.1", "port": 80}}),
+            _probe({"tcpSocket": {"host": "metadata.internal", "port": 80}}),
+            lambda m, p: _main(p).update(lifecycle={"preStop": {"httpGet": {"host": "x", "port": 1}}}),
+        ],
+        [_probe({"httpGet": {"path": "/healthz", "port": 80}}), _probe({"tcpSocket": {"host": "", "port": 80}})],
+    ),
+    "apparmor": (
+        [
+            _pod_sc(appArmorProfile={"type": "Unconfined"}),
+            _container_sc(appArmorProfile={"type": "Unconfined"}),
+            lambda m, p: m.setdefault("annotations", {}).update(
+                {"container.apparmor.security.beta.kubernetes.io/main": "unconfined"}
+            ),
+        ],
+        [
+            _pod_sc(appArmorProfile={"type": "RuntimeDefault"}),
+            _container_sc(appArmorProfile={"type": "Localhost", "localhostProfile": "p"}),
+            lambda m, p: m.setdefault("annotations", {}).update(
+                {"container.apparmor.security.beta.kubernetes.io/main": "localhost/p"}
+            ),
+        ],
+    ),
+    "selinux": (
+        [
+            _pod_sc(seLinuxOptions={"type": "spc_t"}),
+            _container_sc(seLinuxOptions={"user": "root"}),
+            _pod_sc(seLinuxOptions={"role": "sysadm_r"}),
+        ],
+        [
+            _pod_sc(seLinuxOptions={"type": "container_t", "level": "s0:c123,c456"}),
+            _container_sc(seLinuxOptions={"type": "container_init_t"}),
+        ],
+    ),
     "proc-mount": ([_container_sc(procMount="Unmasked")], [_container_sc(procMount="Default")]),
-    "seccomp-baseline": ([_pod_sc(seccompProfile={"type": "Unconfined"}),
-                          _container_sc(seccompProfile={"type": "Unconfined"})],
-                         [_container_sc(seccompProfile={"type": "Localhost", "localhostProfile": "p.json"})]),
-    "sysctls": ([_pod_sc(sysctls=[{"name": "kernel.msgmax", "value": "1"}])],
-                [_pod_sc(sysctls=[{"name": "net.ipv4.tcp_keepalive_time", "value": "60"},
-                                  {"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}])]),
-    "volume-types": ([_add_volume({"name": "nfs", "nfs": {"server": "nas", "path": "/x"}}),
-                      _add_volume({"name": "host", "hostPath": {"path": "/"}}),
-                      _add_volume({"name": "empty"})],
-                     [_add_volume({"name": "s", "secret": {"secretName": "s"}}),
-                      _add_volume({"name": "p", "projected": {"sources": []}}),
-                      _add_volume({"name": "e", "ephemeral": {"volumeClaimTemplate": {"spec": {}}}})]),
-    "privilege-escalation": ([_container_sc(allowPrivilegeEscalation=True), _drop("main", "securityContext",
-                                                                                  "allowPrivilegeEscalation"),
-                              _init_container(securityContext={"capabilities": {"drop": ["ALL"]}})],
-                             [_windows_with(_drop("main", "securityContext", "allowPrivilegeEscalation"))]),
-    "running-as-non-root": ([_pod_sc(runAsNonRoot=False), _container_sc(runAsNonRoot=False),
-                             _drop("pod", "securityContext", "runAsNonRoot")],
-                            [lambda m, p: (_sc(p).pop("runAsNonRoot"), _sc(_main(p)).update(runAsNonRoot=True))]),
-    "running-as-non-root-user": ([_pod_sc(runAsUser=0), _container_sc(runAsUser=0)],
-                                 [_container_sc(runAsUser=1001), _drop("pod", "securityContext", "runAsUser")]),
-    "seccomp": ([_drop("pod", "securityContext", "seccompProfile"),
-                 _container_sc(seccompProfile={"type": "Unconfined"}), _pod_sc(seccompProfile={"type": "Unconfined"})],
-                [lambda m, p: (_sc(p).pop("seccompProfile"),
-                               _sc(_main(p)).update(seccompProfile={"type": "RuntimeDefault"})),
-                 _pod_sc(seccompProfile={"type": "Localhost", "localhostProfile": "p.json"}),
-                 _windows_with(_drop("pod", "securityContext", "seccompProfile"))]),
-    "capabilities": ([_container_sc(capabilities={"drop": ["NET_RAW"]}),
-                      _container_sc(capabilities={"drop": ["ALL"], "add": ["CHOWN"]}),
-                      _drop("main", "securityContext", "capabilities")],
-                     [_container_sc(capabilities={"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]})]),
+    "seccomp-baseline": (
+        [_pod_sc(seccompProfile={"type": "Unconfined"}), _container_sc(seccompProfile={"type": "Unconfined"})],
+        [_container_sc(seccompProfile={"type": "Localhost", "localhostProfile": "p.json"})],
+    ),
+    "sysctls": (
+        [_pod_sc(sysctls=[{"name": "kernel.msgmax", "value": "1"}])],
+        [
+            _pod_sc(
+                sysctls=[
+                    {"name": "net.ipv4.tcp_keepalive_time", "value": "60"},
+                    {"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"},
+                ]
+            )
+        ],
+    ),
+    "volume-types": (
+        [
+            _add_volume({"name": "nfs", "nfs": {"server": "nas", "path": "/x"}}),
+            _add_volume({"name": "host", "hostPath": {"path": "/"}}),
+            _add_volume({"name": "empty"}),
+        ],
+        [
+            _add_volume({"name": "s", "secret": {"secretName": "s"}}),
+            _add_volume({"name": "p", "projected": {"sources": []}}),
+            _add_volume({"name": "e", "ephemeral": {"volumeClaimTemplate": {"spec": {}}}}),
+        ],
+    ),
+    "privilege-escalation": (
+        [
+            _container_sc(allowPrivilegeEscalation=True),
+            _drop("main", "securityContext", "allowPrivilegeEscalation"),
+            _init_container(securityContext={"capabilities": {"drop": ["ALL"]}}),
+        ],
+        [_windows_with(_drop("main", "securityContext", "allowPrivilegeEscalation"))],
+    ),
+    "running-as-non-root": (
+        [
+            _pod_sc(runAsNonRoot=False),
+            _container_sc(runAsNonRoot=False),
+            _drop("pod", "securityContext", "runAsNonRoot"),
+        ],
+        [lambda m, p: (_sc(p).pop("runAsNonRoot"), _sc(_main(p)).update(runAsNonRoot=True))],
+    ),
+    "running-as-non-root-user": (
+        [_pod_sc(runAsUser=0), _container_sc(runAsUser=0)],
+        [_container_sc(runAsUser=1001), _drop("pod", "securityContext", "runAsUser")],
+    ),
+    "seccomp": (
+        [
+            _drop("pod", "securityContext", "seccompProfile"),
+            _container_sc(seccompProfile={"type": "Unconfined"}),
+            _pod_sc(seccompProfile={"type": "Unconfined"}),
+        ],
+        [
+            lambda m, p: (
+                _sc(p).pop("seccompProfile"),
+                _sc(_main(p)).update(seccompProfile={"type": "RuntimeDefault"}),
+            ),
+            _pod_sc(seccompProfile={"type": "Localhost", "localhostProfile": "p.json"}),
+            _windows_with(_drop("pod", "securityContext", "seccompProfile")),
+        ],
+    ),
+    "capabilities": (
+        [
+            _container_sc(capabilities={"drop": ["NET_RAW"]}),
+            _container_sc(capabilities={"drop": ["ALL"], "add": ["CHOWN"]}),
+            _drop("main", "securityContext", "capabilities"),
+        ],
+        [_container_sc(capabilities={"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]})],
+    ),
 }
 
 

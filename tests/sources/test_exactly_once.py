@@ -30,17 +30,17 @@ import pytest
 from restartable import Job
 from restartable.checkpoint import COMPLETED, Owner
 from restartable.errors import Fenced, UsageError
-from restartable.sources.sqlite import SQLiteTable
+from restartable._sqlite.table import SQLiteTable
 from restartable.stores import open_store
 
-WORKER = r'''
+WORKER = r"""
 import json, os, sys, time, traceback
 cfg = json.loads(sys.argv[1])
 import psycopg  # noqa: F401 - imported once, before forking: each worker starts in milliseconds
 from restartable import Job
 from restartable.errors import RestartableError
-from restartable.sources.postgres import PostgresTable
-from restartable.sources.sqlite import SQLiteTable
+from restartable._postgres.table import PostgresTable
+from restartable._sqlite.table import SQLiteTable
 
 
 def work(batch_size, pause):
@@ -84,7 +84,7 @@ for line in sys.stdin:  # "go BATCH_SIZE PAUSE": fork a worker
     print(pid, flush=True)
     _, status = os.waitpid(pid, 0)
     print(os.waitstatus_to_exitcode(status), flush=True)
-'''
+"""
 
 
 class Launcher:
@@ -96,8 +96,11 @@ class Launcher:
         self.errfile = tmp_path / "worker.err"
         self._err = open(self.errfile, "w")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
-            [sys.executable, str(script), json.dumps(cfg)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self._err, text=True,
+            [sys.executable, str(script), json.dumps(cfg)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            text=True,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -130,8 +133,17 @@ class Launcher:
         self._err.close()
 
 
-def run_with_kills(launcher: Launcher, *, kills: int, delay: tuple[float, float], seed: int, batch: int,
-                   pause: float = 0.0, finish_batch: int | None = None, finish_timeout: float = 60) -> int:
+def run_with_kills(
+    launcher: Launcher,
+    *,
+    kills: int,
+    delay: tuple[float, float],
+    seed: int,
+    batch: int,
+    pause: float = 0.0,
+    finish_batch: int | None = None,
+    finish_timeout: float = 60,
+) -> int:
     """Start workers, SIGKILLing each after a random delay, until ``kills`` kills landed; then
     let one run to the end. Returns how many workers ran. Any exit but 0 or SIGKILL fails.
 
@@ -182,8 +194,9 @@ def pg(postgres_server):
         cur = conn.execute(text.replace("{s}", f'"{schema}"'), params)
         return cur.fetchall() if cur.description else None
 
-    yield SimpleNamespace(url=postgres_server, schema=schema, conn=conn, run=run,
-                          store=f"{postgres_server}?schema={schema}")
+    yield SimpleNamespace(
+        url=postgres_server, schema=schema, conn=conn, run=run, store=f"{postgres_server}?schema={schema}"
+    )
     conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
     conn.close()
 
@@ -211,7 +224,7 @@ def _check_pg_output(pg, n: int, job: str) -> None:
 def test_a_million_rows_with_random_kills(pg, tmp_path):
     n = 1_000_000
     _make_pg_tables(pg, n)
-    from restartable.sources.postgres import PostgresTable
+    from restartable._postgres.table import PostgresTable
 
     table = PostgresTable(pg.url, "src", schema=pg.schema, batch_size=10_000)
     table.open()
@@ -251,23 +264,28 @@ def test_exactly_once_under_fifty_kills(pg, tmp_path):
 
 
 def test_a_stale_runner_is_fenced_and_commits_no_output(pg):
-    from restartable.sources.postgres import PostgresTable
+    from restartable._postgres.table import PostgresTable
 
     _make_pg_tables(pg, 100)
     with Job("fence", store=pg.store, progress=False) as job:
         batches = job.batches(PostgresTable(pg.url, "src", schema=pg.schema, batch_size=10))
         first = next(batches)
         with job.transaction() as tx:
-            tx.execute(f'INSERT INTO "{pg.schema}".out SELECT * FROM unnest(%s::bigint[], %s::bigint[])',
-                       ([r["id"] for r in first], [r["v"] for r in first]))
+            tx.execute(
+                f'INSERT INTO "{pg.schema}".out SELECT * FROM unnest(%s::bigint[], %s::bigint[])',
+                ([r["id"] for r in first], [r["v"] for r in first]),
+            )
         second = next(batches)
         # A newer runner takes the run over (as it would after this one's lease expired).
         with open_store(pg.store) as other:
-            newer = other.acquire("fence", "default", owner=Owner(host="elsewhere", pid=1), lease_seconds=60,
-                                  steal_epoch=job.epoch)
+            newer = other.acquire(
+                "fence", "default", owner=Owner(host="elsewhere", pid=1), lease_seconds=60, steal_epoch=job.epoch
+            )
         with pytest.raises(Fenced), job.transaction() as tx:
-            tx.execute(f'INSERT INTO "{pg.schema}".out SELECT * FROM unnest(%s::bigint[], %s::bigint[])',
-                       ([r["id"] for r in second], [r["v"] for r in second]))
+            tx.execute(
+                f'INSERT INTO "{pg.schema}".out SELECT * FROM unnest(%s::bigint[], %s::bigint[])',
+                ([r["id"] for r in second], [r["v"] for r in second]),
+            )
         with pytest.raises(Fenced):
             next(batches)
     assert pg.run("SELECT count(*), min(id), max(id) FROM {s}.out") == [(10, 1, 10)]  # the stale batch rolled back
@@ -277,7 +295,7 @@ def test_a_stale_runner_is_fenced_and_commits_no_output(pg):
 
 
 def test_transaction_misuse_is_refused(pg, tmp_path):
-    from restartable.sources.postgres import PostgresTable
+    from restartable._postgres.table import PostgresTable
 
     _make_pg_tables(pg, 30)
     with Job("misuse", store=pg.store, progress=False) as job:
@@ -297,7 +315,7 @@ def test_transaction_misuse_is_refused(pg, tmp_path):
 
 
 def test_an_error_in_the_block_rolls_back_output_and_position(pg):
-    from restartable.sources.postgres import PostgresTable
+    from restartable._postgres.table import PostgresTable
 
     _make_pg_tables(pg, 30)
     with pytest.raises(ZeroDivisionError), Job("boom", store=pg.store, progress=False) as job:
@@ -405,7 +423,7 @@ class CommitDropper:
 def test_connection_lost_during_commit(pg, mode, caplog):
     from urllib.parse import urlsplit
 
-    from restartable.sources.postgres import PostgresTable
+    from restartable._postgres.table import PostgresTable
 
     _make_pg_tables(pg, 50)
     parts = urlsplit(pg.url)
@@ -443,15 +461,19 @@ def _make_sqlite(path: Path, n: int) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("CREATE TABLE src (id INTEGER PRIMARY KEY, v INTEGER NOT NULL)")
-    conn.execute(f"WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < {n}) "
-                 "INSERT INTO src SELECT i, i * 3 FROM g")
+    conn.execute(
+        f"WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < {n}) "
+        "INSERT INTO src SELECT i, i * 3 FROM g"
+    )
     conn.execute("CREATE TABLE out (id INTEGER, v INTEGER)")
     conn.close()
 
 
 def _check_sqlite_output(path: Path, n: int, job: str) -> None:
     conn = sqlite3.connect(path)
-    count, total, distinct, vsum = conn.execute("SELECT count(*), sum(id), count(DISTINCT id), sum(v) FROM out").fetchone()
+    count, total, distinct, vsum = conn.execute(
+        "SELECT count(*), sum(id), count(DISTINCT id), sum(v) FROM out"
+    ).fetchone()
     conn.close()
     assert (count, distinct) == (n, n), f"{count} rows, {distinct} distinct, expected {n}"
     assert total == n * (n + 1) // 2 and vsum == 3 * total
@@ -485,8 +507,9 @@ def test_sqlite_stale_runner_is_fenced(tmp_path):
             conn.executemany("INSERT INTO out VALUES (:id, :v)", first)
         second = next(batches)
         with open_store(store) as other:
-            other.acquire("fence", "default", owner=Owner(host="elsewhere", pid=1), lease_seconds=60,
-                          steal_epoch=job.epoch)
+            other.acquire(
+                "fence", "default", owner=Owner(host="elsewhere", pid=1), lease_seconds=60, steal_epoch=job.epoch
+            )
         with pytest.raises(Fenced), job.transaction() as conn:
             conn.executemany("INSERT INTO out VALUES (:id, :v)", second)
     conn = sqlite3.connect(path)

@@ -20,7 +20,8 @@ import pytest
 from procs import clean_env, local_store_url
 
 from restartable import DataError, Job, SkipBudgetExceeded, UsageError
-from restartable.sources.files import FileItem, resolve
+from restartable._job import run_context
+from restartable._sources.files import FileItem, resolve
 from restartable.stores import open_store
 
 
@@ -264,7 +265,7 @@ def test_interrupt_during_backoff_does_not_mark(tmp_path, url):
     with pytest.raises(SystemExit) as info, job(url) as j:
         for f in j.files(tmp_path / "in", attempts=3, backoff=5):
             with f:
-                j._on_signal(signal.SIGTERM)  # as the handler would
+                run_context(j).on_signal(signal.SIGTERM)  # as the handler would
                 raise OSError("flaky")
     assert info.value.code == 143
     with open_store(url) as s:
@@ -330,12 +331,13 @@ def test_output_survives_sigkill_as_old_or_new(tmp_path):
     dest.write_bytes(b"old\n")
     script = tmp_path / "w.py"
     script.write_text(
-        "import sys, time\nfrom restartable.sources.files import atomic_output\n"
+        "import sys, time\nfrom restartable._sources.files import atomic_output\n"
         "with atomic_output(None, sys.argv[1]) as tmp:\n"
         "    with open(tmp, 'wb') as f:\n"
         "        for i in range(10**6):\n"
         "            f.write(b'x' * 100 + b'\\n'); f.flush()\n"
-        "            if i == 10: print('writing', flush=True)\n")
+        "            if i == 10: print('writing', flush=True)\n"
+    )
     proc = subprocess.Popen([sys.executable, str(script), str(dest)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "writing"
     time.sleep(random.uniform(0.01, 0.1))
@@ -404,7 +406,7 @@ AS_NOBODY = r"""
 import json, os, sys
 from restartable import Job, RestartableError
 # Import (and warm up) as root what the run needs: the interpreter lives in /root.
-import encodings.ascii, restartable._proc, restartable.sources.files, restartable.stores.sqlite
+import encodings.ascii, restartable._proc, restartable._sources.files, restartable._sqlite.store
 restartable._proc._machine()
 os.setgroups([])
 os.setgid(65534)
@@ -420,8 +422,15 @@ except RestartableError as exc:
 
 
 def run_as_nobody(cfg: dict) -> str:
-    proc = subprocess.run([sys.executable, "-c", AS_NOBODY, json.dumps(cfg)], capture_output=True, text=True,
-                          env=clean_env(), cwd="/", timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", AS_NOBODY, json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        cwd="/",
+        timeout=60,
+        check=False,
+    )
     return proc.stdout + proc.stderr
 
 
@@ -455,8 +464,9 @@ def test_marker_dir_not_writable(shared_dir):
     marks = shared_dir / "marks"
     marks.mkdir()
     os.chmod(marks, 0o755)  # root's
-    out = run_as_nobody({"store": f"sqlite:///{shared_dir}/ckpt.db", "pattern": f"{inputs}/*.csv",
-                         "marker_dir": str(marks)})
+    out = run_as_nobody(
+        {"store": f"sqlite:///{shared_dir}/ckpt.db", "pattern": f"{inputs}/*.csv", "marker_dir": str(marks)}
+    )
     assert "PermissionDenied 77" in out and str(marks) in out and "not writable" in out, out
     assert "processed part" not in out
 
@@ -488,15 +498,24 @@ def test_sigkill_loses_no_file_and_redoes_at_most_the_one_in_flight(tmp_path, ki
     script = tmp_path / "killed.py"
     script.write_text(KILLED)
     for _ in range(12):
-        proc = subprocess.Popen([sys.executable, str(script), url, f"{tmp_path}/in/*.csv", str(log)],
-                                stdout=subprocess.PIPE, text=True, env=clean_env())
+        proc = subprocess.Popen(
+            [sys.executable, str(script), url, f"{tmp_path}/in/*.csv", str(log)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=clean_env(),
+        )
         assert proc.stdout.readline().strip() == "started"
         time.sleep(rng.uniform(0.0, 0.15))
         proc.kill()
         proc.wait()
         proc.stdout.close()
-    subprocess.run([sys.executable, str(script), url, f"{tmp_path}/in/*.csv", str(log)], check=True,
-                   stdout=subprocess.DEVNULL, env=clean_env(), timeout=60)
+    subprocess.run(
+        [sys.executable, str(script), url, f"{tmp_path}/in/*.csv", str(log)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        env=clean_env(),
+        timeout=60,
+    )
     lines = log.read_text().splitlines()
     names = [f"part-{i:03d}.csv" for i in range(150)]
     assert sorted(set(lines)) == names

@@ -25,9 +25,9 @@ psycopg = pytest.importorskip("psycopg")
 from faultproxy import PG_COMMIT, FaultProxy  # noqa: E402
 
 from restartable import Job  # noqa: E402
-from restartable import _xact  # noqa: E402
+from restartable._postgres import xact as _xact  # noqa: E402
 from restartable.errors import StoreUnavailable, TemporaryError  # noqa: E402
-from restartable.sources.postgres import PostgresTable  # noqa: E402
+from restartable._postgres.table import PostgresTable  # noqa: E402
 from restartable.stores import open_store  # noqa: E402
 
 RETRIED = "nothing of it was committed: job.state is restored and the batch handed out again"
@@ -45,8 +45,9 @@ def pg(postgres_server: str):
 
     parts = urlsplit(postgres_server)
     with FaultProxy((parts.hostname or "127.0.0.1", parts.port or 5432), seed=12) as proxy:
-        yield SimpleNamespace(url=postgres_server, schema=schema, run=run, proxy=proxy,
-                              store=f"{postgres_server}?schema={schema}")
+        yield SimpleNamespace(
+            url=postgres_server, schema=schema, run=run, proxy=proxy, store=f"{postgres_server}?schema={schema}"
+        )
     conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
     conn.close()
 
@@ -69,16 +70,26 @@ def _slow_commit_once(pg: SimpleNamespace, row_id: int, seconds: float) -> None:
             IF nextval('{pg.schema}.slow_once') = 1 THEN PERFORM pg_sleep({float(seconds)}); END IF;
             RETURN NULL;
         END $$""")
-    pg.run(f"CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON {{s}}.out DEFERRABLE INITIALLY DEFERRED "
-           f"FOR EACH ROW WHEN (NEW.id = {int(row_id)}) EXECUTE FUNCTION {{s}}.slow_commit()")
+    pg.run(
+        f"CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON {{s}}.out DEFERRABLE INITIALLY DEFERRED "
+        f"FOR EACH ROW WHEN (NEW.id = {int(row_id)}) EXECUTE FUNCTION {{s}}.slow_commit()"
+    )
 
 
-def _copy(pg: SimpleNamespace, store: str, *, batch_size: int, source_url: str | None = None,
-          in_block: Callable[[int, list[Any], Any], None] | None = None, **job_options: Any) -> Job:
+def _copy(
+    pg: SimpleNamespace,
+    store: str,
+    *,
+    batch_size: int,
+    source_url: str | None = None,
+    in_block: Callable[[int, list[Any], Any], None] | None = None,
+    **job_options: Any,
+) -> Job:
     """The exactly-once loop, counting in job.state before the block (``seen``) and inside it (``rows``)."""
     insert = f'INSERT INTO "{pg.schema}".out SELECT * FROM unnest(%s::bigint[], %s::bigint[])'
-    table = PostgresTable(source_url or pg.url, "src", schema=pg.schema, columns=["id", "v"], rows="tuple",
-                          batch_size=batch_size)
+    table = PostgresTable(
+        source_url or pg.url, "src", schema=pg.schema, columns=["id", "v"], rows="tuple", batch_size=batch_size
+    )
     with Job("flaky", store=store, progress=False, **job_options) as job:
         for i, batch in enumerate(job.batches(table)):
             job.state["seen"] = job.state.get("seen", 0) + len(batch)  # restored when the batch is given back

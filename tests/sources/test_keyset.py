@@ -17,13 +17,14 @@ import pytest
 
 from restartable import Job
 from restartable.errors import UsageError
-from restartable.sources.batches import iterate_batches
-from restartable.sources.sqlite import SQLiteTable
+from restartable._job import run_context
+from restartable._sources.batches import iterate_batches
+from restartable._sqlite.table import SQLiteTable
 
 psycopg = pytest.importorskip("psycopg")
 from psycopg import sql
 
-from restartable.sources.postgres import PostgresTable
+from restartable._postgres.table import PostgresTable
 
 
 @pytest.fixture
@@ -39,7 +40,11 @@ def pg(postgres_server):
 
     run("CREATE SCHEMA {s}")
     ns = SimpleNamespace(
-        url=postgres_server, schema=schema, conn=conn, run=run, store=f"{postgres_server}?schema={schema}",
+        url=postgres_server,
+        schema=schema,
+        conn=conn,
+        run=run,
+        store=f"{postgres_server}?schema={schema}",
         table=lambda name, **kw: PostgresTable(postgres_server, name, schema=schema, **kw),
         job=lambda name="ks", **kw: Job(name, store=f"{postgres_server}?schema={schema}", progress=False, **kw),
     )
@@ -98,7 +103,7 @@ def test_checkpoint_every_batch_and_resume_mid_table(pg):
     pg.run("INSERT INTO {s}.t SELECT generate_series(1, 100)")
     saves = []
     with pg.job() as job:
-        job.on_checkpoint(lambda: saves.append(job._positions()["0"]["offset"]))
+        job.on_checkpoint(lambda: saves.append(run_context(job).positions()["0"]["offset"]))
         for i, _ in enumerate(job.batches(pg.table("t", batch_size=10), every=1)):
             if i == 4:
                 break
@@ -134,8 +139,7 @@ def test_composite_key_with_a_non_unique_first_column(pg):
     [
         ("bigint", lambda i: 10**12 + i, int),
         ("text", lambda i: f"name-{i:04d}", str),
-        ("timestamptz", lambda i: dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=i),
-         dt.datetime),
+        ("timestamptz", lambda i: dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=i), dt.datetime),
         ("timestamp", lambda i: dt.datetime(2026, 1, 1) + dt.timedelta(seconds=i), dt.datetime),
         ("numeric(12,3)", lambda i: Decimal(i) / 8, Decimal),
         ("uuid", lambda i: uuid.UUID(int=i * 7919), uuid.UUID),
@@ -146,7 +150,8 @@ def test_key_values_keep_their_types(pg, ddl, make, kind):
     pg.run(f"CREATE TABLE {{s}}.t (k {ddl} PRIMARY KEY, n int NOT NULL)")
     values = [make(i) for i in range(1, 21)]
     pg.conn.cursor().executemany(
-        sql.SQL("INSERT INTO {}.t VALUES (%s, %s)").format(sql.Identifier(pg.schema)), [(v, i) for i, v in enumerate(values)]
+        sql.SQL("INSERT INTO {}.t VALUES (%s, %s)").format(sql.Identifier(pg.schema)),
+        [(v, i) for i, v in enumerate(values)],
     )
     with pg.job() as job:
         it = job.batches(pg.table("t", key="k", batch_size=6))
@@ -168,12 +173,20 @@ def test_tuple_rows_and_where_params(pg):
     pg.run("INSERT INTO {s}.t SELECT g, CASE WHEN g % 3 = 0 THEN 'a' ELSE 'b' END, g FROM generate_series(1, 30) g")
     evil = "a'; DROP TABLE t; --"
     with pg.job("pos") as job:
-        got = [r for b in job.batches(pg.table("t", columns=["v"], where="kind = %s AND v > %s",
-                                                params=["a", 3], batch_size=4, rows="tuple")) for r in b]
+        got = [
+            r
+            for b in job.batches(
+                pg.table("t", columns=["v"], where="kind = %s AND v > %s", params=["a", 3], batch_size=4, rows="tuple")
+            )
+            for r in b
+        ]
     assert got == [(v, v) for v in range(6, 31, 3)]  # (v, id): the key appended
     with pg.job("named") as job:
-        got = [r["id"] for b in job.batches(pg.table("t", where=sql.SQL("kind = %(k)s"), params={"k": "a"},
-                                                      batch_size=4)) for r in b]
+        got = [
+            r["id"]
+            for b in job.batches(pg.table("t", where=sql.SQL("kind = %(k)s"), params={"k": "a"}, batch_size=4))
+            for r in b
+        ]
     assert got == list(range(3, 31, 3))
     with pg.job("evil") as job:
         assert list(job.batches(pg.table("t", where="kind = %s", params=[evil]))) == []
@@ -230,7 +243,9 @@ def test_refuses_unknown_columns_and_tables(pg):
         next(job.batches(pg.table("t", where="no_such_col = 1")))
 
 
-@pytest.mark.parametrize("name", ['t; DROP TABLE victim; --', 'x" OR 1=1 --', "t')) UNION SELECT 1 --", "Robert'); DROP TABLE victim;--"])
+@pytest.mark.parametrize(
+    "name", ["t; DROP TABLE victim; --", 'x" OR 1=1 --', "t')) UNION SELECT 1 --", "Robert'); DROP TABLE victim;--"]
+)
 def test_injection_shaped_names_are_only_names(pg, name):
     pg.run("CREATE TABLE {s}.victim (id int PRIMARY KEY)")
     pg.run("CREATE TABLE {s}.t (id int PRIMARY KEY)")
@@ -241,8 +256,11 @@ def test_injection_shaped_names_are_only_names(pg, name):
         with pytest.raises(UsageError):
             next(job.batches(pg.table("t", columns=[name]), name="cols"))
     # A table that really has such a name is read like any other.
-    pg.run("CREATE TABLE {s}.{n} ({c} int PRIMARY KEY)".replace("{n}", sql.Identifier(name).as_string(pg.conn))
-           .replace("{c}", sql.Identifier(name + "_id").as_string(pg.conn)))
+    pg.run(
+        "CREATE TABLE {s}.{n} ({c} int PRIMARY KEY)".replace("{n}", sql.Identifier(name).as_string(pg.conn)).replace(
+            "{c}", sql.Identifier(name + "_id").as_string(pg.conn)
+        )
+    )
     pg.conn.execute(sql.SQL("INSERT INTO {} SELECT generate_series(1, 5)").format(sql.Identifier(pg.schema, name)))
     with pg.job("weird") as job:
         got = [r[name + "_id"] for b in job.batches(pg.table(name, key=name + "_id", batch_size=2)) for r in b]
@@ -305,7 +323,7 @@ def test_batches_refuses_what_is_not_a_batch_source(tmp_path):
         with pytest.raises(UsageError, match="batch source"):
             job.batches([1, 2, 3])
         with pytest.raises(UsageError, match="every"):
-            iterate_batches(job, SQLiteTable(tmp_path / "c.db", "runs"), every=0)
+            iterate_batches(run_context(job), SQLiteTable(tmp_path / "c.db", "runs"), every=0)
 
 
 # -- SQLiteTable ---------------------------------------------------------------------------
@@ -316,8 +334,12 @@ def lite(tmp_path):
     path = tmp_path / "app.db"
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
-    yield SimpleNamespace(path=path, conn=conn, store=f"sqlite:///{path}",
-                          job=lambda name="ks", **kw: Job(name, store=f"sqlite:///{path}", progress=False, **kw))
+    yield SimpleNamespace(
+        path=path,
+        conn=conn,
+        store=f"sqlite:///{path}",
+        job=lambda name="ks", **kw: Job(name, store=f"sqlite:///{path}", progress=False, **kw),
+    )
     conn.close()
 
 
@@ -344,7 +366,9 @@ def test_sqlite_composite_key_and_tuples(lite):
     assert got == sorted((f"g{i % 3}", i) for i in range(50))
     table.open()
     try:
-        assert "USING INDEX t_grp_id" in table.explain(("g1", 10)) or "USING COVERING INDEX" in table.explain(("g1", 10))
+        assert "USING INDEX t_grp_id" in table.explain(("g1", 10)) or "USING COVERING INDEX" in table.explain(
+            ("g1", 10)
+        )
     finally:
         table.close()
 

@@ -19,16 +19,53 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from restartable.errors import UsageError
-from restartable.sources.sqlite import SQLiteTable
+from restartable._sqlite.table import SQLiteTable
 
 psycopg = pytest.importorskip("psycopg")
 from psycopg import sql
 
-from restartable.sources.postgres import PostgresTable
+from restartable._postgres.table import PostgresTable
 
-PIECES = ['"', "'", " ", ".", "é", "Ω", "日本", "😀", "ß", "A", "a", "Z", "1", "0x", "select", "TABLE", "from",
-          ";--", "/*", "%s", "%(x)s", "%(_rt_limit)s", "%%", "%", "?", "?1", ":k", "@p", "$1", "\\", "{}", "{0}",
-          "`", "[x]", "\t", "\n", "-", "x" * 20]
+PIECES = [
+    '"',
+    "'",
+    " ",
+    ".",
+    "é",
+    "Ω",
+    "日本",
+    "😀",
+    "ß",
+    "A",
+    "a",
+    "Z",
+    "1",
+    "0x",
+    "select",
+    "TABLE",
+    "from",
+    ";--",
+    "/*",
+    "%s",
+    "%(x)s",
+    "%(_rt_limit)s",
+    "%%",
+    "%",
+    "?",
+    "?1",
+    ":k",
+    "@p",
+    "$1",
+    "\\",
+    "{}",
+    "{0}",
+    "`",
+    "[x]",
+    "\t",
+    "\n",
+    "-",
+    "x" * 20,
+]
 names = st.lists(st.sampled_from(PIECES), min_size=1, max_size=5).map("".join)
 SETTINGS = settings(
     max_examples=40,
@@ -69,8 +106,9 @@ def _fits(name: str) -> bool:
 
 
 @SETTINGS
-@given(schema=names, table=names, key=names, col=names, mode=st.sampled_from(["schema", "search_path", "where",
-                                                                              "named"]))
+@given(
+    schema=names, table=names, key=names, col=names, mode=st.sampled_from(["schema", "search_path", "where", "named"])
+)
 @example(schema="s", table="s.t", key="id", col="v", mode="schema")
 @example(schema="x", table='a%s"b', key="%(_rt_limit)s", col="%s", mode="named")
 @example(schema="x", table="t", key="k%s", col="c%s", mode="where")
@@ -85,11 +123,18 @@ def test_pg_hostile_names_are_read_or_refused(postgres_server, pgconn, schema, t
     s = sql.Identifier(schema)
     pgconn.execute(sql.SQL("CREATE SCHEMA {}").format(s))
     try:
-        pgconn.execute(sql.SQL("CREATE TABLE {} ({} int PRIMARY KEY, {} text NOT NULL)").format(
-            sql.Identifier(schema, table), sql.Identifier(key), sql.Identifier(col)))
+        pgconn.execute(
+            sql.SQL("CREATE TABLE {} ({} int PRIMARY KEY, {} text NOT NULL)").format(
+                sql.Identifier(schema, table), sql.Identifier(key), sql.Identifier(col)
+            )
+        )
         # Literals, no parameters: psycopg would read a % in the names as a placeholder.
-        pgconn.execute(sql.SQL("INSERT INTO {} VALUES {}").format(sql.Identifier(schema, table), sql.SQL(", ").join(
-            sql.SQL("({}, {})").format(sql.Literal(i), sql.Literal(v)) for i, v in ROWS)))
+        pgconn.execute(
+            sql.SQL("INSERT INTO {} VALUES {}").format(
+                sql.Identifier(schema, table),
+                sql.SQL(", ").join(sql.SQL("({}, {})").format(sql.Literal(i), sql.Literal(v)) for i, v in ROWS),
+            )
+        )
         kw: dict[str, Any] = {"key": key, "columns": [col], "batch_size": 2}
         if mode == "where":
             kw.update(where="%s = %s", params=[1, 1])
@@ -135,8 +180,13 @@ def test_pg_a_schema_qualified_name_and_a_table_named_with_a_dot(postgres_server
 @pytest.mark.parametrize("bad", ["", "a\x00b", "x" * 64, "é" * 32, 7, None, b"t"])
 @pytest.mark.parametrize("role", ["table", "schema", "key", "column"])
 def test_pg_impossible_names_are_refused_at_once(postgres_server, bad, role):
-    kw: dict[str, Any] = {"schema": bad} if role == "schema" else {"key": bad} if role == "key" else (
-        {"columns": [bad]} if role == "column" else {})
+    kw: dict[str, Any] = (
+        {"schema": bad}
+        if role == "schema"
+        else {"key": bad}
+        if role == "key"
+        else ({"columns": [bad]} if role == "column" else {})
+    )
     if role == "schema" and bad is None:
         return  # schema=None is the default: the search_path
     with pytest.raises(UsageError):
@@ -210,8 +260,11 @@ def test_pg_a_placeholder_in_a_name_never_reads_another_table(postgres_server, p
         for name, first in (("t%(_rt_limit)s", 1), ("t$1", 100)):
             ident = sql.Identifier(s, name)
             pgconn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY)").format(ident))
-            pgconn.execute(sql.SQL("INSERT INTO {} SELECT generate_series({}, {})").format(
-                ident, sql.Literal(first), sql.Literal(first + 2)))
+            pgconn.execute(
+                sql.SQL("INSERT INTO {} SELECT generate_series({}, {})").format(
+                    ident, sql.Literal(first), sql.Literal(first + 2)
+                )
+            )
         table = PostgresTable(postgres_server, "t%(_rt_limit)s", schema=s, where="%(one)s = 1", params={"one": 1})
         assert [r["id"] for r in drain(table)] == [1, 2, 3]
     finally:

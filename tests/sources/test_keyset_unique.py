@@ -23,12 +23,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from restartable.errors import UsageError
-from restartable.sources.sqlite import SQLiteTable
+from restartable._sqlite.table import SQLiteTable
 
 psycopg = pytest.importorskip("psycopg")
 from psycopg import sql
 
-from restartable.sources.postgres import PostgresTable
+from restartable._postgres.table import PostgresTable
 
 REPRO = [(1, 1), (2, 2), (3, 2), (4, 2), (5, 3)]  # (id, day): three rows share day 2
 SETTINGS = settings(
@@ -73,8 +73,13 @@ def pg(postgres_server):
         return cur.fetchall() if cur.description else None
 
     run("CREATE SCHEMA {s}")
-    yield SimpleNamespace(url=postgres_server, schema=schema, conn=conn, run=run,
-                          table=lambda name="ev", **kw: PostgresTable(postgres_server, name, schema=schema, **kw))
+    yield SimpleNamespace(
+        url=postgres_server,
+        schema=schema,
+        conn=conn,
+        run=run,
+        table=lambda name="ev", **kw: PostgresTable(postgres_server, name, schema=schema, **kw),
+    )
     run("DROP SCHEMA {s} CASCADE")
     conn.close()
 
@@ -158,8 +163,9 @@ def test_pg_an_invalid_unique_index_does_not_count(pg):
     pg.run("CREATE INDEX ON {s}.ev (day)")
     with pytest.raises(psycopg.errors.UniqueViolation):
         pg.run("CREATE UNIQUE INDEX CONCURRENTLY ev_day_u ON {s}.ev (day)")
-    assert pg.run("SELECT indisvalid FROM pg_index WHERE indexrelid = %s::regclass",
-                  [f"{pg.schema}.ev_day_u"]) == [(False,)]
+    assert pg.run("SELECT indisvalid FROM pg_index WHERE indexrelid = %s::regclass", [f"{pg.schema}.ev_day_u"]) == [
+        (False,)
+    ]
     msg = refusal(pg.table(key="day", batch_size=2))
     assert "ev_day_u (not valid" in msg
 
@@ -277,8 +283,10 @@ def test_sqlite_a_unique_index_wider_than_the_key_is_refused(lite):
 
 @pytest.mark.parametrize(
     ("index", "why"),
-    [("CREATE UNIQUE INDEX ev_part ON ev (day) WHERE day > 2", "partial"),
-     ("CREATE UNIQUE INDEX ev_expr ON ev (day * 10 + id)", "on an expression")],
+    [
+        ("CREATE UNIQUE INDEX ev_part ON ev (day) WHERE day > 2", "partial"),
+        ("CREATE UNIQUE INDEX ev_expr ON ev (day * 10 + id)", "on an expression"),
+    ],
 )
 def test_sqlite_unique_indexes_that_do_not_count(lite, index, why):
     _lite_ev(lite)
@@ -294,8 +302,10 @@ def test_sqlite_unique_indexes_that_do_not_count(lite, index, why):
         ("CREATE TABLE ev (id INTEGER NOT NULL, day INTEGER PRIMARY KEY)", ("day",)),  # the rowid alias
         ("CREATE TABLE ev (id INTEGER NOT NULL, day INT NOT NULL PRIMARY KEY)", ("day",)),  # an autoindex
         ("CREATE TABLE ev (id INTEGER NOT NULL, day INTEGER NOT NULL UNIQUE)", ("day",)),
-        ("CREATE TABLE ev (id INTEGER NOT NULL, day INTEGER NOT NULL, PRIMARY KEY (day, id)) WITHOUT ROWID",
-         ("day", "id")),
+        (
+            "CREATE TABLE ev (id INTEGER NOT NULL, day INTEGER NOT NULL, PRIMARY KEY (day, id)) WITHOUT ROWID",
+            ("day", "id"),
+        ),
         ("CREATE TABLE ev (id INTEGER NOT NULL, day TEXT NOT NULL PRIMARY KEY) WITHOUT ROWID", ("day",)),
     ],
     ids=["rowid-alias", "int-primary-key", "unique-constraint", "without-rowid", "without-rowid-text"],
@@ -304,8 +314,9 @@ def test_sqlite_declared_unique_keys_are_accepted(lite, ddl, key):
     lite.conn.execute(ddl)
     days = [g * 7 % 11 for g in range(1, 11)]
     text = "TEXT" in ddl
-    lite.conn.executemany("INSERT INTO ev (id, day) VALUES (?, ?)",
-                          [(g, f"d{d:02d}" if text else d) for g, d in enumerate(days, 1)])
+    lite.conn.executemany(
+        "INSERT INTO ev (id, day) VALUES (?, ?)", [(g, f"d{d:02d}" if text else d) for g, d in enumerate(days, 1)]
+    )
     got = [r["day"] for r in drain(lite.table(key=key, batch_size=3))]
     assert got == sorted(f"d{d:02d}" if text else d for d in days)
 
@@ -362,8 +373,13 @@ def tables(draw: Any) -> dict[str, Any]:
         key = (*key, "id")
     if draw(st.booleans()):
         indexes.append((key, draw(st.booleans()), False))
-    return {"rows": rows, "indexes": indexes, "key": key, "batch": draw(st.integers(1, 5)),
-            "pk": draw(st.sampled_from([True, True, True, False]))}
+    return {
+        "rows": rows,
+        "indexes": indexes,
+        "key": key,
+        "batch": draw(st.integers(1, 5)),
+        "pk": draw(st.sampled_from([True, True, True, False])),
+    }
 
 
 def _unique_in(rows: list[dict[str, Any]], cols: tuple[str, ...]) -> bool:
@@ -405,11 +421,15 @@ def test_pg_every_accepted_key_reads_each_row_once_in_order(pg, case):
     pg.run("DROP TABLE IF EXISTS {s}.t")
     pg.run(f'CREATE TABLE {{s}}.t (a int NOT NULL, b int NOT NULL, s text COLLATE "C" NOT NULL, id int{pk})')
     if case["rows"]:
-        pg.conn.cursor().executemany(sql.SQL("INSERT INTO {}.t VALUES (%(a)s, %(b)s, %(s)s, %(id)s)")
-                                     .format(sql.Identifier(pg.schema)), case["rows"])
+        pg.conn.cursor().executemany(
+            sql.SQL("INSERT INTO {}.t VALUES (%(a)s, %(b)s, %(s)s, %(id)s)").format(sql.Identifier(pg.schema)),
+            case["rows"],
+        )
     for i, (cols, unique, partial) in enumerate(_declared(case)):
-        pg.run(f"CREATE {'UNIQUE ' if unique else ''}INDEX t_{i} ON {{s}}.t ({', '.join(cols)})"
-               + (" WHERE a > 0" if partial else ""))
+        pg.run(
+            f"CREATE {'UNIQUE ' if unique else ''}INDEX t_{i} ON {{s}}.t ({', '.join(cols)})"
+            + (" WHERE a > 0" if partial else "")
+        )
     table = pg.table("t", key=case["key"], batch_size=case["batch"])
     try:
         got = [r["id"] for r in drain(table)]
@@ -435,8 +455,9 @@ def test_sqlite_every_accepted_key_reads_each_row_once_in_order(tmp_path_factory
         for i, (cols, unique, partial) in enumerate(_declared(case)):
             # A unique index on s under NOCASE would refuse 'a' beside 'A': keep those BINARY.
             names = ", ".join(f"{c} COLLATE BINARY" if c == "s" else c for c in cols)
-            conn.execute(f"CREATE {'UNIQUE ' if unique else ''}INDEX t_{i} ON t ({names})"
-                         + (" WHERE a > 0" if partial else ""))
+            conn.execute(
+                f"CREATE {'UNIQUE ' if unique else ''}INDEX t_{i} ON t ({names})" + (" WHERE a > 0" if partial else "")
+            )
     finally:
         conn.close()
     table = SQLiteTable(path, "t", key=case["key"], batch_size=case["batch"])
@@ -455,8 +476,13 @@ def test_the_property_meets_accepted_keys_with_ties():
     """The generator is not vacuous: it makes accepted keys whose leading column repeats."""
     seen = 0
     for a, b in itertools.product(range(3), range(3)):
-        case = {"rows": [{"a": a, "b": b, "s": "a", "id": 1}, {"a": a, "b": b, "s": "A", "id": 2}],
-                "indexes": [(("a", "id"), False, False)], "key": ("a", "id"), "batch": 1, "pk": True}
+        case = {
+            "rows": [{"a": a, "b": b, "s": "a", "id": 1}, {"a": a, "b": b, "s": "A", "id": 2}],
+            "indexes": [(("a", "id"), False, False)],
+            "key": ("a", "id"),
+            "batch": 1,
+            "pk": True,
+        }
         seen += _expected_accept(case, rowid_tail=False) and _model(case) == [1, 2]
     assert seen == 9
 

@@ -21,7 +21,7 @@ from pgserver import PgServer
 from restartable import Job
 from restartable.checkpoint import COMPLETED
 from restartable.errors import StoreUnavailable, TemporaryError
-from restartable.sources.postgres import PostgresTable
+from restartable._postgres.table import PostgresTable
 from restartable.stores import open_store
 
 private_postgres = pgserver.private_postgres  # a fixture: a private server of the test's own
@@ -51,8 +51,10 @@ def _copy(job: Job, table: PostgresTable, *, on_batch=None) -> None:
     """The exactly-once loop: each batch's rows into ``out``, committed with its checkpoint."""
     for i, batch in enumerate(job.batches(table)):
         with job.transaction() as tx:
-            tx.execute("INSERT INTO out SELECT * FROM unnest(%s::bigint[], %s::bigint[])",
-                       ([r["id"] for r in batch], [r["v"] for r in batch]))
+            tx.execute(
+                "INSERT INTO out SELECT * FROM unnest(%s::bigint[], %s::bigint[])",
+                ([r["id"] for r in batch], [r["v"] for r in batch]),
+            )
         if on_batch is not None:
             on_batch(i)
 
@@ -111,8 +113,10 @@ def test_a_long_outage_fails_with_75_and_the_checkpoint_stands(private_postgres:
             private_postgres.stop()
 
     t0 = time.monotonic()
-    with pytest.raises(StoreUnavailable) as info, \
-            Job("outage", store=store_url, progress=False, lease_seconds=2) as job:
+    with (
+        pytest.raises(StoreUnavailable) as info,
+        Job("outage", store=store_url, progress=False, lease_seconds=2) as job,
+    ):
         _copy(job, PostgresTable(url, "src", batch_size=BATCH, retry=2), on_batch=stop_after_20)
     assert info.value.exit_code == 75
     assert time.monotonic() - t0 < 30  # the retry budgets, not forever

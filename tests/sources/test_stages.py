@@ -13,7 +13,7 @@ import pytest
 from procs import clean_env, local_store_url
 
 from restartable import StateNotSerializable, UsageError
-from restartable.sources.stages import Pipeline, StagesChanged, describe_stages
+from restartable._pipeline import Pipeline, StagesChanged, describe_stages
 from restartable.stores import open_store
 
 
@@ -178,7 +178,7 @@ def test_stage_job_names_cursors_and_shares_state(tmp_path):
 SCRIPT = r"""
 import os, sys, time
 import restartable
-from restartable.sources.stages import Pipeline
+from restartable._pipeline import Pipeline
 store, log = sys.argv[1], sys.argv[2]
 fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 def say(line):
@@ -220,8 +220,12 @@ restartable.entrypoint(main)()
 def run_script(tmp_path: Path, url: str, **env: str) -> subprocess.Popen[str]:
     script = tmp_path / "etl.py"
     script.write_text(SCRIPT)
-    return subprocess.Popen([sys.executable, str(script), url, str(tmp_path / "log")], stdout=subprocess.PIPE,
-                            text=True, env=clean_env(**env))
+    return subprocess.Popen(
+        [sys.executable, str(script), url, str(tmp_path / "log")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=clean_env(**env),
+    )
 
 
 def log_lines(tmp_path: Path) -> list[str]:
@@ -270,5 +274,5 @@ def test_sigterm_in_a_stage_without_iterations_stops_at_its_end(tmp_path, url):
     proc = run_script(tmp_path, url)
     assert proc.wait(timeout=60) == 0
     proc.stdout.close()
-    after = log_lines(tmp_path)[len(lines):]
+    after = log_lines(tmp_path)[len(lines) :]
     assert after[0] == "transform" and after[-1] == "finished" and "slow begin" not in after

@@ -154,8 +154,10 @@ def test_a_record_made_again_after_a_reset_never_meets_a_stale_epoch(
         for old in held:  # no stale runner of the deleted record writes to the new one
             with pytest.raises(Fenced):
                 store.save(old.replace(state={"stale": True}), lease_seconds=LEASE)
-                pytest.fail(f"a stale runner of the deleted record (epoch {old.epoch}) saved over the new one "
-                            f"(epochs {[r.epoch for r in new]})")
+                pytest.fail(
+                    f"a stale runner of the deleted record (epoch {old.epoch}) saved over the new one "
+                    f"(epochs {[r.epoch for r in new]})"
+                )
         assert min(r.epoch for r in new) > max(stale), (
             f"the new record's epochs {[r.epoch for r in new]} reach the deleted one's {sorted(stale)}"
         )
@@ -254,8 +256,16 @@ def test_the_heartbeat_keeps_its_interval_whatever_the_wall_clock_does(monkeypat
     store.renew = counting_renew  # type: ignore[method-assign]
     monkeypatch.setattr(time, "time", _JumpingClock(step))
     fenced: list[Fenced] = []
-    beat = _lease.Heartbeat(store, "job", "r", epoch=rec.epoch, lease_seconds=0.3, on_fenced=fenced.append,
-                            on_lost=lambda exc: None, label="test")
+    beat = _lease.Heartbeat(
+        store,
+        "job",
+        "r",
+        epoch=rec.epoch,
+        lease_seconds=0.3,
+        on_fenced=fenced.append,
+        on_lost=lambda exc: None,
+        label="test",
+    )
     beat.start()
     time.sleep(1.0)
     beat.stop()

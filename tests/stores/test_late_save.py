@@ -72,7 +72,7 @@ def _play(store, proxy: FaultProxy) -> None:
 def test_postgres_a_save_held_past_the_deadline_lands_late_and_changes_nothing(
     postgres_url: str, late_proxy: type[FaultProxy], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from restartable.stores import _pgconn
+    from restartable._postgres import conn as _pgconn
 
     monkeypatch.setattr(_pgconn, "_end_abandoned", lambda *args: None)  # see the module docstring
     with late_proxy(upstream=_upstream(postgres_url)) as proxy:

@@ -36,7 +36,14 @@ from typing import Any, ClassVar
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from restartable.checkpoint import COMPLETED, RUNNING, STATUSES, Checkpoint, Owner
 from restartable.errors import Fenced, RunLocked
@@ -212,8 +219,12 @@ class StoreMachine(RuleBasedStateMachine):
         self._check_lease(expires, m.lease_expires)
 
     @precondition(lambda self: self.held)
-    @rule(data=st.data(), cursor=st.sampled_from(CURSORS), key=st.sampled_from(["k0", "k1", "k2"]),
-          value=st.integers(0, 9))
+    @rule(
+        data=st.data(),
+        cursor=st.sampled_from(CURSORS),
+        key=st.sampled_from(["k0", "k1", "k2"]),
+        value=st.integers(0, 9),
+    )
     def mark(self, data: st.DataObject, cursor: str, key: str, value: int) -> None:
         who, run, held = self._holder(data)
         m = self._current(run, held.epoch)
@@ -257,7 +268,12 @@ class StoreMachine(RuleBasedStateMachine):
                 continue
             assert rec is not None, f"{run} is gone from the store; the model has epoch {m.epoch}"
             assert (rec.epoch, rec.status, rec.owner, rec.done, rec.state) == (
-                m.epoch, m.status, m.owner, m.done, m.state)
+                m.epoch,
+                m.status,
+                m.owner,
+                m.done,
+                m.state,
+            )
             self._check_lease(rec.lease_expires, m.lease_expires)
             for c in CURSORS:
                 assert store.markers(self.job, run, c) == m.markers.get(c, {})

@@ -32,9 +32,27 @@ _FIRST = string.ascii_letters + string.digits
 _REST = _FIRST + "._-"
 #: What our stores and runners append to names, or name their own keys and files with.
 SUFFIXES = (
-    ".ckpt", ".prev", ".ckpt.prev", ".tmp", ".lock", ".done", ".shard-0-of-2", ".shard-1-of-2",
-    ".markers.", ".markers.63", ".markers.63.jsonl", ".jsonl", ".0123456789abcdef.tmp",
-    ".ckpt.0123456789abcdef.tmp", "-wal", "-shm", ".db", "..", ".", "-", "_",
+    ".ckpt",
+    ".prev",
+    ".ckpt.prev",
+    ".tmp",
+    ".lock",
+    ".done",
+    ".shard-0-of-2",
+    ".shard-1-of-2",
+    ".markers.",
+    ".markers.63",
+    ".markers.63.jsonl",
+    ".jsonl",
+    ".0123456789abcdef.tmp",
+    ".ckpt.0123456789abcdef.tmp",
+    "-wal",
+    "-shm",
+    ".db",
+    "..",
+    ".",
+    "-",
+    "_",
 )
 #: Words our key layouts use (redis: run:, hist:, markers:, runs).
 WORDS = ("run", "runs", "hist", "markers", "ckpt", "lock", "prev")

@@ -25,9 +25,10 @@ from faultproxy import FaultProxy
 
 psycopg = pytest.importorskip("psycopg")
 
-from restartable import _xact  # noqa: E402
+from restartable._postgres import xact as _xact  # noqa: E402
 from restartable.checkpoint import Owner  # noqa: E402
-from restartable.stores import _pgconn, open_store  # noqa: E402
+from restartable._postgres import conn as _pgconn  # noqa: E402
+from restartable.stores import open_store  # noqa: E402
 
 OWNER = Owner(host="abandoned-test", pid=1)
 _original_client_closed = faultproxy._Link._client_closed
@@ -79,8 +80,7 @@ def test_a_deadline_ends_the_abandoned_session_so_its_row_lock_goes(
 ) -> None:
     # (table before partition_proxy: the proxy closes first, so a regression's leftover
     # session ends before the table is dropped.)
-    conn = _pgconn.connect(partition_proxy.url_for(postgres_server), autocommit=False, display="test",
-                           read_timeout=1)
+    conn = _pgconn.connect(partition_proxy.url_for(postgres_server), autocommit=False, display="test", read_timeout=1)
     try:
         pid = conn.info.backend_pid
         conn.execute(f"UPDATE public.{table} SET v = 1 WHERE id = 1")  # the row lock, transaction open
@@ -122,8 +122,10 @@ def test_the_runs_row_held_by_a_transaction_connection_is_freed_for_the_heartbea
 
 
 def test_end_session_touches_only_the_session_it_names(postgres_server: str) -> None:
-    with psycopg.connect(postgres_server, autocommit=True) as victim, \
-            psycopg.connect(postgres_server, autocommit=True) as admin:
+    with (
+        psycopg.connect(postgres_server, autocommit=True) as victim,
+        psycopg.connect(postgres_server, autocommit=True) as admin,
+    ):
         pid = victim.info.backend_pid
         started = admin.execute("SELECT backend_start FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()[0]
         # Same pid, another start (the pid reused by a later session): untouched.
@@ -139,7 +141,6 @@ def test_end_session_touches_only_the_session_it_names(postgres_server: str) -> 
 def test_an_unreachable_server_leaves_the_session_alone_without_raising(caplog: pytest.LogCaptureFixture) -> None:
     # A port nobody listens on: the attempt ends quickly with a warning, never an error.
     t0 = time.monotonic()
-    _pgconn._end_abandoned("postgresql://postgres@127.0.0.1:1/postgres", 12345,
-                           dt.datetime.now(dt.timezone.utc), 1.0)
+    _pgconn._end_abandoned("postgresql://postgres@127.0.0.1:1/postgres", 12345, dt.datetime.now(dt.timezone.utc), 1.0)
     assert time.monotonic() - t0 < 5
     assert "could not reach" in caplog.text

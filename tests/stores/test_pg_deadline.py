@@ -34,8 +34,9 @@ from pgserver import PgServer
 from restartable import Job
 from restartable.checkpoint import Owner
 from restartable.errors import ConfigError, StoreUnavailable
-from restartable.sources.postgres import PostgresTable
-from restartable.stores import _pgconn, open_store
+from restartable._postgres.table import PostgresTable
+from restartable._postgres import conn as _pgconn
+from restartable.stores import open_store
 
 private_postgres = pgserver.private_postgres  # a fixture: a private server of the test's own
 

@@ -31,8 +31,9 @@ from restartable.errors import (
     StoreUnavailable,
     UsageError,
 )
-from restartable.stores import _pgschema, open_store
-from restartable.stores.postgres import PostgresStore, _Stale
+from restartable._postgres import schema as _pgschema
+from restartable.stores import open_store
+from restartable._postgres.store import PostgresStore, _Stale
 
 psycopg = pytest.importorskip("psycopg")
 sql = psycopg.sql
@@ -70,8 +71,15 @@ def _tables(conn_url: str, schema: str) -> set[str]:
 def test_schema_option_is_respected(postgres_url):
     with open_store(postgres_url) as store:
         store.acquire("job", "r1", owner=ME, lease_seconds=30)
-    assert _tables(_base(postgres_url), _schema_of(postgres_url)) == {"schema_migrations", "runs", "history", "markers",
-                                                                         "epoch_floor"}
+    assert _tables(_base(postgres_url), _schema_of(postgres_url)) == {
+        "schema_migrations",
+        "runs",
+        "history",
+        "markers",
+        "epoch_floor",
+        "queue_tasks",
+        "queues",
+    }
     assert _sql(postgres_url, "SELECT job, run FROM {s}.runs") == [("job", "r1")]
 
 
@@ -100,6 +108,37 @@ def test_a_schema_from_a_newer_version_is_refused(postgres_url):
         open_store(postgres_url)
 
 
+def test_a_queue_made_before_its_tables_were_migrations_upgrades_cleanly(postgres_url):
+    """Until version 4 a work queue made its own tables (CREATE IF NOT EXISTS) beside a version-3
+    store: such a schema goes to version 4 without an error, and the queue's tasks, claims and
+    completions are all still there and go on."""
+    from restartable import WorkQueue
+
+    with WorkQueue(postgres_url, "q", handle_signals=False) as queue:
+        queue.fill(["a", "b", "c"])
+        for claim in queue.claims():
+            with claim:
+                done_key = claim.key
+            break
+    _sql(postgres_url, "DELETE FROM {s}.schema_migrations WHERE version = 4")  # what the older release left
+    assert [v for (v,) in _sql(postgres_url, "SELECT version FROM {s}.schema_migrations ORDER BY 1")] == [1, 2, 3]
+    with WorkQueue(postgres_url, "q", handle_signals=False) as queue:  # migrates: 4 finds the tables there
+        assert [v for (v,) in _sql(postgres_url, "SELECT version FROM {s}.schema_migrations ORDER BY 1")] == [
+            1,
+            2,
+            3,
+            4,
+        ]
+        counts = queue.counts()
+        assert (counts.total, counts.done) == (3, 1)
+        left = []
+        for claim in queue.claims():
+            with claim:
+                left.append(claim.key)
+        assert sorted(left) == sorted({"a", "b", "c"} - {done_key})
+        assert queue.counts().done == 3
+
+
 def test_a_store_written_by_version_1_is_migrated_and_its_runs_keep_working(postgres_url, monkeypatch):
     """A schema made before the epoch floor (version 1) gets it at the next open; its runs
     go on, and a run deleted after that is made again above its epochs whatever the clock."""
@@ -108,11 +147,16 @@ def test_a_store_written_by_version_1_is_migrated_and_its_runs_keep_working(post
     # Back to what a restartable that knew only version 1 left: no floor table.
     _sql(postgres_url, "DROP TABLE {s}.epoch_floor")
     _sql(postgres_url, "ALTER TABLE {s}.runs DROP COLUMN save_seq")
+    _sql(postgres_url, "DROP TABLE {s}.queue_tasks, {s}.queues")
     _sql(postgres_url, "DELETE FROM {s}.schema_migrations WHERE version > 1")
-    assert _tables(_base(postgres_url), _schema_of(postgres_url)) == {"schema_migrations", "runs", "history",
-                                                                     "markers"}
+    assert _tables(_base(postgres_url), _schema_of(postgres_url)) == {"schema_migrations", "runs", "history", "markers"}
     with open_store(postgres_url) as store:
-        assert [v for (v,) in _sql(postgres_url, "SELECT version FROM {s}.schema_migrations ORDER BY 1")] == [1, 2, 3]
+        assert [v for (v,) in _sql(postgres_url, "SELECT version FROM {s}.schema_migrations ORDER BY 1")] == [
+            1,
+            2,
+            3,
+            4,
+        ]
         held = store.save(held.replace(done=2), lease_seconds=30)  # the old runner goes on
         assert store.renew("job", "r1", epoch=held.epoch, lease_seconds=30)
         assert store.delete("job", "r1")
@@ -225,8 +269,15 @@ def test_injection_shaped_names_are_stored_as_data(postgres_url):
         assert sorted((r.job, r.run) for r in store.list_runs()) == sorted(zip(EVIL, reversed(EVIL)))
         assert store.delete(EVIL[0], EVIL[-1])
         assert len(store.list_runs()) == len(EVIL) - 1
-    assert _tables(_base(postgres_url), _schema_of(postgres_url)) == {"schema_migrations", "runs", "history", "markers",
-                                                                         "epoch_floor"}
+    assert _tables(_base(postgres_url), _schema_of(postgres_url)) == {
+        "schema_migrations",
+        "runs",
+        "history",
+        "markers",
+        "epoch_floor",
+        "queue_tasks",
+        "queues",
+    }
     with psycopg.connect(_base(postgres_url)) as conn:
         assert conn.execute("SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'public'").fetchone()
 
@@ -373,7 +424,9 @@ def test_unknown_database_is_a_config_error(postgres_server):
     assert time.monotonic() - t0 < 5
 
 
-@pytest.mark.parametrize("query", ["retry=abc", "history=-1", "history=x", "nosuchparam=1", "read_timeout=-1", "read_timeout=x"])
+@pytest.mark.parametrize(
+    "query", ["retry=abc", "history=-1", "history=x", "nosuchparam=1", "read_timeout=-1", "read_timeout=x"]
+)
 def test_bad_options_are_config_errors(query):
     with pytest.raises(ConfigError):
         open_store(f"postgresql://postgres@127.0.0.1:1/postgres?{query}")

@@ -117,8 +117,10 @@ def test_every_key_is_under_the_prefix(redis_url):
         s.save(rec.replace(done=1), lease_seconds=30)
         s.mark("job", "r1", "dir/a:b*", "x.csv", 1, epoch=rec.epoch)
     keys = sorted(k.decode() for k in _client(redis_url).scan_iter(match=f"{prefix}*"))
-    assert keys == [f"{prefix}{k}" for k in (
-        "epoch-floor", "hist:job:r1", "instance", "markers:job:r1:dir%2Fa%3Ab%2A", "run:job:r1", "runs")]
+    assert keys == [
+        f"{prefix}{k}"
+        for k in ("epoch-floor", "hist:job:r1", "instance", "markers:job:r1:dir%2Fa%3Ab%2A", "run:job:r1", "runs")
+    ]
 
 
 def test_cursor_and_item_names_may_hold_anything(redis_url):
@@ -173,7 +175,9 @@ def test_ttl_expires_the_run(redis_url):
     # Only the instance key (it tells a later reset from a loss) and the epoch floor stay: they never expire.
     prefix = _prefix(redis_url)
     assert sorted(k.decode() for k in _client(redis_url).scan_iter(match=f"{prefix}*")) == [
-        f"{prefix}epoch-floor", f"{prefix}instance"]
+        f"{prefix}epoch-floor",
+        f"{prefix}instance",
+    ]
 
 
 def test_a_run_made_again_after_its_keys_expired_starts_above_its_old_epochs(redis_url, monkeypatch):
@@ -217,8 +221,11 @@ def test_every_save_refreshes_the_ttl_of_all_keys(redis_url, status):
         s.mark("job", "r1", "files", "a", 1, epoch=rec.epoch)
         time.sleep(1.2)
         # Every key of the run; the prefix's instance key never expires (test_ttl_expires_the_run).
-        keys = [k for k in client.scan_iter(match=f"{prefix}*")
-                if k not in (f"{prefix}instance".encode(), f"{prefix}epoch-floor".encode())]
+        keys = [
+            k
+            for k in client.scan_iter(match=f"{prefix}*")
+            if k not in (f"{prefix}instance".encode(), f"{prefix}epoch-floor".encode())
+        ]
         assert len(keys) == 4 and all(client.pttl(k) < 2300 for k in keys)
         s.save(rec.replace(status=status), lease_seconds=None)
         # Expiries are pushed to ttl + a tenth of it (0.3s here), so most writes skip the push.
@@ -260,8 +267,10 @@ def test_reset_is_fenced_not_lost(redis_url):
     with open_store(redis_url) as s:
         rec = s.acquire("job", "r1", owner=ME, lease_seconds=30)
         s.delete("job", "r1")
-        for op in (lambda: s.save(rec, lease_seconds=30),
-                   lambda: s.renew("job", "r1", epoch=rec.epoch, lease_seconds=30)):
+        for op in (
+            lambda: s.save(rec, lease_seconds=30),
+            lambda: s.renew("job", "r1", epoch=rec.epoch, lease_seconds=30),
+        ):
             with pytest.raises(Fenced, match="gone"):
                 op()
 

@@ -35,7 +35,7 @@ from restartable.checkpoint import Checkpoint, Owner, encode_record
 from restartable.errors import EXIT_TEMPORARY, EXIT_USAGE, CheckpointLost, Fenced, RunLocked
 from restartable.stores import open_store
 from restartable.stores.base import first_epoch
-from restartable.stores.redis import RedisStore, _owner_json
+from restartable._redis.store import RedisStore, _owner_json
 
 redis_server_factory = redisserver.redis_server_factory
 
@@ -115,13 +115,28 @@ def test_reset_after_a_restart_fences_a_real_job_reset_from_the_cli(durable_redi
     says it was fenced, never claims a loss, and the run stays reset."""
     url = f"{durable_redis.url}?retry=10s"
     with procs.Spawner(procs.write_worker(tmp_path)) as spawn:
-        worker = spawn({"store": url, "job": "crash", "run": "r1", "n": 100_000, "sleep": 0.005,
-                        "seconds": 0.05, "lease_seconds": 3, "log": str(tmp_path / "items.log")})
+        worker = spawn(
+            {
+                "store": url,
+                "job": "crash",
+                "run": "r1",
+                "n": 100_000,
+                "sleep": 0.005,
+                "seconds": 0.05,
+                "lease_seconds": 3,
+                "log": str(tmp_path / "items.log"),
+            }
+        )
         worker.started()
         procs.wait_items(tmp_path / "items.log", 20)
         durable_redis.restart()
-        reset = subprocess.run([str(RESTARTABLE), "reset", "crash", "--run", "r1", "--force", "--store", url],
-                               capture_output=True, text=True, timeout=60, env=procs.clean_env())
+        reset = subprocess.run(
+            [str(RESTARTABLE), "reset", "crash", "--run", "r1", "--force", "--store", url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=procs.clean_env(),
+        )
         assert reset.returncode == 0, reset.stderr
         assert "reset job crash run r1" in reset.stdout
         rc = worker.finish(timeout=60)
@@ -161,6 +176,7 @@ def test_a_loss_is_written_back_then_a_reset_fences(volatile_redis, flush):
 def test_a_retried_restore_whose_first_answer_was_lost_succeeds(volatile_redis):
     """The commit-unknown case of the write-back: the server ran RESTORE, the reply never came."""
     import faultproxy  # tests/faultproxy.py: a TCP proxy that drops the answer to a chosen command
+
     with faultproxy.FaultProxy(upstream=("127.0.0.1", volatile_redis.port)) as proxy:
         with open_store(proxy.url_for(volatile_redis.url) + "?retry=10s") as s:
             assert isinstance(s, RedisStore)
@@ -325,11 +341,22 @@ def _write_old_layout(server: RedisServer, prefix: str, job: str, run: str, *, l
     now_ms = int(time.time() * 1000)
     epoch = first_epoch()
     body = encode_record(Checkpoint(job=job, run=run, epoch=epoch, owner=OTHER, done=5))
-    raw.hset(f"{prefix}run:{job}:{run}", mapping={
-        "body": body, "epoch": str(epoch), "status": "running",
-        "owner": _owner_json(OTHER), "started": now_ms, "updated": now_ms, "heartbeat": now_ms,
-        "lease": str(now_ms + lease_ms), "done": "5", "failed": "0", "expires": str(now_ms + 86_400_000),
-    })
+    raw.hset(
+        f"{prefix}run:{job}:{run}",
+        mapping={
+            "body": body,
+            "epoch": str(epoch),
+            "status": "running",
+            "owner": _owner_json(OTHER),
+            "started": now_ms,
+            "updated": now_ms,
+            "heartbeat": now_ms,
+            "lease": str(now_ms + lease_ms),
+            "done": "5",
+            "failed": "0",
+            "expires": str(now_ms + 86_400_000),
+        },
+    )
     raw.lpush(f"{prefix}hist:{job}:{run}", f'{{"at":{now_ms},"done":5,"epoch":{epoch},"failed":0,"status":"running"}}')
     raw.zadd(f"{prefix}runs", {f"{job}\0{run}": now_ms + 86_400_000})
     for key in (f"{prefix}run:{job}:{run}", f"{prefix}hist:{job}:{run}", f"{prefix}runs"):
@@ -400,14 +427,24 @@ def test_reset_after_a_loss_finds_nothing_and_the_runner_writes_back(volatile_re
     with _open(volatile_redis) as s:
         rec = s.acquire("job", "r1", owner=ME, lease_seconds=30)
         volatile_redis.restart()
-        cli = subprocess.run([str(RESTARTABLE), "reset", "job", "--run", "r1", "--force", "--store", url],
-                             capture_output=True, text=True, timeout=60, env=procs.clean_env())
+        cli = subprocess.run(
+            [str(RESTARTABLE), "reset", "job", "--run", "r1", "--force", "--store", url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=procs.clean_env(),
+        )
         assert cli.returncode == EXIT_USAGE and "no run 'r1'" in cli.stderr and "Traceback" not in cli.stderr
         with pytest.raises(CheckpointLost):
             WRITES["save"](s, rec)
         s.restore(rec, lease_seconds=30)
-        cli = subprocess.run([str(RESTARTABLE), "reset", "job", "--run", "r1", "--force", "--store", url],
-                             capture_output=True, text=True, timeout=60, env=procs.clean_env())
+        cli = subprocess.run(
+            [str(RESTARTABLE), "reset", "job", "--run", "r1", "--force", "--store", url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=procs.clean_env(),
+        )
         assert cli.returncode == 0, cli.stderr
         with pytest.raises(Fenced):
             WRITES["save"](s, rec)

@@ -24,7 +24,7 @@ from restartable.errors import (
 )
 from restartable.stores import open_store
 from restartable.stores.base import HISTORY_LIMIT
-from restartable.stores.sqlite import _PRUNE_EVERY, SCHEMA_VERSION, SQLiteStore
+from restartable._sqlite.store import _PRUNE_EVERY, SCHEMA_VERSION, SQLiteStore
 
 ME = Owner(host="host-a", pid=111)
 OTHER = Owner(host="host-b", pid=222)
@@ -258,7 +258,7 @@ _AS_NOBODY = textwrap.dedent(
     """
     import os, sys
     from restartable.stores import open_store
-    from restartable.stores import sqlite, file  # import while we can still read the code
+    import restartable._sqlite.store, restartable.stores.file  # import while we can still read the code
     if os.geteuid() == 0:
         os.setgid(65534)
         os.setuid(65534)

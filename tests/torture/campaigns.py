@@ -70,10 +70,34 @@ SEED = os.environ.get("RESTARTABLE_TORTURE_SEED", "1")
 
 #: Faults per cell: quick (every pytest run) and long (RESTARTABLE_TORTURE=long, by hand).
 TARGETS = {
-    False: {"kill": 3, "term": 2, "stop": 1, "dup": 2, "enospc": 1, "readonly": 1, "restart": 2,
-            "restart-keep": 2, "net-reset": 3, "net-blackhole": 1, "net-commit": 2, "net-delay": 2},
-    True: {"kill": 80, "term": 20, "stop": 4, "dup": 16, "enospc": 6, "readonly": 6, "restart": 10,
-           "restart-keep": 15, "net-reset": 500, "net-blackhole": 20, "net-commit": 400, "net-delay": 120},
+    False: {
+        "kill": 3,
+        "term": 2,
+        "stop": 1,
+        "dup": 2,
+        "enospc": 1,
+        "readonly": 1,
+        "restart": 2,
+        "restart-keep": 2,
+        "net-reset": 3,
+        "net-blackhole": 1,
+        "net-commit": 2,
+        "net-delay": 2,
+    },
+    True: {
+        "kill": 80,
+        "term": 20,
+        "stop": 4,
+        "dup": 16,
+        "enospc": 6,
+        "readonly": 6,
+        "restart": 10,
+        "restart-keep": 15,
+        "net-reset": 500,
+        "net-blackhole": 20,
+        "net-commit": 400,
+        "net-delay": 120,
+    },
 }
 
 #: Per mode: items, checkpoint interval, work per item (s), and mode-specific settings.
@@ -201,8 +225,13 @@ class Campaign:
             # Every batch's COMMIT takes SLOW_COMMIT on the server: a lost answer lands mid-commit.
             self.workload.slow_commit, self.workload.slow_every = SLOW_COMMIT, size["batch"]
         self.cfg: dict[str, Any] = {
-            "store": self._worker_url(url), "job": JOB, "run": self.run_id, "handshake": True,
-            "lock_timeout": LOCK_TIMEOUT, "lease": STOP_LEASE if cell.fault == "stop" else LEASE, **size,
+            "store": self._worker_url(url),
+            "job": JOB,
+            "run": self.run_id,
+            "handshake": True,
+            "lock_timeout": LOCK_TIMEOUT,
+            "lease": STOP_LEASE if cell.fault == "stop" else LEASE,
+            **size,
             **self.workload.settings(),
         }
         if cell.fault in NET and cell.mode == "batches" and conninfo is not None:
@@ -276,7 +305,7 @@ class Campaign:
         return w
 
     def _wait_started(self, w: Worker, timeout: float = 30.0) -> str:
-        """"started", "complete" (started on a completed run), "exited" (before taking the lease) or "timeout"."""
+        """ "started", "complete" (started on a completed run), "exited" (before taking the lease) or "timeout"."""
         try:
             line = w.expect("started", timeout=timeout)
         except AssertionError:
@@ -295,8 +324,10 @@ class Campaign:
         try:
             rc = w.finish(timeout=0.1 if w.proc.poll() is None else timeout)
         except AssertionError:
-            self._violate(f"worker {w.pid} hung: still running after {timeout:g}s; its threads' stacks and "
-                          f"stderr:\n{w.stderr[-3000:]}")
+            self._violate(
+                f"worker {w.pid} hung: still running after {timeout:g}s; its threads' stacks and "
+                f"stderr:\n{w.stderr[-3000:]}"
+            )
             raise _Abort from None
         if "Traceback" in w.stderr:
             self._violate(f"worker {w.pid} printed a traceback (rc {rc}):\n{w.stderr[-1500:]}")
@@ -309,8 +340,9 @@ class Campaign:
 
     def _expect_rc(self, w: Worker, rc: int, allowed: set[int], why: str) -> None:
         if rc not in allowed:
-            self._violate(f"worker {w.pid} ({why}) exited {rc}, expected one of {sorted(allowed)}; "
-                          f"stderr:\n{w.stderr[-1200:]}")
+            self._violate(
+                f"worker {w.pid} ({why}) exited {rc}, expected one of {sorted(allowed)}; stderr:\n{w.stderr[-1200:]}"
+            )
 
     def _start(self) -> Worker:
         """Start the next runner (two at the same instant in the dup cell): exactly one takes the lease."""
@@ -341,8 +373,10 @@ class Campaign:
         if count > 1:
             self.row.faults += 1
         if len(winners) > 1 or keep is None:
-            seen = "; ".join(f"{w.pid}: {[x for x in w.seen if x.startswith('started')]} "
-                             f"{w.stderr.strip().splitlines()[-3:]}" for w in ws)
+            seen = "; ".join(
+                f"{w.pid}: {[x for x in w.seen if x.startswith('started')]} {w.stderr.strip().splitlines()[-3:]}"
+                for w in ws
+            )
             self._violate(f"{len(winners)} of {count} runners started at the same instant took the lease: {seen}")
             raise _Abort
         return keep
@@ -374,8 +408,9 @@ class Campaign:
         if claim is not None:
             done = {i for items in self._processed() for i in items}
             if not claim <= done:
-                self._violate(f"the checkpoint claims {len(claim - done)} items never processed: "
-                              f"{sorted(claim - done)[:10]}")
+                self._violate(
+                    f"the checkpoint claims {len(claim - done)} items never processed: {sorted(claim - done)[:10]}"
+                )
         if "blob" in self.cfg and "saves" in rec.state:
             k = rec.state["saves"]
             if rec.state.get("blob") != chr(97 + k % 26) * BLOB:
@@ -433,7 +468,7 @@ class Campaign:
             self._violate(problem)
         # Redo: what a worker processed that a later one processed again.
         later: set[int] = set()
-        for (w, _), items in reversed(list(zip(self.launched, per_worker))[self.reset_at:]):
+        for (w, _), items in reversed(list(zip(self.launched, per_worker))[self.reset_at :]):
             redo = len(set(items) & later)
             later |= set(items)
             if sink is not None:
@@ -484,8 +519,10 @@ class Campaign:
                 self.row.faults += 1
                 rec = self._load()
                 if rec is None or rec.status != INTERRUPTED or rec.lease_expires is not None:
-                    self._violate(f"after SIGTERM the record is {rec and (rec.status, rec.lease_expires)}, "
-                                  "expected interrupted with the lease released")
+                    self._violate(
+                        f"after SIGTERM the record is {rec and (rec.status, rec.lease_expires)}, "
+                        "expected interrupted with the lease released"
+                    )
                 self._after_fault(w)
             return None, {0}
         if fault == "stop":
@@ -533,7 +570,9 @@ class Campaign:
             # In turn: cut once the server has answered, or while it still works on the request
             # (mid-commit on the batches' slow COMMITs: the outcome is then truly unknown).
             when = ("sent", "answered")[self.row.faults % 2]
-            after = self.rng.uniform(0.02, SLOW_COMMIT * 0.7) if self.workload.slow_commit else self.rng.uniform(0, 0.02)
+            after = (
+                self.rng.uniform(0.02, SLOW_COMMIT * 0.7) if self.workload.slow_commit else self.rng.uniform(0, 0.02)
+            )
             proxy.lose_next_answer_to(pattern, when=when, after=after)
             deadline = time.monotonic() + 5
             while proxy.landed["lose-answer"] == landed and w.proc.poll() is None and time.monotonic() < deadline:
@@ -555,15 +594,18 @@ class Campaign:
         self.row.faults += 1
         after = self._load()
         if before is not None and (after is None or after.epoch < before.epoch or after.done < before.done):
-            self._violate(f"a restart with persistence lost or rolled back the record: {before.epoch}/"
-                          f"{before.done} -> {after and (after.epoch, after.done)}")
+            self._violate(
+                f"a restart with persistence lost or rolled back the record: {before.epoch}/"
+                f"{before.done} -> {after and (after.epoch, after.done)}"
+            )
         if flavour == "second":
             w2 = self._launch()
             outcome = self._wait_started(w2)
             if outcome == "started":
                 if w.proc.poll() is None:
-                    self._violate(f"worker {w2.pid} took the lease of the live worker {w.pid} after a restart "
-                                  "that kept the data")
+                    self._violate(
+                        f"worker {w2.pid} took the lease of the live worker {w.pid} after a restart that kept the data"
+                    )
                     raise _Abort
                 rc = self._finish(w)  # w had ended (75 after the restart): w2 took over legitimately
                 self._expect_rc(w, rc, {0, 75}, "runner during a restart")
@@ -576,13 +618,27 @@ class Campaign:
             else:
                 self._expect_rc(w2, rc2, {75}, "a second runner after a restart")
                 if rc2 == 75 and "held by" not in w2.stderr:
-                    self._violate(f"the second runner {w2.pid} exited 75 without naming the holder: "
-                                  f"{w2.stderr[-400:]}")
+                    self._violate(f"the second runner {w2.pid} exited 75 without naming the holder: {w2.stderr[-400:]}")
             return w, {0, 75}
         if flavour == "reset":
             done = subprocess.run(
-                [sys.executable, "-m", "restartable", "reset", "--store", self.url, "--force", JOB,
-                 "--run", self.run_id], capture_output=True, text=True, timeout=60, env=clean_env())
+                [
+                    sys.executable,
+                    "-m",
+                    "restartable",
+                    "reset",
+                    "--store",
+                    self.url,
+                    "--force",
+                    JOB,
+                    "--run",
+                    self.run_id,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=clean_env(),
+            )
             if done.returncode != 0:
                 if "no run" in done.stderr:
                     return w, {0, 75}  # nothing to reset yet (the first save had not landed)
@@ -592,12 +648,15 @@ class Campaign:
             self._expect_rc(w, rc, {0, 75}, "runner whose run was reset")
             self.ended[w.pid] = "reset"
             if rc == 75 and not any(k in w.stderr.lower() for k in ("reset", "deleted", "fenced")):
-                self._violate(f"the runner {w.pid} of a reset run exited 75 without saying the run was reset: "
-                              f"{w.stderr[-400:]}")
+                self._violate(
+                    f"the runner {w.pid} of a reset run exited 75 without saying the run was reset: {w.stderr[-400:]}"
+                )
             rec = self._load()
             if rec is not None:
-                self._violate(f"the reset was undone: worker {w.pid} (exit {rc}) wrote the run back "
-                              f"({rec.status}, {rec.done} done, epoch {rec.epoch})")
+                self._violate(
+                    f"the reset was undone: worker {w.pid} (exit {rc}) wrote the run back "
+                    f"({rec.status}, {rec.done} done, epoch {rec.epoch})"
+                )
                 raise _Abort
             # The run starts over: the next runner begins at nothing, as after any reset.
             self.reset_at = len(self.launched)
@@ -624,8 +683,7 @@ class Campaign:
             rc = self._finish(victim)
             self.ended[victim.pid] = "stop"
             # "complete": the victim was frozen after its last save, on its way out.
-            self._expect_rc(victim, rc, {75} if outcome == "started" else {0},
-                            "frozen past its lease, then continued")
+            self._expect_rc(victim, rc, {75} if outcome == "started" else {0}, "frozen past its lease, then continued")
             if rc == 75 and "fenced" not in victim.stderr:
                 self._violate(f"the woken worker {victim.pid} exited 75 without saying it was fenced")
             self._after_fault(victim)
@@ -763,7 +821,9 @@ def run_cell(cell: Cell, env: CellEnv, row: Row, budget: int | None = None) -> N
             if row.faults == 0:
                 row.violations.append(f"no fault could be injected in {index} campaigns")
             else:
-                row.notes.append(f"{row.faults} of {target} faults injected: the harness gave up after "
-                                 f"{index} campaigns (its faults kept landing after the run completed)")
+                row.notes.append(
+                    f"{row.faults} of {target} faults injected: the harness gave up after "
+                    f"{index} campaigns (its faults kept landing after the run completed)"
+                )
             break
     row.seconds = time.monotonic() - t0

@@ -27,8 +27,20 @@ import pytest
 __all__ = ["FAULTS", "LOCAL_ONLY", "NET", "SERVER_ONLY", "Tmpfs", "fill", "read_only", "unavailable"]
 
 #: Every fault, in the order of the report's columns.
-FAULTS = ("kill", "term", "stop", "dup", "enospc", "readonly", "restart", "restart-keep",
-          "net-reset", "net-blackhole", "net-commit", "net-delay")
+FAULTS = (
+    "kill",
+    "term",
+    "stop",
+    "dup",
+    "enospc",
+    "readonly",
+    "restart",
+    "restart-keep",
+    "net-reset",
+    "net-blackhole",
+    "net-commit",
+    "net-delay",
+)
 #: Faults of a local filesystem: the sqlite and file stores only.
 LOCAL_ONLY = frozenset({"enospc", "readonly"})
 #: Faults of the network between the workers and the server (a tests/faultproxy.py in between).
@@ -49,8 +61,11 @@ class Tmpfs:
 
     def __init__(self, size: str = "16m") -> None:
         self.path = Path(tempfile.mkdtemp(prefix="rt-torture-tmpfs-"))
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(self.path)],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(self.path)],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             os.rmdir(self.path)
             unavailable(f"cannot mount a tmpfs for the disk-full faults (need root): {done.stderr.strip()}")
@@ -101,7 +116,7 @@ def read_only(root: Path, on: bool) -> None:
     """Take the write bits off every directory and file under ``root`` (``on``), or put them back."""
     paths = [root] + [Path(d) / f for d, dirs, files in os.walk(root) for f in dirs + files]
     # Directories first when locking (no new entries appear), last when unlocking.
-    for p in (paths if on else reversed(paths)):
+    for p in paths if on else reversed(paths):
         try:
             mode = os.lstat(p).st_mode
         except FileNotFoundError:

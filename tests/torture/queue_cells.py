@@ -54,14 +54,41 @@ from report import Row
 __all__ = ["QUEUE_FAULTS", "QUEUE_SCRIPT", "QUEUE_TARGETS", "QueueCampaign", "write_queue_script"]
 
 #: The faults of the queue cells (``stop``/``enospc``/``readonly`` are not among them: no local store).
-QUEUE_FAULTS = ("kill", "term", "dup", "restart", "restart-keep", "net-reset", "net-blackhole", "net-commit",
-                "net-delay")
+QUEUE_FAULTS = (
+    "kill",
+    "term",
+    "dup",
+    "restart",
+    "restart-keep",
+    "net-reset",
+    "net-blackhole",
+    "net-commit",
+    "net-delay",
+)
 #: Faults per queue cell: quick (every pytest run: one campaign each) and long (by hand).
 QUEUE_TARGETS = {
-    False: {"kill": 2, "term": 1, "dup": 1, "restart": 1, "restart-keep": 1, "net-reset": 2, "net-blackhole": 1,
-            "net-commit": 2, "net-delay": 1},
-    True: {"kill": 80, "term": 20, "dup": 16, "restart": 10, "restart-keep": 15, "net-reset": 500,
-           "net-blackhole": 20, "net-commit": 400, "net-delay": 120},
+    False: {
+        "kill": 2,
+        "term": 1,
+        "dup": 1,
+        "restart": 1,
+        "restart-keep": 1,
+        "net-reset": 2,
+        "net-blackhole": 1,
+        "net-commit": 2,
+        "net-delay": 1,
+    },
+    True: {
+        "kill": 80,
+        "term": 20,
+        "dup": 16,
+        "restart": 10,
+        "restart-keep": 15,
+        "net-reset": 500,
+        "net-blackhole": 20,
+        "net-commit": 400,
+        "net-delay": 120,
+    },
 }
 N = 120  # tasks per queue
 SET = 2  # workers draining at once
@@ -78,7 +105,7 @@ PER_CAMPAIGN = 25
 #: net-commit on PostgreSQL: seconds a COMMIT spends on the server while the harness arms a cut.
 SLOW_COMMIT = 0.15
 
-QUEUE_SCRIPT = r'''
+QUEUE_SCRIPT = r"""
 import json, os, sys, time
 
 cfg = json.loads(sys.argv[1])
@@ -154,7 +181,7 @@ def main():
 
 
 restartable.entrypoint(main)()
-'''
+"""
 
 
 def write_queue_script(directory: Path) -> Path:
@@ -169,7 +196,7 @@ def _with_option(url: str, option: str) -> str:
 
 
 def _lua_sha(script: str) -> bytes:
-    from restartable._queue_backends import _LUA
+    from restartable._redis.queue import _LUA
 
     return hashlib.sha1(_LUA[script].encode()).hexdigest().encode()
 
@@ -258,8 +285,15 @@ class QueueCampaign:
             self.url = _with_option(env.redis_url, f"prefix={self.tag}:")
             self.keys = {part: f"{self.tag}:queue:{{{QUEUE}}}:{part}" for part in ("epoch", "done")}
             self.sink_key = f"{self.tag}:sink"
-        self.cfg: dict[str, Any] = {"kind": cell.store, "store": self._worker_url(), "queue": QUEUE, "n": N,
-                                    "lease": self.lease, "sleep": SLEEP, "handshake": True}
+        self.cfg: dict[str, Any] = {
+            "kind": cell.store,
+            "store": self._worker_url(),
+            "queue": QUEUE,
+            "n": N,
+            "lease": self.lease,
+            "sleep": SLEEP,
+            "handshake": True,
+        }
         if self.pg:
             self.cfg["schema"] = self.schema
         else:
@@ -295,9 +329,12 @@ class QueueCampaign:
             if getattr(self, "_sample_conn", None) is None or self._sample_conn.closed:
                 self._sample_conn = self._pg()
             try:
-                row = self._sample_conn.execute(sql.SQL(
-                    "SELECT count(*) FILTER (WHERE done_at IS NOT NULL) FROM {}.queue_tasks WHERE queue = %s"
-                ).format(sql.Identifier(self.schema)), [QUEUE]).fetchone()
+                row = self._sample_conn.execute(
+                    sql.SQL(
+                        "SELECT count(*) FILTER (WHERE done_at IS NOT NULL) FROM {}.queue_tasks WHERE queue = %s"
+                    ).format(sql.Identifier(self.schema)),
+                    [QUEUE],
+                ).fetchone()
             except Exception:
                 self._sample_conn.close()
                 raise
@@ -312,8 +349,12 @@ class QueueCampaign:
             from psycopg import sql
 
             with self._pg() as conn:
-                rows = conn.execute(sql.SQL("SELECT key, epoch, done_at IS NOT NULL FROM {}.queue_tasks "
-                                            "WHERE queue = %s").format(sql.Identifier(self.schema)), [QUEUE])
+                rows = conn.execute(
+                    sql.SQL("SELECT key, epoch, done_at IS NOT NULL FROM {}.queue_tasks WHERE queue = %s").format(
+                        sql.Identifier(self.schema)
+                    ),
+                    [QUEUE],
+                )
                 return {int(k): (int(e), bool(d)) for k, e, d in rows}
         client = self._redis()
         try:
@@ -329,8 +370,12 @@ class QueueCampaign:
             from psycopg import sql
 
             with self._pg() as conn:
-                return [tuple(r) for r in conn.execute(  # type: ignore[misc]
-                    sql.SQL("SELECT id, epoch, worker FROM {}.dst").format(sql.Identifier(self.schema)))]
+                return [
+                    tuple(r)
+                    for r in conn.execute(  # type: ignore[misc]
+                        sql.SQL("SELECT id, epoch, worker FROM {}.dst").format(sql.Identifier(self.schema))
+                    )
+                ]
         client = self._redis()
         try:
             return [tuple(int(x) for x in m.decode().split(":")) for m in client.smembers(self.sink_key)]  # type: ignore[misc]
@@ -346,18 +391,25 @@ class QueueCampaign:
         with self._pg() as conn:
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s))
             # No unique constraint: a row written twice must be seen, not refused.
-            conn.execute(sql.SQL("CREATE TABLE {}.dst (id int NOT NULL, epoch bigint NOT NULL, worker int NOT NULL)"
-                                 ).format(s))
+            conn.execute(
+                sql.SQL("CREATE TABLE {}.dst (id int NOT NULL, epoch bigint NOT NULL, worker int NOT NULL)").format(s)
+            )
             if self.cell.fault == "net-commit":
                 # At COMMIT, while the harness has a row in `slow`, each commit spends SLOW_COMMIT
                 # on the server before its commit record: a cut lands mid-commit.
                 conn.execute(sql.SQL("CREATE TABLE {}.slow (x int)").format(s))
-                conn.execute(sql.SQL(
-                    "CREATE FUNCTION {s}.slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                    "IF EXISTS (SELECT 1 FROM {s}.slow) THEN PERFORM pg_sleep({pause}); END IF; RETURN NULL; END $$"
-                ).format(s=s, pause=sql.Literal(SLOW_COMMIT)))
-                conn.execute(sql.SQL("CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON {s}.dst DEFERRABLE "
-                                     "INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {s}.slow_commit()").format(s=s))
+                conn.execute(
+                    sql.SQL(
+                        "CREATE FUNCTION {s}.slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                        "IF EXISTS (SELECT 1 FROM {s}.slow) THEN PERFORM pg_sleep({pause}); END IF; RETURN NULL; END $$"
+                    ).format(s=s, pause=sql.Literal(SLOW_COMMIT))
+                )
+                conn.execute(
+                    sql.SQL(
+                        "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON {s}.dst DEFERRABLE "
+                        "INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {s}.slow_commit()"
+                    ).format(s=s)
+                )
 
     def _set_slow(self, on: bool) -> None:
         from psycopg import sql
@@ -404,16 +456,20 @@ class QueueCampaign:
             rc = w.finish(timeout=0.1 if w.proc.poll() is None else timeout)
         except AssertionError:
             rc = -signal.SIGKILL
-            self._violate(f"worker {w.pid} hung: still running after {timeout:g}s; its threads' stacks and "
-                          f"stderr:\n{w.stderr[-3000:]}")
+            self._violate(
+                f"worker {w.pid} hung: still running after {timeout:g}s; its threads' stacks and "
+                f"stderr:\n{w.stderr[-3000:]}"
+            )
         if "Traceback" in w.stderr:
             self._violate(f"worker {w.pid} printed a traceback (rc {rc}):\n{w.stderr[-1500:]}")
         self.rc[w.pid] = rc
         if rc == 0:
             self.completed = True
         if rc not in self.allowed[w.pid]:
-            self._violate(f"worker {w.pid} exited {rc}, expected one of {sorted(self.allowed[w.pid])}; "
-                          f"stderr:\n{w.stderr[-1200:]}")
+            self._violate(
+                f"worker {w.pid} exited {rc}, expected one of {sorted(self.allowed[w.pid])}; "
+                f"stderr:\n{w.stderr[-1200:]}"
+            )
         if w.pid in self.termed and rc != -signal.SIGKILL:
             log = _read(self.logs[w.pid])
             left = set(log.begun) - set(log.completed)
@@ -512,13 +568,18 @@ class QueueCampaign:
         landed = proxy.landed["lose-answer"]
         proxy.lose_next_answer_to(pattern, when=when, after=after)
         deadline = time.monotonic() + 5
-        while (proxy.landed["lose-answer"] == landed and any(w.proc.poll() is None for w in self._live())
-               and time.monotonic() < deadline):
+        while (
+            proxy.landed["lose-answer"] == landed
+            and any(w.proc.poll() is None for w in self._live())
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.005)
         if proxy.landed["lose-answer"] > landed:
             self.row.faults += 1
-            self.row.notes.append(f"net-commit answers lost: {'mid-COMMIT' if slow else when} "
-                                  f"{'claim' if pattern is PG_CLAIM else pattern.pattern[:12]!r}")
+            self.row.notes.append(
+                f"net-commit answers lost: {'mid-COMMIT' if slow else when} "
+                f"{'claim' if pattern is PG_CLAIM else pattern.pattern[:12]!r}"
+            )
         else:
             proxy.disarm()
         if slow:
@@ -602,8 +663,10 @@ class QueueCampaign:
             if len(seen) > 1:
                 self._violate(f"task {key} completed by {len(seen)} claims: {seen}")
             if any(epoch != final for epoch, _ in seen):
-                self._violate(f"task {key} was claimed again after its completion by claim {seen[0][0]} "
-                              f"(its epoch is now {final})")
+                self._violate(
+                    f"task {key} was claimed again after its completion by claim {seen[0][0]} "
+                    f"(its epoch is now {final})"
+                )
         for pid, log in logs.items():
             if self.rc.get(pid) == 0:
                 left = set(log.begun) - set(log.completed)
@@ -614,25 +677,32 @@ class QueueCampaign:
         by_key: dict[int, list[tuple[int, int]]] = defaultdict(list)
         for key, epoch, pid in sink:
             by_key[key].append((epoch, pid))
-        missing = sorted(k for k, (final, done_) in tasks.items() if done_ and not any(e == final for e, _ in by_key[k]))
+        missing = sorted(
+            k for k, (final, done_) in tasks.items() if done_ and not any(e == final for e, _ in by_key[k])
+        )
         if missing:
-            self._violate(f"{len(missing)} tasks done without the output of the claim that completed them: "
-                          f"{missing[:10]}")
+            self._violate(
+                f"{len(missing)} tasks done without the output of the claim that completed them: {missing[:10]}"
+            )
         if self.pg:
             twice = sorted(k for k, rows in by_key.items() if len(rows) > 1)
             if twice:
-                self._violate(f"{len(twice)} rows written twice by the transactional sink: "
-                              f"{[(k, by_key[k]) for k in twice[:5]]}")
+                self._violate(
+                    f"{len(twice)} rows written twice by the transactional sink: {[(k, by_key[k]) for k in twice[:5]]}"
+                )
             self.row.bound = 0
         else:
-            extra = Counter(pid for key, rows in by_key.items() for epoch, pid in rows
-                            if epoch != tasks.get(key, (0, False))[0])
+            extra = Counter(
+                pid for key, rows in by_key.items() for epoch, pid in rows if epoch != tasks.get(key, (0, False))[0]
+            )
             for pid, count in extra.items():
                 if self.rc.get(pid) == 0:
                     self._violate(f"worker {pid} exited 0 but wrote {count} outputs of claims that did not complete")
                 elif count > 1:
-                    self._violate(f"worker {pid} (exit {self.rc.get(pid)}) wrote {count} outputs of lost claims, "
-                                  "bound 1 (one claim at a time)")
+                    self._violate(
+                        f"worker {pid} (exit {self.rc.get(pid)}) wrote {count} outputs of lost claims, "
+                        "bound 1 (one claim at a time)"
+                    )
             self.row.max_redo = max([self.row.max_redo, *extra.values()])
             self.row.bound = 1
         # fill is idempotent: N added in all (fewer when a lost answer hid an insert that happened).
@@ -653,5 +723,7 @@ class QueueCampaign:
         stats["exits"] += len(self.workers)
         stats["lost"] += sum(1 for rc in self.rc.values() if rc != 0)
         self.row.notes[:] = [n for n in self.row.notes if not n.startswith("queue:")]
-        self.row.notes.append(f"queue: {stats['claims']} claims, {stats['again']} of them of a task claimed before; "
-                              f"{stats['exits']} workers, {stats['lost']} ended by the fault (not exit 0)")
+        self.row.notes.append(
+            f"queue: {stats['claims']} claims, {stats['again']} of them of a task claimed before; "
+            f"{stats['exits']} workers, {stats['lost']} ended by the fault (not exit 0)"
+        )

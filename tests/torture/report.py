@@ -47,9 +47,19 @@ class Report:
         lines = [head]
         for r in self.rows:
             bound = "n/a" if r.bound is None else str(r.bound)
-            lines.append([r.store, r.mode, r.fault, str(r.campaigns), str(r.faults),
-                          str(r.in_save) if r.fault in ("kill", "dup") else "", f"{r.max_redo} ({bound})",
-                          str(len(r.violations)), f"{r.seconds:.1f}"])
+            lines.append(
+                [
+                    r.store,
+                    r.mode,
+                    r.fault,
+                    str(r.campaigns),
+                    str(r.faults),
+                    str(r.in_save) if r.fault in ("kill", "dup") else "",
+                    f"{r.max_redo} ({bound})",
+                    str(len(r.violations)),
+                    f"{r.seconds:.1f}",
+                ]
+            )
         widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
         out = []
         for k, row in enumerate(lines):
@@ -60,9 +70,11 @@ class Report:
         total_v = sum(len(r.violations) for r in self.rows)
         seconds = sum(r.seconds for r in self.rows)
         out.append("")
-        out.append(f"{self.mode} mode, seed {self.seed!r}: {len(self.rows)} cells, "
-                   f"{sum(r.campaigns for r in self.rows)} campaigns, {total_faults} faults, {total_v} violations, "
-                   f"{seconds:.0f} s")
+        out.append(
+            f"{self.mode} mode, seed {self.seed!r}: {len(self.rows)} cells, "
+            f"{sum(r.campaigns for r in self.rows)} campaigns, {total_faults} faults, {total_v} violations, "
+            f"{seconds:.0f} s"
+        )
         for r in self.rows:
             for v in r.violations:
                 out.append(f"VIOLATION {r.store}/{r.mode}/{r.fault}: {v}")

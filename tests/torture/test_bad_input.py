@@ -32,25 +32,47 @@ from restartable.errors import CheckpointCorrupt, ConfigError, RestartableError,
 from restartable.stores import open_store
 
 JOB, RUN = "bad", "r1"
-BUG_DEEP = "BUG: decode_record lets RecursionError escape on deeply nested JSON (checkpoint.py decode_record: " \
-           "RecursionError is not among the caught errors) instead of CheckpointCorrupt"
-BUG_NAN = "BUG: decode_record accepts NaN/Infinity (json.loads default), a record that can never be saved again " \
-          "(the job then fails at its first save blaming job.state) instead of CheckpointCorrupt at load"
-BUG_POS = "BUG: decode_record accepts a position that is not an object ({'0': 5}); Job._cursor then dies with " \
-          "TypeError (a traceback) instead of CheckpointCorrupt"
-BUG_SQLITE_UTF8 = "BUG: a SQLite record that is not UTF-8 raises StoreUnavailable (exit 75, 'retry later') from " \
-                  "sqlite.py _translate ('Could not decode to UTF-8' is an OperationalError) instead of CheckpointCorrupt"
-BUG_SURROGATE = "BUG: a file name that is not UTF-8 (surrogate-escaped) makes Store.mark raise UnicodeEncodeError (a " \
-                "traceback, exit 1) in the sqlite (sqlite.py mark), file (file.py markers line) and postgresql stores; " \
-                "the redis store encodes keys with surrogateescape and works"
-BUG_RUN = "BUG: sqlite/file/postgresql stores accept a record whose job/run differ from the row/file it is " \
-          "stored under (the Redis store refuses it with CheckpointCorrupt)"
+BUG_DEEP = (
+    "BUG: decode_record lets RecursionError escape on deeply nested JSON (checkpoint.py decode_record: "
+    "RecursionError is not among the caught errors) instead of CheckpointCorrupt"
+)
+BUG_NAN = (
+    "BUG: decode_record accepts NaN/Infinity (json.loads default), a record that can never be saved again "
+    "(the job then fails at its first save blaming job.state) instead of CheckpointCorrupt at load"
+)
+BUG_POS = (
+    "BUG: decode_record accepts a position that is not an object ({'0': 5}); Job._cursor then dies with "
+    "TypeError (a traceback) instead of CheckpointCorrupt"
+)
+BUG_SQLITE_UTF8 = (
+    "BUG: a SQLite record that is not UTF-8 raises StoreUnavailable (exit 75, 'retry later') from "
+    "sqlite.py _translate ('Could not decode to UTF-8' is an OperationalError) instead of CheckpointCorrupt"
+)
+BUG_SURROGATE = (
+    "BUG: a file name that is not UTF-8 (surrogate-escaped) makes Store.mark raise UnicodeEncodeError (a "
+    "traceback, exit 1) in the sqlite (sqlite.py mark), file (file.py markers line) and postgresql stores; "
+    "the redis store encodes keys with surrogateescape and works"
+)
+BUG_RUN = (
+    "BUG: sqlite/file/postgresql stores accept a record whose job/run differ from the row/file it is "
+    "stored under (the Redis store refuses it with CheckpointCorrupt)"
+)
 
 
 def _good() -> dict[str, Any]:
-    rec = Checkpoint(job=JOB, run=RUN, epoch=7, positions={"0": {"offset": 3, "finished": False, "total": 10}},
-                     state={"k": 1}, done=3, owner=Owner(host="h", pid=1), started=1.0, updated=2.0, heartbeat=2.0,
-                     lease_expires=None)
+    rec = Checkpoint(
+        job=JOB,
+        run=RUN,
+        epoch=7,
+        positions={"0": {"offset": 3, "finished": False, "total": 10}},
+        state={"k": 1},
+        done=3,
+        owner=Owner(host="h", pid=1),
+        started=1.0,
+        updated=2.0,
+        heartbeat=2.0,
+        lease_expires=None,
+    )
     return json.loads(encode_record(rec))
 
 
@@ -115,19 +137,22 @@ def _make_run(url: str) -> None:
 def _plant(url: str, doc: str | bytes) -> bool:
     """Replace the run's stored record with ``doc`` the way the store keeps it; False if it cannot hold it."""
     if url.startswith("sqlite:///"):
-        conn = sqlite3.connect(url[len("sqlite:///"):])
+        conn = sqlite3.connect(url[len("sqlite:///") :])
         try:
-            conn.execute("UPDATE runs SET record = CAST(? AS TEXT) WHERE job = ? AND run = ?",
-                         (doc if isinstance(doc, bytes) else doc.encode(), JOB, RUN))
+            conn.execute(
+                "UPDATE runs SET record = CAST(? AS TEXT) WHERE job = ? AND run = ?",
+                (doc if isinstance(doc, bytes) else doc.encode(), JOB, RUN),
+            )
             conn.commit()
         finally:
             conn.close()
         return True
     if url.startswith("file://"):
         body = b'{"history":[],"record":' + (doc if isinstance(doc, bytes) else doc.encode()) + b"}"
-        head = json.dumps({"format": "restartable-file", "version": 1, "epoch": 7,
-                           "sha256": hashlib.sha256(body).hexdigest()}).encode()
-        path = Path(url[len("file://"):]) / JOB / f"{RUN}.ckpt"
+        head = json.dumps(
+            {"format": "restartable-file", "version": 1, "epoch": 7, "sha256": hashlib.sha256(body).hexdigest()}
+        ).encode()
+        path = Path(url[len("file://") :]) / JOB / f"{RUN}.ckpt"
         path.write_bytes(head + b"\n" + body)
         Path(f"{path}.prev").unlink(missing_ok=True)  # no older generation to fall back on
         return True
@@ -140,8 +165,10 @@ def _plant(url: str, doc: str | bytes) -> bool:
         base, _, query = url.partition("?")
         schema = dict(p.split("=", 1) for p in query.split("&"))["schema"]
         with psycopg.connect(base, autocommit=True) as conn:
-            conn.execute(sql.SQL("UPDATE {}.runs SET record = %s WHERE job = %s AND run = %s")
-                         .format(sql.Identifier(schema)), [doc, JOB, RUN])
+            conn.execute(
+                sql.SQL("UPDATE {}.runs SET record = %s WHERE job = %s AND run = %s").format(sql.Identifier(schema)),
+                [doc, JOB, RUN],
+            )
         return True
     import redis
 
@@ -156,14 +183,14 @@ def _plant(url: str, doc: str | bytes) -> bool:
 def _stored(url: str) -> bytes:
     """The raw stored document (to prove it was not overwritten)."""
     if url.startswith("sqlite:///"):
-        conn = sqlite3.connect(url[len("sqlite:///"):])
+        conn = sqlite3.connect(url[len("sqlite:///") :])
         conn.text_factory = bytes
         try:
             return conn.execute("SELECT record FROM runs WHERE job = ? AND run = ?", (JOB, RUN)).fetchone()[0]
         finally:
             conn.close()
     if url.startswith("file://"):
-        return (Path(url[len("file://"):]) / JOB / f"{RUN}.ckpt").read_bytes()
+        return (Path(url[len("file://") :]) / JOB / f"{RUN}.ckpt").read_bytes()
     if url.startswith("postgresql"):
         import psycopg
         from psycopg import sql
@@ -171,8 +198,10 @@ def _stored(url: str) -> bytes:
         base, _, query = url.partition("?")
         schema = dict(p.split("=", 1) for p in query.split("&"))["schema"]
         with psycopg.connect(base, autocommit=True) as conn:
-            row = conn.execute(sql.SQL("SELECT record FROM {}.runs WHERE job = %s AND run = %s")
-                               .format(sql.Identifier(schema)), [JOB, RUN]).fetchone()
+            row = conn.execute(
+                sql.SQL("SELECT record FROM {}.runs WHERE job = %s AND run = %s").format(sql.Identifier(schema)),
+                [JOB, RUN],
+            ).fetchone()
             return str(row[0]).encode()
     import redis
 
@@ -188,8 +217,9 @@ def _stored(url: str) -> bytes:
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("RESTARTABLE_")}
     clean.update(env or {})
-    return subprocess.run([sys.executable, "-m", "restartable.cli", *args], capture_output=True, text=True,
-                          timeout=60, env=clean)
+    return subprocess.run(
+        [sys.executable, "-m", "restartable.cli", *args], capture_output=True, text=True, timeout=60, env=clean
+    )
 
 
 def _one_clear_line(done: subprocess.CompletedProcess[str], code: int) -> str:
@@ -228,10 +258,15 @@ def test_corrupt_checkpoint_is_refused_clearly_and_never_reset(store_url: str, d
     assert _stored(store_url) == before, "the corrupt checkpoint was overwritten (a silent reset)"
 
 
-@pytest.mark.parametrize("store_url,case_id", [
-    pytest.param(k, c, id=f"{k}-{c}", marks=[]
-                 if (k, c) == ("sqlite", "non-utf8") else [])
-    for k in STORES for c in ("truncated", "version-newer", "non-utf8")], indirect=["store_url"])
+@pytest.mark.parametrize(
+    "store_url,case_id",
+    [
+        pytest.param(k, c, id=f"{k}-{c}", marks=[] if (k, c) == ("sqlite", "non-utf8") else [])
+        for k in STORES
+        for c in ("truncated", "version-newer", "non-utf8")
+    ],
+    indirect=["store_url"],
+)
 def test_cli_on_a_corrupt_checkpoint_prints_one_line_and_exits_65(store_url: str, case_id: str) -> None:
     doc = next(d for c, d, _, _ in CORPUS if c == case_id)
     _make_run(store_url)
@@ -285,8 +320,10 @@ def test_cli_on_a_deeply_nested_checkpoint_prints_one_line(tmp_path: Path) -> No
 @pytest.mark.parametrize("store_url", ["sqlite", "file", "postgresql"], indirect=True)
 def test_a_record_of_another_run_is_refused(store_url: str) -> None:
     _make_run(store_url)
-    _plant(store_url, GOOD.replace(f'"run":"{RUN}"', '"run":"someone-else"').replace(
-        f'"run": "{RUN}"', '"run": "someone-else"'))
+    _plant(
+        store_url,
+        GOOD.replace(f'"run":"{RUN}"', '"run":"someone-else"').replace(f'"run": "{RUN}"', '"run": "someone-else"'),
+    )
     with open_store(store_url) as store, pytest.raises(CheckpointCorrupt):
         store.load(JOB, RUN)
 
@@ -320,8 +357,19 @@ def test_a_huge_checkpoint_round_trips(tmp_path: Path) -> None:
 
 # -- hostile names ------------------------------------------------------------------------------
 
-HOSTILE = ["x'; DROP TABLE runs; --", "../../etc/passwd", "a/b", "..", ".hidden", "", "a" * 200, "ok\nnext",
-           "caf\udcc3", "job name", "$(reboot)"]
+HOSTILE = [
+    "x'; DROP TABLE runs; --",
+    "../../etc/passwd",
+    "a/b",
+    "..",
+    ".hidden",
+    "",
+    "a" * 200,
+    "ok\nnext",
+    "caf\udcc3",
+    "job name",
+    "$(reboot)",
+]
 
 
 @pytest.mark.parametrize("name", HOSTILE, ids=range(len(HOSTILE)))
@@ -366,14 +414,12 @@ def test_hostile_cursor_names_and_file_names_are_data(store_url: str, tmp_path: 
         assert "'); DROP TABLE runs; --" in rec.positions
     assert not Path("/tmp/evil").exists()
     if store_url.startswith("file://"):
-        root = Path(store_url[len("file://"):]).resolve()
+        root = Path(store_url[len("file://") :]).resolve()
         for p in root.rglob("*"):
             assert root in p.resolve().parents
 
 
-@pytest.mark.parametrize("store_url", [
-    pytest.param(k)
-    for k in STORES], indirect=True)
+@pytest.mark.parametrize("store_url", [pytest.param(k) for k in STORES], indirect=True)
 def test_text_that_is_not_utf8(store_url: str, tmp_path: Path) -> None:
     """A file name that is not UTF-8 is processed and marked; a lone surrogate in state round-trips."""
     inputs = tmp_path / "in"
@@ -396,9 +442,18 @@ def test_text_that_is_not_utf8(store_url: str, tmp_path: Path) -> None:
 # -- bad URLs -------------------------------------------------------------------------------------
 
 BAD_URLS = [
-    "sqlite://", "sqlite:///", "sqlite:///dir/", "sqlite:///x.db?foo=1", "file://otherhost/x", "file:///x?ttl=1",
-    "ftp://example/x", "nonsense", "postgresql://user:s3cret@127.0.0.1:notaport/db",
-    "postgresql://user:s3cret@127.0.0.1:5432/db?schema=x%22;DROP", "redis://:s3cret@[::1", "redis://h/0?ttl=soon",
+    "sqlite://",
+    "sqlite:///",
+    "sqlite:///dir/",
+    "sqlite:///x.db?foo=1",
+    "file://otherhost/x",
+    "file:///x?ttl=1",
+    "ftp://example/x",
+    "nonsense",
+    "postgresql://user:s3cret@127.0.0.1:notaport/db",
+    "postgresql://user:s3cret@127.0.0.1:5432/db?schema=x%22;DROP",
+    "redis://:s3cret@[::1",
+    "redis://h/0?ttl=soon",
     "postgresql://u:s3cret@127.0.0.1:5432/db?retry=forever",
 ]
 
@@ -410,8 +465,9 @@ def test_bad_urls_are_config_errors_without_the_password(url: str) -> None:
     assert "s3cret" not in str(err.value)
 
 
-@pytest.mark.parametrize("url", ["sqlite://", "postgresql://user:s3cret@127.0.0.1:notaport/db", "ftp://example/x",
-                                 "redis://:s3cret@[::1"])
+@pytest.mark.parametrize(
+    "url", ["sqlite://", "postgresql://user:s3cret@127.0.0.1:notaport/db", "ftp://example/x", "redis://:s3cret@[::1"]
+)
 def test_cli_bad_url_one_line_exit_78(url: str) -> None:
     done = _cli("status", "--store", url)
     line = _one_clear_line(done, 78)
@@ -421,13 +477,28 @@ def test_cli_bad_url_one_line_exit_78(url: str) -> None:
 # -- property-based: the codec -----------------------------------------------------------------------
 
 _text = st.text(alphabet=st.characters(codec="utf-8"), max_size=12) | st.text(max_size=6).map(
-    lambda s: s + os.fsdecode(b"\xff"))
-_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
-                     _text, st.binary(max_size=32), st.decimals(allow_nan=False, allow_infinity=False),
-                     st.uuids(), st.dates(), st.datetimes())
+    lambda s: s + os.fsdecode(b"\xff")
+)
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    _text,
+    st.binary(max_size=32),
+    st.decimals(allow_nan=False, allow_infinity=False),
+    st.uuids(),
+    st.dates(),
+    st.datetimes(),
+)
 _keys = _text | st.sampled_from(["$tuple", "$bytes", "$dict", "$", "$$", "$date"])
-_values = st.recursive(_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.tuples(inner, inner), st.dictionaries(_keys, inner, max_size=4)), max_leaves=15)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.tuples(inner, inner), st.dictionaries(_keys, inner, max_size=4)
+    ),
+    max_leaves=15,
+)
 
 
 @given(_values)
@@ -439,8 +510,16 @@ def test_codec_round_trips_tag_shaped_keys_and_odd_text(value: Any) -> None:
 @given(st.dictionaries(_keys, _values, max_size=4), st.dictionaries(_text, _values, max_size=3))
 @settings(max_examples=150, deadline=None)
 def test_records_round_trip(state: dict[str, Any], extra: dict[str, Any]) -> None:
-    rec = Checkpoint(job="j", run="r", epoch=3, state=state, positions={"c": {"offset": 1, **extra}},
-                     started=1.0, updated=1.0, heartbeat=1.0)
+    rec = Checkpoint(
+        job="j",
+        run="r",
+        epoch=3,
+        state=state,
+        positions={"c": {"offset": 1, **extra}},
+        started=1.0,
+        updated=1.0,
+        heartbeat=1.0,
+    )
     assert decode_record(encode_record(rec)) == rec
 
 
@@ -448,12 +527,14 @@ def _mutations() -> st.SearchStrategy[str | bytes]:
     good = GOOD.encode()
     cut = st.integers(0, len(good)).map(lambda k: good[:k])
     flip = st.tuples(st.integers(0, len(good) - 1), st.integers(1, 255)).map(
-        lambda t: good[: t[0]] + bytes([good[t[0]] ^ t[1]]) + good[t[0] + 1:])
-    json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5)
-                               | st.floats(allow_nan=False), lambda i: st.lists(i, max_size=3)
-                               | st.dictionaries(st.text(max_size=4), i, max_size=3), max_leaves=6)
-    retype = st.tuples(st.sampled_from(sorted(_good())), json_values).map(
-        lambda t: json.dumps({**_good(), t[0]: t[1]}))
+        lambda t: good[: t[0]] + bytes([good[t[0]] ^ t[1]]) + good[t[0] + 1 :]
+    )
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=5) | st.floats(allow_nan=False),
+        lambda i: st.lists(i, max_size=3) | st.dictionaries(st.text(max_size=4), i, max_size=3),
+        max_leaves=6,
+    )
+    retype = st.tuples(st.sampled_from(sorted(_good())), json_values).map(lambda t: json.dumps({**_good(), t[0]: t[1]}))
     drop = st.sampled_from(sorted(_good())).map(lambda k: json.dumps({x: v for x, v in _good().items() if x != k}))
     return cut | flip | retype | drop | st.binary(max_size=200)
 

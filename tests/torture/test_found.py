@@ -106,7 +106,7 @@ def test_a_commit_answer_lost_while_the_server_commits_writes_no_row_twice(postg
     from psycopg import sql
     from urllib.parse import urlsplit
 
-    from restartable.sources.postgres import PostgresTable
+    from restartable._postgres.table import PostgresTable
 
     schema = f"rt_found_commit_{os.getpid()}_{time.monotonic_ns() % 10**6}"
     s = sql.Identifier(schema)
@@ -124,8 +124,12 @@ def test_a_commit_answer_lost_while_the_server_commits_writes_no_row_twice(postg
             "IF n > 0 THEN PERFORM pg_sleep(2); END IF; END IF; RETURN NULL; END $$",
         ):
             admin.execute(sql.SQL(stmt).format(s=s))
-        admin.execute(sql.SQL("CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON {s}.dst DEFERRABLE "
-                              "INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {s}.slow()").format(s=s))
+        admin.execute(
+            sql.SQL(
+                "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON {s}.dst DEFERRABLE "
+                "INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {s}.slow()"
+            ).format(s=s)
+        )
         try:
             with FaultProxy((u.hostname or "127.0.0.1", u.port or 5432), seed=1) as proxy:
                 url = proxy.url_for(f"{postgres_server}?schema={schema}&retry=5")
@@ -164,8 +168,11 @@ def test_a_commit_answer_lost_while_the_server_commits_writes_no_row_twice(postg
             admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(s))
 
 
-@pytest.mark.xfail(strict=True, reason="a running WorkQueue takes a Redis that lost its keys (a restart without "
-                   "persistence) for a drained queue: claims() ends, the worker exits 0, tasks never done")
+@pytest.mark.xfail(
+    strict=True,
+    reason="a running WorkQueue takes a Redis that lost its keys (a restart without "
+    "persistence) for a drained queue: claims() ends, the worker exits 0, tasks never done",
+)
 def test_a_redis_queue_that_lost_its_data_is_not_taken_for_drained(torture_private_redis: Any) -> None:
     """Found by the queue cells (redis / queue / restart, on a Redis without persistence).
 

@@ -97,8 +97,10 @@ def cell_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CellEnv
             from faultproxy import FaultProxy
 
             server = urlsplit(env.pg_url or env.redis_url)
-            env.proxy = FaultProxy((server.hostname or "127.0.0.1", int(server.port or 0)),
-                                   seed=f"{SEED}-{cell.store}-{cell.mode}-{cell.fault}").start()
+            env.proxy = FaultProxy(
+                (server.hostname or "127.0.0.1", int(server.port or 0)),
+                seed=f"{SEED}-{cell.store}-{cell.mode}-{cell.fault}",
+            ).start()
         if cell.fault == "enospc":
             env.tmpfs = request.getfixturevalue("torture_tmpfs")
         try:

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from restartable._window import DoneSet
+from restartable._concurrency.window import DoneSet
 from restartable.checkpoint import Checkpoint
 
 __all__ = ["JOB", "MODES", "SCRIPT", "Workload", "claimed", "write_script"]
@@ -51,7 +51,7 @@ JOB = "torture"
 MODES = ("iterate", "batches", "files", "stages", "map")
 STAGES = 3
 
-SCRIPT = r'''
+SCRIPT = r"""
 import json, os, sys, time
 
 cfg = json.loads(sys.argv[1])
@@ -94,7 +94,7 @@ def work():
 def store_arg():
     url, t = cfg["store"], cfg.get("lock_timeout")
     if t and url.startswith("sqlite:///"):
-        from restartable.stores.sqlite import SQLiteStore
+        from restartable._sqlite.store import SQLiteStore
         return SQLiteStore(url[len("sqlite:///"):], display=url, busy_timeout=t)
     if t and url.startswith("file://"):
         from restartable.stores.file import FileStore
@@ -110,7 +110,7 @@ def m_iterate(job, log):
 
 
 def m_stages(job, log):
-    from restartable.sources.stages import Pipeline
+    from restartable._pipeline import Pipeline
 
     pipe = Pipeline(cfg["job"])
     k = cfg.get("stages", 3)
@@ -155,11 +155,11 @@ def m_batches(job, log):
     url, size = cfg["store"], cfg.get("batch", 5)
     pg = not url.startswith("sqlite:///")
     if pg:
-        from restartable.sources.postgres import PostgresTable
+        from restartable._postgres.table import PostgresTable
         table = PostgresTable(cfg["conninfo"], "src", key="id", batch_size=size, schema=cfg["schema"])
         insert = 'INSERT INTO "%s".dst (id, worker) VALUES (%%s, %%s)' % cfg["schema"]
     else:
-        from restartable.sources.sqlite import SQLiteTable
+        from restartable._sqlite.table import SQLiteTable
         table = SQLiteTable(url[len("sqlite:///"):], "src", key="id", batch_size=size)
         insert = "INSERT INTO dst (id, worker) VALUES (?, ?)"
     for batch in job.batches(table, every=1):
@@ -209,7 +209,7 @@ def main():
 
 
 restartable.entrypoint(main)()
-'''
+"""
 
 
 def write_script(directory: Path) -> Path:
@@ -261,19 +261,26 @@ class Workload:
                 conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(s))
                 conn.execute(sql.SQL("CREATE TABLE {}.src (id int PRIMARY KEY, v text NOT NULL)").format(s))
                 conn.execute(sql.SQL("CREATE TABLE {}.dst (id int NOT NULL, worker int NOT NULL)").format(s))
-                conn.execute(sql.SQL("INSERT INTO {}.src SELECT g, 'v' || g FROM generate_series(0, %s) g").format(s),
-                             [self.n - 1])
+                conn.execute(
+                    sql.SQL("INSERT INTO {}.src SELECT g, 'v' || g FROM generate_series(0, %s) g").format(s),
+                    [self.n - 1],
+                )
                 if self.slow_commit:
                     # Runs at COMMIT, before the commit record: the transaction is "in progress" meanwhile.
-                    conn.execute(sql.SQL(
-                        "CREATE FUNCTION {s}.slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                        "IF NEW.id % {every} = 0 THEN PERFORM pg_sleep({pause}); END IF; RETURN NULL; END $$"
-                    ).format(s=s, every=sql.Literal(self.slow_every), pause=sql.Literal(self.slow_commit)))
-                    conn.execute(sql.SQL("CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON {s}.dst DEFERRABLE "
-                                         "INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {s}.slow_commit()"
-                                         ).format(s=s))
+                    conn.execute(
+                        sql.SQL(
+                            "CREATE FUNCTION {s}.slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                            "IF NEW.id % {every} = 0 THEN PERFORM pg_sleep({pause}); END IF; RETURN NULL; END $$"
+                        ).format(s=s, every=sql.Literal(self.slow_every), pause=sql.Literal(self.slow_commit))
+                    )
+                    conn.execute(
+                        sql.SQL(
+                            "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON {s}.dst DEFERRABLE "
+                            "INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {s}.slow_commit()"
+                        ).format(s=s)
+                    )
         else:
-            path = self.store_url[len("sqlite:///"):]
+            path = self.store_url[len("sqlite:///") :]
             Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             conn = sqlite3.connect(path)
             try:
@@ -296,7 +303,7 @@ class Workload:
             with psycopg.connect(self.pg_conninfo, autocommit=True) as conn:
                 rows = conn.execute(sql.SQL("SELECT id FROM {}.dst").format(sql.Identifier(self.pg_schema or "public")))
                 return [r[0] for r in rows]
-        conn = sqlite3.connect(self.store_url[len("sqlite:///"):])
+        conn = sqlite3.connect(self.store_url[len("sqlite:///") :])
         try:
             return [r[0] for r in conn.execute("SELECT id FROM dst")]
         finally:

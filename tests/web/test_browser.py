@@ -33,12 +33,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: procs
 from procs import Spawner, Worker, clean_env, wait_items, write_worker  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 HOSTILE = "<script>alert(1)</script>"
 ODD_JOB, ODD_RUN = "odd.job_-1..x", "r-2026.12.04_a..b"
-TIMING = {"rate_per_second", "eta_seconds", "seconds_since_update", "last_save_age_seconds", "lease_age_seconds",
-          "lease_expires_in_seconds"}
+TIMING = {
+    "rate_per_second",
+    "eta_seconds",
+    "seconds_since_update",
+    "last_save_age_seconds",
+    "lease_age_seconds",
+    "lease_expires_in_seconds",
+}
 
 
 def _unavailable(reason: str) -> None:
@@ -101,7 +114,10 @@ def start_serve(store: str, *args: str) -> tuple[subprocess.Popen[str], str]:
     """`restartable serve` on a free port; returns the process and its base URL once it listens."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "restartable.cli", "serve", "--store", store, "--port", "0", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
     )
     assert proc.stderr is not None
     deadline = time.monotonic() + 30
@@ -241,7 +257,7 @@ def test_hostile_strings_are_shown_as_text_and_never_run(site: Site, page: Any) 
     link.click()
     page.wait_for_url(re.compile(r"/runs/"))
     state = page.locator("#state-json")
-    assert HOSTILE in state.inner_text() and '<img src=x onerror=' in state.inner_text()
+    assert HOSTILE in state.inner_text() and "<img src=x onerror=" in state.inner_text()
     assert state.is_visible()
     page.wait_for_timeout(800)  # two refreshes: the script rewrites the state from the API
     assert HOSTILE in page.locator("#state-json").inner_text()
@@ -293,8 +309,13 @@ def test_api_runs_is_status_json(site: Site) -> None:
     status, _, body = site.get("/api/runs")
     assert status == 200
     api = json.loads(body)
-    out = subprocess.run([sys.executable, "-m", "restartable.cli", "status", "--json", "--store", site.store],
-                         capture_output=True, text=True, env=clean_env(), timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "restartable.cli", "status", "--json", "--store", site.store],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     cli = json.loads(out.stdout)
     assert api["store"] == cli["store"] and api["unreadable"] == cli["unreadable"]
@@ -304,8 +325,23 @@ def test_api_runs_is_status_json(site: Site) -> None:
         if a["state"] != "running" and c["state"] != "running":  # finished or stalled: nothing moves
             assert strip(a) == strip(c), a["run"]
     status, _, body = site.get("/api/runs/thumbnails/batch-7")
-    shown = subprocess.run([sys.executable, "-m", "restartable.cli", "show", "thumbnails", "--run", "batch-7",
-                            "--json", "--store", site.store], capture_output=True, text=True, env=clean_env())
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "restartable.cli",
+            "show",
+            "thumbnails",
+            "--run",
+            "batch-7",
+            "--json",
+            "--store",
+            site.store,
+        ],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+    )
     one, two = json.loads(body), json.loads(shown.stdout)
     for doc in (one, two):
         for k in TIMING:
@@ -338,7 +374,9 @@ def test_nothing_but_get_is_answered(site: Site, method: str) -> None:
 def test_a_token_guards_every_path_and_a_public_address_warns(site: Site) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "restartable.cli", "serve", "--store", site.store, "--port", "0", "--host", "0.0.0.0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env=clean_env(RESTARTABLE_SERVE_TOKEN="s3cret-t0ken"),
     )
     try:
@@ -351,7 +389,9 @@ def test_a_token_guards_every_path_and_a_public_address_warns(site: Site) -> Non
 
         def get(path: str, headers: dict[str, str] | None = None) -> int:
             try:
-                with urllib.request.urlopen(urllib.request.Request(base + path, headers=headers or {}), timeout=10) as r:
+                with urllib.request.urlopen(
+                    urllib.request.Request(base + path, headers=headers or {}), timeout=10
+                ) as r:
                     return r.status
             except urllib.error.HTTPError as exc:
                 return exc.code

@@ -48,8 +48,10 @@ _HERE = Path(__file__).parent
 #: Finished runs stay in /metrics this long after their last save, so series end instead of growing forever.
 RECENT_SECONDS = 3600.0
 
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
-       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 _HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-content-type-options", b"nosniff"),
@@ -84,13 +86,20 @@ class Guard:
             await send(message)
 
         if scope["method"] not in ("GET", "HEAD"):
-            await _plain(send_with_headers, 405, "restartable serve is read-only: only GET and HEAD\n",
-                         [(b"allow", b"GET, HEAD")])
+            await _plain(
+                send_with_headers,
+                405,
+                "restartable serve is read-only: only GET and HEAD\n",
+                [(b"allow", b"GET, HEAD")],
+            )
             return
         if self.token is not None and not self._authorized(scope):
-            await _plain(send_with_headers, 401,
-                         "a token is required: send 'Authorization: Bearer TOKEN' or add ?token=TOKEN\n",
-                         [(b"www-authenticate", b'Bearer realm="restartable"')])
+            await _plain(
+                send_with_headers,
+                401,
+                "a token is required: send 'Authorization: Bearer TOKEN' or add ?token=TOKEN\n",
+                [(b"www-authenticate", b'Bearer realm="restartable"')],
+            )
             return
         await self.app(scope, receive, send_with_headers)
 
@@ -108,9 +117,17 @@ class Guard:
 
 async def _plain(send: Send, status: int, text: str, headers: list[tuple[bytes, bytes]]) -> None:
     body = text.encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode()), *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -124,12 +141,20 @@ def run_href(job: str, run: str) -> str:
 def row_view(s: RunSummary) -> dict[str, Any]:
     """One line of the runs page (the script builds the same from ``/api/runs``)."""
     return {
-        "job": s.job, "run": s.run, "href": run_href(s.job, s.run) if s.shards_total is None else "",
-        "state": s.now_state, "state_text": state_text(s), "done": s.done, "total": s.total,
-        "progress": progress_text(s), "rate": f"{s.rate:,.1f}/s" if s.rate else "",
+        "job": s.job,
+        "run": s.run,
+        "href": run_href(s.job, s.run) if s.shards_total is None else "",
+        "state": s.now_state,
+        "state_text": state_text(s),
+        "done": s.done,
+        "total": s.total,
+        "progress": progress_text(s),
+        "rate": f"{s.rate:,.1f}/s" if s.rate else "",
         "eta": human_duration(s.eta) if s.eta is not None else "",
-        "last_save": f"{human_duration(s.age)} ago", "owner": s.owner if s.lease != "free" else "",
-        "lease": lease_text(s), "lease_bad": s.lease in ("stale", "dead owner"),
+        "last_save": f"{human_duration(s.age)} ago",
+        "owner": s.owner if s.lease != "free" else "",
+        "lease": lease_text(s),
+        "lease_bad": s.lease in ("stale", "dead owner"),
         "shards": [row_view(x) for x in s.shards],
     }
 
@@ -147,22 +172,37 @@ def run_view(snap: Snapshot, job: str, run: str) -> dict[str, Any] | None:
     if len(state) > 20_000:
         state = state[:20_000] + "\n... (cut at 20,000 characters: /api/runs/JOB/RUN has all of it)"
     return {
-        "job": job, "run": run,
+        "job": job,
+        "run": run,
         "fields": {
-            "state": summary.now_state, "state_text": state_text(summary), "status": rec.status,
-            "epoch": str(rec.epoch), "progress": progress_text(summary),
+            "state": summary.now_state,
+            "state_text": state_text(summary),
+            "status": rec.status,
+            "epoch": str(rec.epoch),
+            "progress": progress_text(summary),
             "rate": f"{summary.rate:,.1f} items/s" if summary.rate else "",
             "eta": human_duration(summary.eta) if summary.eta is not None else "",
-            "started": iso(rec.started) if rec.started else "", "last_save": f"{iso(rec.updated)} "
-            f"({human_duration(summary.age)} ago)", "owner": summary.owner or "none",
-            "lease": lease_text(summary), "done": str(summary.done), "total": str(summary.total or ""),
+            "started": iso(rec.started) if rec.started else "",
+            "last_save": f"{iso(rec.updated)} ({human_duration(summary.age)} ago)",
+            "owner": summary.owner or "none",
+            "lease": lease_text(summary),
+            "done": str(summary.done),
+            "total": str(summary.total or ""),
             "skipped": f"{summary.dead_letters:,} dead letters, {summary.failed_files:,} failed files",
         },
         "percent": (100.0 * summary.done / summary.total) if summary.total else None,
         "chart": chart(snap.series.get((job, run), ())),
-        "iterations": [[i["name"], i["stage"] or "", f"{i['offset']:,}" + (f"/{i['total']:,}" if i["total"] else ""),
-                        "finished" if i["finished"] else "", f"{i['dead']:,}", f"{i['failed']:,}"]
-                       for i in iterations(rec)],
+        "iterations": [
+            [
+                i["name"],
+                i["stage"] or "",
+                f"{i['offset']:,}" + (f"/{i['total']:,}" if i["total"] else ""),
+                "finished" if i["finished"] else "",
+                f"{i['dead']:,}",
+                f"{i['failed']:,}",
+            ]
+            for i in iterations(rec)
+        ],
         "stages": [[s["name"], s["status"]] for s in stages_of(rec)],
         "skipped": [[s["iteration"], s["kind"], s["key"], _short(s["value"])] for s in skipped_items(rec)],
         "saves": [[iso(h.at), h.status, f"{h.done:,}", f"{h.failed:,}", str(h.epoch)] for h in history[:20]],
@@ -194,18 +234,25 @@ def metrics_text(snap: Snapshot, *, recent: float = RECENT_SECONDS, now: float |
             labels = ["job", "run"]
             done = GaugeMetricFamily("restartable_run_items_done", "Items done, as last saved.", labels=labels)
             total = GaugeMetricFamily("restartable_run_items_total", "Items in the run, when known.", labels=labels)
-            rate = GaugeMetricFamily("restartable_run_rate_items_per_second",
-                                     "Items per second over the recent saves (0 when nobody works on it).",
-                                     labels=labels)
-            age = GaugeMetricFamily("restartable_run_last_save_age_seconds", "Seconds since the last save.",
-                                    labels=labels)
-            lease = GaugeMetricFamily("restartable_run_lease_age_seconds",
-                                      "Seconds since the lease was last renewed (runs holding a lease).",
-                                      labels=labels)
-            state = GaugeMetricFamily("restartable_run_state", "1 for the run's current state.",
-                                      labels=[*labels, "state"])
-            skipped = GaugeMetricFamily("restartable_run_skipped_items", "Dead letters and failed files.",
-                                        labels=[*labels, "kind"])
+            rate = GaugeMetricFamily(
+                "restartable_run_rate_items_per_second",
+                "Items per second over the recent saves (0 when nobody works on it).",
+                labels=labels,
+            )
+            age = GaugeMetricFamily(
+                "restartable_run_last_save_age_seconds", "Seconds since the last save.", labels=labels
+            )
+            lease = GaugeMetricFamily(
+                "restartable_run_lease_age_seconds",
+                "Seconds since the lease was last renewed (runs holding a lease).",
+                labels=labels,
+            )
+            state = GaugeMetricFamily(
+                "restartable_run_state", "1 for the run's current state.", labels=[*labels, "state"]
+            )
+            skipped = GaugeMetricFamily(
+                "restartable_run_skipped_items", "Dead letters and failed files.", labels=[*labels, "kind"]
+            )
             for s in snap.runs:
                 if s.now_state not in ("running", "stalled") and s.age > recent:
                     continue
@@ -223,8 +270,9 @@ def metrics_text(snap: Snapshot, *, recent: float = RECENT_SECONDS, now: float |
                 skipped.add_metric([*key, "failed_file"], s.failed_files)
             up = GaugeMetricFamily("restartable_serve_store_up", "1 when the last read of the store succeeded.")
             up.add_metric([], 0.0 if snap.error is not None or snap.read is None else 1.0)
-            read_age = GaugeMetricFamily("restartable_serve_last_read_age_seconds",
-                                         "Seconds since the store was last read successfully.")
+            read_age = GaugeMetricFamily(
+                "restartable_serve_last_read_age_seconds", "Seconds since the store was last read successfully."
+            )
             if snap.reads:
                 read_age.add_metric([], max(0.0, (now if now is not None else time.time()) - snap.read_at))
             yield from (done, total, rate, age, lease, state, skipped, up, read_age)
@@ -255,7 +303,9 @@ def create_app(refresher: Refresher, *, token: str | None = None, start: bool = 
         snap = refresher.snapshot
         token = request.query_params.get("token")
         return {
-            "snap": snap, "display": snap.display, "interval": refresher.interval,
+            "snap": snap,
+            "display": snap.display,
+            "interval": refresher.interval,
             "q": f"?token={quote(token, safe='')}" if token else "",
             "banner": _banner(snap, refresher),
         }
@@ -304,8 +354,10 @@ def create_app(refresher: Refresher, *, token: str | None = None, start: bool = 
         view = run_view(snap, request.path_params["job"], request.path_params["run"])
         banner = _banner(snap, refresher)
         if view is None:
-            return JSONResponse({"error": banner or "no such run in the store", "store": snap.display},
-                                status_code=503 if banner else 404)
+            return JSONResponse(
+                {"error": banner or "no such run in the store", "store": snap.display},
+                status_code=503 if banner else 404,
+            )
         return JSONResponse({"view": view, "error": banner or None}, status_code=503 if banner else 200)
 
     async def metrics(request: Request) -> Response:
@@ -314,8 +366,10 @@ def create_app(refresher: Refresher, *, token: str | None = None, start: bool = 
         return Response(metrics_text(refresher.snapshot), media_type=CONTENT_TYPE_LATEST)
 
     async def health(request: Request) -> Response:
-        return PlainTextResponse("ok\n" if not _banner(refresher.snapshot, refresher) else "store unreadable\n",
-                                 status_code=200 if not _banner(refresher.snapshot, refresher) else 503)
+        return PlainTextResponse(
+            "ok\n" if not _banner(refresher.snapshot, refresher) else "store unreadable\n",
+            status_code=200 if not _banner(refresher.snapshot, refresher) else 503,
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> Any:
@@ -349,8 +403,9 @@ def _banner(snap: Snapshot, refresher: Refresher) -> str:
         return f"the store cannot be read{since}: {snap.error}{shown}"
     flight = refresher.in_flight_since
     if flight is not None and time.time() - flight > max(10.0, 5 * refresher.interval):
-        return (f"the store has not answered for {human_duration(time.time() - flight)}"
-                + (f"; showing the read of {iso(snap.read_at)}" if snap.reads else ""))
+        return f"the store has not answered for {human_duration(time.time() - flight)}" + (
+            f"; showing the read of {iso(snap.read_at)}" if snap.reads else ""
+        )
     if snap.read is None:
         return "reading the store for the first time..."
     return ""

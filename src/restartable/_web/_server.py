@@ -69,15 +69,23 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind(addr)
     except OSError as exc:
         sock.close()
-        raise UsageError(f"cannot listen on {host}:{port} ({exc.strerror}): choose another --port, or stop what "
-                         "listens there") from None
+        raise UsageError(
+            f"cannot listen on {host}:{port} ({exc.strerror}): choose another --port, or stop what listens there"
+        ) from None
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
 
 
-def run_server(*, store_url: str | None, host: str = "127.0.0.1", port: int = 8765, interval: float = 2.0,
-               token: str | None = None, echo: Callable[[str], None] = print) -> None:
+def run_server(
+    *,
+    store_url: str | None,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    interval: float = 2.0,
+    token: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> None:
     """Serve the status page until SIGINT or SIGTERM (then return normally: exit 0).
 
     The store is opened and read once before the socket is announced, so a wrong URL
@@ -103,18 +111,25 @@ def run_server(*, store_url: str | None, host: str = "127.0.0.1", port: int = 87
     where = sock.getsockname()
     shown = f"[{where[0]}]" if ":" in str(where[0]) else str(where[0])
     if not is_loopback(host):
-        echo(f"restartable serve: WARNING: listening on {host}, not loopback: "
-             + ("every request needs the token; it travels in clear over plain HTTP, so put TLS in front"
-                if token else "anyone who can reach this port can read every run's state; pass --token "
-                "(or $RESTARTABLE_SERVE_TOKEN)"))
+        echo(
+            f"restartable serve: WARNING: listening on {host}, not loopback: "
+            + (
+                "every request needs the token; it travels in clear over plain HTTP, so put TLS in front"
+                if token
+                else "anyone who can reach this port can read every run's state; pass --token "
+                "(or $RESTARTABLE_SERVE_TOKEN)"
+            )
+        )
     app = create_app(refresher, token=token)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", server_header=False,
-                            timeout_graceful_shutdown=3)
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="on", server_header=False, timeout_graceful_shutdown=3
+    )
     server = uvicorn.Server(config)
     try:
         with _signals_end(server):
-            echo(f"restartable serve: http://{shown}:{where[1]}/ reading {display} every {interval:g}s "
-                 "(Ctrl-C to stop)")
+            echo(
+                f"restartable serve: http://{shown}:{where[1]}/ reading {display} every {interval:g}s (Ctrl-C to stop)"
+            )
             server.run(sockets=[sock])
     finally:
         sock.close()
@@ -128,6 +143,7 @@ def _signals_end(server: Any) -> Iterator[None]:
     caught again after shutting down; a signal before that (or raised again) lands here
     and only asks the server to exit, so it is never a KeyboardInterrupt mid-startup.
     """
+
     def stop(signum: int, frame: object) -> None:
         server.should_exit = True
 

@@ -17,6 +17,7 @@ run grows. A restarted ``restartable serve`` starts again from the stores' histo
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +26,6 @@ from typing import Any
 
 from restartable import Checkpoint, HistoryEntry
 from restartable.cli._report import (
-    STATUS_HISTORY,
     RunSummary,
     StatusRead,
     status_json,
@@ -45,7 +45,9 @@ Point = tuple[float, int, int]  # (at, done, epoch)
 RunKey = tuple[str, str]
 
 
-def merge_series(points: tuple[Point, ...], history: list[HistoryEntry], *, limit: int = SERIES_POINTS) -> tuple[Point, ...]:
+def merge_series(
+    points: tuple[Point, ...], history: list[HistoryEntry], *, limit: int = SERIES_POINTS
+) -> tuple[Point, ...]:
     """``points`` (oldest first) with the saves of ``history`` (newest first) that are newer, downsampled.
 
     Downsampling keeps the first and the last point and drops every other one in
@@ -94,8 +96,9 @@ class Refresher:
     keeps the store: the drivers reconnect on the next call.
     """
 
-    def __init__(self, open_store: Callable[[], Store], *, display: str, interval: float,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, open_store: Callable[[], Store], *, display: str, interval: float, clock: Callable[[], float] = time.time
+    ) -> None:
         self._open = open_store
         self._store: Store | None = None
         self.interval = interval
@@ -151,9 +154,16 @@ class Refresher:
 
         old = self.snapshot
         return Snapshot(
-            display=old.display, read=old.read, rows=old.rows, runs=old.runs, document=old.document,
-            series=old.series, read_at=old.read_at, error=redact(message),
-            error_since=old.error_since if old.error is not None else self._clock(), reads=old.reads,
+            display=old.display,
+            read=old.read,
+            rows=old.rows,
+            runs=old.runs,
+            document=old.document,
+            series=old.series,
+            read_at=old.read_at,
+            error=redact(message),
+            error_since=old.error_since if old.error is not None else self._clock(),
+            reads=old.reads,
         )
 
     def _reopen(self) -> None:
@@ -188,13 +198,24 @@ class Refresher:
         rows = status_rows(read)
         runs = status_rows(read, shards=True)
         return Snapshot(
-            display=old.display, read=read, rows=rows, runs=runs,
-            document=status_json(old.display, rows, bad), series=series,
-            read_at=self._clock(), error=None, error_since=None, reads=old.reads + 1,
+            display=old.display,
+            read=read,
+            rows=rows,
+            runs=runs,
+            document=status_json(old.display, rows, bad),
+            series=series,
+            read_at=self._clock(),
+            error=None,
+            error_since=None,
+            reads=old.reads + 1,
         )
 
-    def _series(self, old: dict[RunKey, tuple[Point, ...]], records: list[Checkpoint],
-                histories: dict[RunKey, list[HistoryEntry]]) -> dict[RunKey, tuple[Point, ...]]:
+    def _series(
+        self,
+        old: dict[RunKey, tuple[Point, ...]],
+        records: list[Checkpoint],
+        histories: dict[RunKey, list[HistoryEntry]],
+    ) -> dict[RunKey, tuple[Point, ...]]:
         """Each listed run's series with its new saves merged; runs gone from the store are dropped."""
         recent = sorted(records, key=lambda r: r.updated, reverse=True)[:SERIES_RUNS]
         out: dict[RunKey, tuple[Point, ...]] = {}
@@ -220,9 +241,13 @@ def chart(points: tuple[Point, ...], *, width: int = 640, height: int = 220) -> 
     left, right, top, bottom = 64, 64, 12, 28
     w, h = width - left - right, height - top - bottom
     geometry: dict[str, Any] = {
-        "width": width, "height": height, "plot": {"x": left, "y": top, "w": w, "h": h},
-        "progress": "", "rate": "", "restarts": [], "labels": {"done_max": "", "rate_max": "", "start": "",
-                                                                "end": "", "span": ""},
+        "width": width,
+        "height": height,
+        "plot": {"x": left, "y": top, "w": w, "h": h},
+        "progress": "",
+        "rate": "",
+        "restarts": [],
+        "labels": {"done_max": "", "rate_max": "", "start": "", "end": "", "span": ""},
         "points": len(points),
     }
     if len(points) < 2:
@@ -243,7 +268,7 @@ def chart(points: tuple[Point, ...], *, width: int = 640, height: int = 220) -> 
 
     geometry["progress"] = " ".join(f"{x(t)},{y(d, ymax)}" for t, d, _ in points)
     rates: list[tuple[float, float]] = []
-    for (ta, da, ea), (tb, db, eb) in zip(points, points[1:]):
+    for (ta, da, ea), (tb, db, eb) in itertools.pairwise(points):
         if ea == eb and tb > ta:
             rates.append((tb, max(0.0, (db - da) / (tb - ta))))
         elif ea != eb:
@@ -252,8 +277,9 @@ def chart(points: tuple[Point, ...], *, width: int = 640, height: int = 220) -> 
     if rates and rmax > 0:
         geometry["rate"] = " ".join(f"{x(t)},{y(r, rmax)}" for t, r in rates)
         geometry["labels"]["rate_max"] = f"{rmax:,.1f}/s"
-    geometry["labels"].update(done_max=f"{ymax:,}", start=iso(t0)[11:19], end=iso(t1)[11:19],
-                              span=human_duration(t1 - t0))
+    geometry["labels"].update(
+        done_max=f"{ymax:,}", start=iso(t0)[11:19], end=iso(t1)[11:19], span=human_duration(t1 - t0)
+    )
     return geometry
 
 

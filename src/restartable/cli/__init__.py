@@ -36,8 +36,9 @@ from ._report import (
 __all__ = ["main", "run", "cli"]
 
 STORE_HELP = "Store URL (default: $RESTARTABLE_STORE, else sqlite:///.restartable/checkpoints.db)."
-store_option = click.option("--store", "store_url", envvar="RESTARTABLE_STORE", default=None, metavar="URL",
-                            help=STORE_HELP)
+store_option = click.option(
+    "--store", "store_url", envvar="RESTARTABLE_STORE", default=None, metavar="URL", help=STORE_HELP
+)
 
 
 def _open(store_url: str | None) -> Store:
@@ -59,12 +60,22 @@ def cli() -> None:
 @click.option("--job", "job_name", default=None, help="Only this job's runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--shards", is_flag=True, help="List each shard of a sharded run instead of one line per run.")
-@click.option("--watch", "-w", is_flag=True,
-              help="Redraw every --interval seconds until Ctrl-C (piped: one table, or one JSON line, each time).")
-@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.2),
-              help="Seconds between redraws with --watch.")
-def status(store_url: str | None, job_name: str | None, as_json: bool, shards: bool, watch: bool,
-           interval: float) -> None:
+@click.option(
+    "--watch",
+    "-w",
+    is_flag=True,
+    help="Redraw every --interval seconds until Ctrl-C (piped: one table, or one JSON line, each time).",
+)
+@click.option(
+    "--interval",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(min=0.2),
+    help="Seconds between redraws with --watch.",
+)
+def status(
+    store_url: str | None, job_name: str | None, as_json: bool, shards: bool, watch: bool, interval: float
+) -> None:
     """Every run: state, progress, rate, ETA, last save and lease; a run nobody works on shows as stalled.
 
     A run saved as running whose owner is provably dead or whose lease expired is
@@ -122,8 +133,10 @@ def _watch(store: Store, *, job_name: str | None, as_json: bool, shards: bool, i
             return json.dumps(status_json(store.display, rows, read.unreadable))
         if not rows and not read.unreadable:
             return Text(f"{stamp}  no runs in {store.display}")
-        return Group(_status_renderable(store, rows, read.unreadable, title_suffix=f" at {stamp}"),
-                     Text(f"every {interval:g}s; Ctrl-C to stop", style="dim"))
+        return Group(
+            _status_renderable(store, rows, read.unreadable, title_suffix=f" at {stamp}"),
+            Text(f"every {interval:g}s; Ctrl-C to stop", style="dim"),
+        )
 
     try:
         if live_mode:
@@ -149,9 +162,11 @@ def _unreadable_error(store: Store, bad: list[Unreadable]) -> CheckpointCorrupt:
     if len(bad) == 1:
         return bad[0][2]
     names = ", ".join(f"job {j} run {r}" for j, r, _ in bad[:5]) + (", ..." if len(bad) > 5 else "")
-    return CheckpointCorrupt(f"{len(bad)} runs in {store.display} have no readable checkpoint ({names}): "
-                             "`restartable show JOB --run RUN` gives each one's error; restore the store from a "
-                             "backup, or `restartable reset JOB --run RUN` to start that run over")
+    return CheckpointCorrupt(
+        f"{len(bad)} runs in {store.display} have no readable checkpoint ({names}): "
+        "`restartable show JOB --run RUN` gives each one's error; restore the store from a "
+        "backup, or `restartable reset JOB --run RUN` to start that run over"
+    )
 
 
 def _status_renderable(store: Store, rows: list[Any], bad: list[Unreadable], *, title_suffix: str = "") -> Any:
@@ -168,9 +183,14 @@ def _status_renderable(store: Store, rows: list[Any], bad: list[Unreadable], *, 
         if r.now_state in ("stalled", "failed"):
             state = f"[bold red]{state}[/]"
         table.add_row(
-            escape(r.job), escape(r.run), state, progress_text(r),
-            f"{r.rate:,.0f}/s" if r.rate else "", human_duration(r.eta) if r.eta is not None else "",
-            f"{human_duration(r.age)} ago", escape(r.owner if r.lease != "free" else "") + lease,
+            escape(r.job),
+            escape(r.run),
+            state,
+            progress_text(r),
+            f"{r.rate:,.0f}/s" if r.rate else "",
+            human_duration(r.eta) if r.eta is not None else "",
+            f"{human_duration(r.age)} ago",
+            escape(r.owner if r.lease != "free" else "") + lease,
         )
     for job, run, _ in bad:
         table.add_row(escape(job), escape(run), "[bold red]UNREADABLE[/]", "", "", "", "", "")
@@ -200,8 +220,10 @@ def _pick_run(store: Store, job: str, run: str | None) -> str:
         return runs[0]
     if "default" in runs:
         return "default"
-    raise UsageError(f"job {job!r} has {len(runs)} runs in {store.display} ({', '.join(runs[:8])}"
-                     f"{', ...' if len(runs) > 8 else ''}): choose one with --run")
+    raise UsageError(
+        f"job {job!r} has {len(runs)} runs in {store.display} ({', '.join(runs[:8])}"
+        f"{', ...' if len(runs) > 8 else ''}): choose one with --run"
+    )
 
 
 @cli.command()
@@ -223,10 +245,10 @@ def show(store_url: str | None, job: str, run: str | None, as_json: bool, limit:
                     _show_one(store, rec, as_json=as_json, limit=limit)
                 return
         run = _pick_run(store, job, run)
-        rec = store.load(job, run)
-        if rec is None:
+        loaded = store.load(job, run)
+        if loaded is None:
             raise UsageError(f"no run {run!r} of job {job!r} in {store.display}")
-        _show_one(store, rec, as_json=as_json, limit=limit)
+        _show_one(store, loaded, as_json=as_json, limit=limit)
 
 
 def _short(value: Any, width: int = 160) -> str:
@@ -252,17 +274,22 @@ def _show_one(store: Store, rec: Any, *, as_json: bool, limit: int) -> None:
         click.echo(f"  rate      {summary.rate:,.1f} items/s   ETA {human_duration(summary.eta)}")
     click.echo(f"  started   {iso(rec.started)}   updated {iso(rec.updated)} ({human_duration(summary.age)} ago)")
     if rec.owner:
-        click.echo(f"  owner     {rec.owner.describe()}   lease {summary.lease}"
-                   + (f" until {iso(rec.lease_expires)}" if rec.lease_expires else ""))
-    from ..sources.stages import PIPELINE_CURSOR, describe_stages
+        click.echo(
+            f"  owner     {rec.owner.describe()}   lease {summary.lease}"
+            + (f" until {iso(rec.lease_expires)}" if rec.lease_expires else "")
+        )
+    from .._pipeline import PIPELINE_CURSOR, describe_stages
 
     stages = rec.positions.get(PIPELINE_CURSOR, {}).get("stages") or []
     for name, pos in rec.positions.items():
         if name == PIPELINE_CURSOR or any(name.startswith(f"{stage}:") for stage in stages):
             continue  # printed with its stage below
         total = pos.get("total")
-        click.echo(f"  iteration {name!r}: {pos.get('offset', 0):,}" + (f"/{total:,}" if total else "")
-                   + ("  finished" if pos.get("finished") else ""))
+        click.echo(
+            f"  iteration {name!r}: {pos.get('offset', 0):,}"
+            + (f"/{total:,}" if total else "")
+            + ("  finished" if pos.get("finished") else "")
+        )
         for key, value in pos.items():
             if key in ("offset", "finished", "total") or value in (None, [], {}):
                 continue
@@ -360,8 +387,9 @@ def cleanup(store_url: str | None, older_than: str, job_name: str | None, dry_ru
     with _open(store_url) as store:
         if dry_run:
             cutoff = store.now() - seconds
-            victims = [r for r in store.list_runs(job_name, corrupt=[])
-                       if r.status == "completed" and r.updated <= cutoff]
+            victims = [
+                r for r in store.list_runs(job_name, corrupt=[]) if r.status == "completed" and r.updated <= cutoff
+            ]
         else:
             victims = store.cleanup(older_than=seconds, job=job_name)
         verb = "would delete" if dry_run else "deleted"
@@ -374,8 +402,13 @@ def _register_optional() -> None:
     """Commands that live in their own modules (each registers one click command)."""
     import importlib
 
-    for module, attr in (("demo", "demo"), ("each_file", "each_file"), ("k8s", "k8s"), ("run_script", "run"),
-                         ("serve", "serve")):
+    for module, attr in (
+        ("demo", "demo"),
+        ("each_file", "each_file"),
+        ("k8s", "k8s"),
+        ("run_script", "run"),
+        ("serve", "serve"),
+    ):
         try:
             mod = importlib.import_module(f"{__name__}.{module}")
         except ModuleNotFoundError as exc:

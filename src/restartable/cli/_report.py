@@ -21,8 +21,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .._progress import human_duration
 from .._proc import owner_is_dead
+from .._progress import human_duration
 from ..checkpoint import RUNNING, Checkpoint, HistoryEntry, encode_value
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ class RunSummary:
 
 
 def iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).isoformat(timespec="seconds")
 
 
 def total_of(rec: Checkpoint) -> int | None:
@@ -221,27 +221,36 @@ def group_shards(rows: list[RunSummary]) -> list[RunSummary]:
         totals = [s.total for s in shards]
         rates = [s.rate for s in shards if s.rate]
         done = sum(s.done for s in shards)
-        total = sum(totals) if len(shards) == n and all(t is not None for t in totals) else None  # type: ignore[misc]
+        total = sum(t or 0 for t in totals) if len(shards) == n and all(t is not None for t in totals) else None
         rate = sum(rates) if rates else None
         eta = max((s.eta for s in shards if s.eta is not None), default=None)
         stale = [s.lease for s in shards if s.lease in ("stale", "dead owner")]
         completed = sum(s.status == "completed" for s in shards)
         leases = [s.lease_age for s in shards if s.lease_age is not None]
         lefts = [s.lease_left for s in shards if s.lease_left is not None]
-        out.append(RunSummary(
-            job=job, run=f"{base} [{completed}/{n} shards done]",
-            status=_group_status({s.status for s in shards}, len(shards), n),
-            done=done, total=total, rate=rate, eta=eta,
-            updated=max(s.updated for s in shards), age=min(s.age for s in shards),
-            owner=f"{sum(s.lease == 'held' for s in shards)} live shard(s)",
-            lease=stale[0] if stale else ("held" if any(s.lease == "held" for s in shards) else "free"),
-            state=_group_state(shards, n),
-            lease_age=max(leases) if leases else None,
-            lease_left=min(lefts) if lefts else None,
-            dead_letters=sum(s.dead_letters for s in shards),
-            failed_files=sum(s.failed_files for s in shards),
-            shards_done=completed, shards_total=n, shards=tuple(shards),
-        ))
+        out.append(
+            RunSummary(
+                job=job,
+                run=f"{base} [{completed}/{n} shards done]",
+                status=_group_status({s.status for s in shards}, len(shards), n),
+                done=done,
+                total=total,
+                rate=rate,
+                eta=eta,
+                updated=max(s.updated for s in shards),
+                age=min(s.age for s in shards),
+                owner=f"{sum(s.lease == 'held' for s in shards)} live shard(s)",
+                lease=stale[0] if stale else ("held" if any(s.lease == "held" for s in shards) else "free"),
+                state=_group_state(shards, n),
+                lease_age=max(leases) if leases else None,
+                lease_left=min(lefts) if lefts else None,
+                dead_letters=sum(s.dead_letters for s in shards),
+                failed_files=sum(s.failed_files for s in shards),
+                shards_done=completed,
+                shards_total=n,
+                shards=tuple(shards),
+            )
+        )
     return sorted(out, key=lambda r: (r.job, r.run))
 
 
@@ -324,8 +333,9 @@ def read_status(store: Store, *, job: str | None = None, history: int = STATUS_H
 
 def status_rows(read: StatusRead, *, shards: bool = False) -> list[RunSummary]:
     """The rows of ``status``: one per run, shard sets grouped unless ``shards``."""
-    rows = [summarize(rec, read.histories.get((rec.job, rec.run), [])[:STATUS_HISTORY], read.now)
-            for rec in read.records]
+    rows = [
+        summarize(rec, read.histories.get((rec.job, rec.run), [])[:STATUS_HISTORY], read.now) for rec in read.records
+    ]
     return rows if shards else group_shards(rows)
 
 
@@ -351,7 +361,7 @@ def show_json(rec: Checkpoint, history: list[HistoryEntry], now: float, *, limit
 
 def iterations(rec: Checkpoint) -> list[dict[str, Any]]:
     """Each iteration's position, for the run page: name, stage, offset, total, finished, skips."""
-    from ..sources.stages import PIPELINE_CURSOR
+    from .._pipeline import PIPELINE_CURSOR
 
     pipeline = rec.positions.get(PIPELINE_CURSOR)
     stages = pipeline.get("stages") if isinstance(pipeline, dict) else None
@@ -360,29 +370,33 @@ def iterations(rec: Checkpoint) -> list[dict[str, Any]]:
         if name == PIPELINE_CURSOR or not isinstance(pos, dict):
             continue
         stage = next((s for s in stages or [] if isinstance(s, str) and name.startswith(f"{s}:")), None)
-        out.append({
-            "name": name,
-            "stage": stage,
-            "offset": pos.get("offset", 0),
-            "total": pos.get("total"),
-            "finished": bool(pos.get("finished")),
-            "dead": len(pos["dead"]) if isinstance(pos.get("dead"), dict) else 0,
-            "failed": len(pos["failed"]) if isinstance(pos.get("failed"), dict) else 0,
-        })
+        out.append(
+            {
+                "name": name,
+                "stage": stage,
+                "offset": pos.get("offset", 0),
+                "total": pos.get("total"),
+                "finished": bool(pos.get("finished")),
+                "dead": len(pos["dead"]) if isinstance(pos.get("dead"), dict) else 0,
+                "failed": len(pos["failed"]) if isinstance(pos.get("failed"), dict) else 0,
+            }
+        )
     return out
 
 
 def stages_of(rec: Checkpoint) -> list[dict[str, str]]:
     """A pipeline's stages and their status (done, in progress, pending); empty for other runs."""
-    from ..sources.stages import PIPELINE_CURSOR
+    from .._pipeline import PIPELINE_CURSOR
 
     pos = rec.positions.get(PIPELINE_CURSOR)
     if not isinstance(pos, dict) or not isinstance(pos.get("stages"), list):
         return []
     done = set(pos.get("done") or [])
     current = pos.get("current")
-    return [{"name": str(s), "status": "done" if s in done else "in progress" if s == current else "pending"}
-            for s in pos["stages"]]
+    return [
+        {"name": str(s), "status": "done" if s in done else "in progress" if s == current else "pending"}
+        for s in pos["stages"]
+    ]
 
 
 def skipped_items(rec: Checkpoint, *, limit: int = 100) -> list[dict[str, Any]]:
@@ -402,7 +416,24 @@ def skipped_items(rec: Checkpoint, *, limit: int = 100) -> list[dict[str, Any]]:
 
 
 __all__ = [
-    "RunSummary", "StatusRead", "STATES", "STATUS_HISTORY", "summarize", "group_shards", "progress_text",
-    "state_text", "lease_text", "record_json", "iso", "human_duration", "read_status", "status_rows",
-    "status_json", "show_json", "iterations", "stages_of", "skipped_items", "lease_state",
+    "RunSummary",
+    "StatusRead",
+    "STATES",
+    "STATUS_HISTORY",
+    "summarize",
+    "group_shards",
+    "progress_text",
+    "state_text",
+    "lease_text",
+    "record_json",
+    "iso",
+    "human_duration",
+    "read_status",
+    "status_rows",
+    "status_json",
+    "show_json",
+    "iterations",
+    "stages_of",
+    "skipped_items",
+    "lease_state",
 ]

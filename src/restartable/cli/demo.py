@@ -19,7 +19,7 @@ from typing import Any, overload
 
 import click
 
-from ..job import Job
+from .._job import Job
 
 #: PBKDF2 rounds per record: about 250 µs of CPU here, so the whole demo takes ~40 s.
 WORK_ROUNDS = 400
@@ -70,11 +70,18 @@ def verify(path: Path, n: int) -> tuple[int, int, int]:
 
 
 @click.command()
-@click.option("--store", "store_url", envvar="RESTARTABLE_STORE", default=None, metavar="URL",
-              help="Store URL (default: $RESTARTABLE_STORE, else the embedded SQLite default).")
+@click.option(
+    "--store",
+    "store_url",
+    envvar="RESTARTABLE_STORE",
+    default=None,
+    metavar="URL",
+    help="Store URL (default: $RESTARTABLE_STORE, else the embedded SQLite default).",
+)
 @click.option("--items", default=200_000, show_default=True, help="How many records to process.")
-@click.option("--output", default=".restartable/demo/output.csv", show_default=True, type=click.Path(),
-              help="The output file.")
+@click.option(
+    "--output", default=".restartable/demo/output.csv", show_default=True, type=click.Path(), help="The output file."
+)
 @click.option("--fresh", is_flag=True, help="Forget the previous demo run and start over.")
 @click.option("--rounds", default=WORK_ROUNDS, show_default=True, help="Work per record (PBKDF2 rounds).")
 def demo(store_url: str | None, items: int, output: str, fresh: bool, rounds: int) -> None:
@@ -96,8 +103,10 @@ def demo(store_url: str | None, items: int, output: str, fresh: bool, rounds: in
     with Job("demo", run=run, store=store_url) as job:
         if job.completed:
             lines, dups, missing = verify(out_path, items) if out_path.exists() else (0, 0, items)
-            click.echo(f"The demo already completed: {out_path} has {lines:,} lines, {dups} duplicates, "
-                       f"{missing} missing. Run `restartable demo --fresh` to start over.")
+            click.echo(
+                f"The demo already completed: {out_path} has {lines:,} lines, {dups} duplicates, "
+                f"{missing} missing. Run `restartable demo --fresh` to start over."
+            )
             return
         if job.resumed:
             job.state["resumes"] = job.state.get("resumes", 0) + 1

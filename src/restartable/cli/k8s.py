@@ -55,59 +55,154 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.argument("name"),
         click.option("--image", required=True, help="The container image (with restartable installed)."),
-        click.option("--pvc", "pvc", default=None, metavar="SIZE",
-                     help="A SQLite store on a PersistentVolumeClaim of this size (1Gi); one pod at a time."),
-        click.option("--access-mode", type=click.Choice(ACCESS_MODES), default="ReadWriteOnce", show_default=True,
-                     help="The claim's access mode (ReadWriteOncePod where the CSI driver supports it)."),
+        click.option(
+            "--pvc",
+            "pvc",
+            default=None,
+            metavar="SIZE",
+            help="A SQLite store on a PersistentVolumeClaim of this size (1Gi); one pod at a time.",
+        ),
+        click.option(
+            "--access-mode",
+            type=click.Choice(ACCESS_MODES),
+            default="ReadWriteOnce",
+            show_default=True,
+            help="The claim's access mode (ReadWriteOncePod where the CSI driver supports it).",
+        ),
         click.option("--storage-class", default=None, help="The claim's storage class (default: the cluster's)."),
-        click.option("--store-secret", default=None, metavar="SECRET[:KEY]",
-                     help="An existing Secret whose KEY (default url) holds the store URL."),
-        click.option("--store", "store_url", default=None, metavar="URL",
-                     help="A postgresql:// or redis:// store URL: emitted as a Secret beside the workload."),
+        click.option(
+            "--store-secret",
+            default=None,
+            metavar="SECRET[:KEY]",
+            help="An existing Secret whose KEY (default url) holds the store URL.",
+        ),
+        click.option(
+            "--store",
+            "store_url",
+            default=None,
+            metavar="URL",
+            help="A postgresql:// or redis:// store URL: emitted as a Secret beside the workload.",
+        ),
         click.option("--completions", type=int, default=None, help="Indexed Job: the number of shards."),
-        click.option("--parallelism", type=int, default=None,
-                     help="Pods at once (more than 1 needs a PostgreSQL or Redis store)."),
-        click.option("--grace", type=int, default=DEFAULT_GRACE, show_default=True, metavar="SECONDS",
-                     help="terminationGracePeriodSeconds: the longest item plus the final checkpoint."),
-        click.option("--backoff-limit", type=int, default=None,
-                     help="Retries (per index for an Indexed Job); default 6."),
-        click.option("--ttl", type=int, default=None, metavar="SECONDS",
-                     help="ttlSecondsAfterFinished: delete the finished Job after this long; default 86400 "
-                          "(CronJob: none, its history limits apply)."),
-        click.option("--kube-version", default=DEFAULT_KUBE_VERSION, show_default=True,
-                     help="The cluster's version: fields it does not enable by default are left out."),
+        click.option(
+            "--parallelism",
+            type=int,
+            default=None,
+            help="Pods at once (more than 1 needs a PostgreSQL or Redis store).",
+        ),
+        click.option(
+            "--grace",
+            type=int,
+            default=DEFAULT_GRACE,
+            show_default=True,
+            metavar="SECONDS",
+            help="terminationGracePeriodSeconds: the longest item plus the final checkpoint.",
+        ),
+        click.option(
+            "--backoff-limit", type=int, default=None, help="Retries (per index for an Indexed Job); default 6."
+        ),
+        click.option(
+            "--ttl",
+            type=int,
+            default=None,
+            metavar="SECONDS",
+            help="ttlSecondsAfterFinished: delete the finished Job after this long; default 86400 "
+            "(CronJob: none, its history limits apply).",
+        ),
+        click.option(
+            "--kube-version",
+            default=DEFAULT_KUBE_VERSION,
+            show_default=True,
+            help="The cluster's version: fields it does not enable by default are left out.",
+        ),
         click.option("--namespace", "-n", default=None, help="Put the objects in this namespace."),
-        click.option("--pushgateway", default=None, metavar="HOST:PORT",
-                     help="Set RESTARTABLE_PUSHGATEWAY, for restartable.metrics."),
-        click.option("--python", default="python", show_default=True,
-                     help="StatefulSet: the image's Python, which runs restartable.kube.idle."),
-        click.option("--no-wrap", "wrap", is_flag=True, default=True, flag_value=False,
-                     help="Keep `python SCRIPT.py` as is instead of `python -m restartable run SCRIPT.py`."),
+        click.option(
+            "--pushgateway",
+            default=None,
+            metavar="HOST:PORT",
+            help="Set RESTARTABLE_PUSHGATEWAY, for restartable.metrics.",
+        ),
+        click.option(
+            "--python",
+            default="python",
+            show_default=True,
+            help="StatefulSet: the image's Python, which runs restartable.kube.idle.",
+        ),
+        click.option(
+            "--no-wrap",
+            "wrap",
+            is_flag=True,
+            default=True,
+            flag_value=False,
+            help="Keep `python SCRIPT.py` as is instead of `python -m restartable run SCRIPT.py`.",
+        ),
         # Pod Security.
-        click.option("--no-restricted", "restricted", is_flag=True, default=True, flag_value=False,
-                     help='Leave out the securityContext of Pod Security "restricted" (for images that must run '
-                          'as root); the pods then meet "baseline" only.'),
-        click.option("--writable-root", "read_only_root", is_flag=True, default=True, flag_value=False,
-                     help="Keep the container's root filesystem writable (it is read-only, with /tmp an emptyDir)."),
-        click.option("--run-as-user", type=int, default=DEFAULT_UID, show_default=True, metavar="UID",
-                     help="The non-root user the job runs as."),
+        click.option(
+            "--no-restricted",
+            "restricted",
+            is_flag=True,
+            default=True,
+            flag_value=False,
+            help='Leave out the securityContext of Pod Security "restricted" (for images that must run '
+            'as root); the pods then meet "baseline" only.',
+        ),
+        click.option(
+            "--writable-root",
+            "read_only_root",
+            is_flag=True,
+            default=True,
+            flag_value=False,
+            help="Keep the container's root filesystem writable (it is read-only, with /tmp an emptyDir).",
+        ),
+        click.option(
+            "--run-as-user",
+            type=int,
+            default=DEFAULT_UID,
+            show_default=True,
+            metavar="UID",
+            help="The non-root user the job runs as.",
+        ),
         click.option("--run-as-group", type=int, default=None, metavar="GID", help="Its group; default: UID."),
-        click.option("--fs-group", type=int, default=None, metavar="GID",
-                     help="The group that owns the volume's files; default: the group."),
+        click.option(
+            "--fs-group",
+            type=int,
+            default=None,
+            metavar="GID",
+            help="The group that owns the volume's files; default: the group.",
+        ),
         # Resources and scheduling.
-        click.option("--cpu", default=DEFAULT_CPU, show_default=True,
-                     help="CPU request (no limit unless --cpu-limit)."),
-        click.option("--memory", default=DEFAULT_MEMORY, show_default=True,
-                     help="Memory request, and limit unless --memory-limit."),
+        click.option(
+            "--cpu", default=DEFAULT_CPU, show_default=True, help="CPU request (no limit unless --cpu-limit)."
+        ),
+        click.option(
+            "--memory",
+            default=DEFAULT_MEMORY,
+            show_default=True,
+            help="Memory request, and limit unless --memory-limit.",
+        ),
         click.option("--cpu-limit", default=None, help="CPU limit (throttles the job; none by default)."),
         click.option("--memory-limit", default=None, help="Memory limit (default: the request)."),
-        click.option("--active-deadline", type=int, default=None, metavar="SECONDS",
-                     help="Jobs: activeDeadlineSeconds, the longest a Job may run."),
+        click.option(
+            "--active-deadline",
+            type=int,
+            default=None,
+            metavar="SECONDS",
+            help="Jobs: activeDeadlineSeconds, the longest a Job may run.",
+        ),
         click.option("--priority-class", default=None, metavar="NAME", help="The pods' PriorityClass."),
-        click.option("--queue", default=None, metavar="NAME",
-                     help="Jobs: a Kueue LocalQueue; the Job is created suspended, for Kueue to admit."),
-        click.option("--patch", "patch_file", default=None, metavar="FILE",
-                     help="A JSON merge patch (YAML or JSON) applied to the workload, then checked again."),
+        click.option(
+            "--queue",
+            default=None,
+            metavar="NAME",
+            help="Jobs: a Kueue LocalQueue; the Job is created suspended, for Kueue to admit.",
+        ),
+        click.option(
+            "--patch",
+            "patch_file",
+            default=None,
+            metavar="FILE",
+            help="A JSON merge patch (YAML or JSON) applied to the workload, then checked again.",
+        ),
         click.argument("command", nargs=-1, required=True, metavar="-- COMMAND..."),
     ]
     for option in reversed(options):
@@ -146,11 +241,20 @@ def indexed_job_cmd(**params: Any) -> None:
 
 
 @k8s.command("cronjob")
-@click.option("--schedule", required=True, metavar="CRON",
-              help="Five cron fields ('30 2 * * *') or a macro (@daily); no TZ= (use --time-zone).")
+@click.option(
+    "--schedule",
+    required=True,
+    metavar="CRON",
+    help="Five cron fields ('30 2 * * *') or a macro (@daily); no TZ= (use --time-zone).",
+)
 @click.option("--time-zone", default=None, metavar="TZ", help="An IANA zone for the schedule (Europe/Paris).")
-@click.option("--starting-deadline", type=int, default=None, metavar="SECONDS",
-              help=f"How late a run may still start; default {DEFAULT_STARTING_DEADLINE}.")
+@click.option(
+    "--starting-deadline",
+    type=int,
+    default=None,
+    metavar="SECONDS",
+    help=f"How late a run may still start; default {DEFAULT_STARTING_DEADLINE}.",
+)
 @click.option("--successful-history", type=int, default=None, metavar="N", help="Succeeded Jobs kept; default 3.")
 @click.option("--failed-history", type=int, default=None, metavar="N", help="Failed Jobs kept; default 3.")
 @_options

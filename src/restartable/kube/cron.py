@@ -28,15 +28,17 @@ MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", 
 
 _FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 6))
 _NAMES = {
-    3: {m: i + 1 for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct",
-                                        "nov", "dec"))},
+    3: {
+        m: i + 1
+        for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"))
+    },
     4: {d: i for i, d in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))},
 }
 _EXAMPLE = "use 5 fields such as '30 2 * * *' (02:30 every day) or a macro such as @daily"
 
 
 def _value(text: str, index: int) -> int:
-    name, low, high = _FIELDS[index]
+    _name, low, high = _FIELDS[index]
     names = _NAMES.get(index, {})
     if text.lower() in names:
         return names[text.lower()]
@@ -49,7 +51,6 @@ def _value(text: str, index: int) -> int:
 
 
 def _check_field(text: str, index: int) -> None:
-    name, low, high = _FIELDS[index]
     for part in text.split(","):
         rng, slash, step = part.partition("/")
         if slash and (not step.isdigit() or not step.isascii() or int(step) < 1):
@@ -69,16 +70,20 @@ def check_schedule(schedule: str) -> str:
     if not text:
         raise UsageError(f"empty --schedule: {_EXAMPLE}")
     if re.match(r"(CRON_)?TZ=", text):
-        raise UsageError(f"invalid --schedule {schedule!r}: Kubernetes refuses TZ= and CRON_TZ= in a schedule; "
-                         "give the zone with --time-zone (spec.timeZone) instead")
+        raise UsageError(
+            f"invalid --schedule {schedule!r}: Kubernetes refuses TZ= and CRON_TZ= in a schedule; "
+            "give the zone with --time-zone (spec.timeZone) instead"
+        )
     if text.startswith("@"):
         if text.lower() not in MACROS:
             raise UsageError(f"invalid --schedule {schedule!r}: the macros are {', '.join(MACROS)}")
         return text.lower()
     fields = text.split(" ")
     if len(fields) != 5:
-        raise UsageError(f"invalid --schedule {schedule!r}: {len(fields)} fields, {_EXAMPLE} (minute hour "
-                         "day-of-month month day-of-week; Kubernetes has no seconds field)")
+        raise UsageError(
+            f"invalid --schedule {schedule!r}: {len(fields)} fields, {_EXAMPLE} (minute hour "
+            "day-of-month month day-of-week; Kubernetes has no seconds field)"
+        )
     for i, field in enumerate(fields):
         try:
             _check_field(field, i)
@@ -92,14 +97,18 @@ def check_time_zone(zone: str) -> str:
     import zoneinfo
 
     if str(zone).lower() in ("local", "localtime") or not zone:
-        raise UsageError(f"invalid --time-zone {zone!r}: give an explicit IANA name such as Europe/Paris or "
-                         "Etc/UTC (the controller's 'Local' is whatever zone the node runs in)")
+        raise UsageError(
+            f"invalid --time-zone {zone!r}: give an explicit IANA name such as Europe/Paris or "
+            "Etc/UTC (the controller's 'Local' is whatever zone the node runs in)"
+        )
     known = zoneinfo.available_timezones()
     if not known:
         raise UsageError("cannot check --time-zone: this machine has no time zone database; pip install tzdata")
     if zone not in known:
         close = sorted(z for z in known if z.lower() == zone.lower())
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise UsageError(f"unknown --time-zone {zone!r}{hint}: use an IANA name such as America/New_York, as "
-                         "listed in the tz database")
+        raise UsageError(
+            f"unknown --time-zone {zone!r}{hint}: use an IANA name such as America/New_York, as "
+            "listed in the tz database"
+        )
     return zone

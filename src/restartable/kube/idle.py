@@ -134,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     if signals.received is not None:
         return code  # the pod is terminating: leave with the job's code
     if code in PERMANENT_CODES:
-        _say(f"the job failed permanently (exit {code}; see its error above): idling instead of restarting; "
-             "fix the cause, then delete the pod")
+        _say(
+            f"the job failed permanently (exit {code}; see its error above): idling instead of restarting; "
+            "fix the cause, then delete the pod"
+        )
         return _idle(signals, code)
     _say(f"the job exited with {code}: exiting so that the container is restarted and the job resumes")
     return code

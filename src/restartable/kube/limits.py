@@ -40,8 +40,15 @@ __all__ = ["DNS_LABEL_MAX", "max_name_length", "name_limit_reason", "parse_quant
 DNS_LABEL_MAX = 63
 _QUANTITY = re.compile(r"(?P<num>\d+(?:\.\d*)?|\.\d+)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?\d+)?")
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-_DECIMAL = {"m": Decimal("0.001"), "k": Decimal(10) ** 3, "M": Decimal(10) ** 6, "G": Decimal(10) ** 9,
-            "T": Decimal(10) ** 12, "P": Decimal(10) ** 15, "E": Decimal(10) ** 18}
+_DECIMAL = {
+    "m": Decimal("0.001"),
+    "k": Decimal(10) ** 3,
+    "M": Decimal(10) ** 6,
+    "G": Decimal(10) ** 9,
+    "T": Decimal(10) ** 12,
+    "P": Decimal(10) ** 15,
+    "E": Decimal(10) ** 18,
+}
 
 
 def max_name_length(kind: str, completions: int | None = None) -> int:
@@ -58,18 +65,23 @@ def name_limit_reason(kind: str, completions: int | None = None) -> str:
     """Why ``max_name_length(kind, completions)`` is what it is, for the refusal."""
     limit = max_name_length(kind, completions)
     if kind == "cronjob":
-        return (f"a CronJob name has at most {limit} characters: each Job it starts is named NAME-<11 characters of "
-                "schedule time>, which must fit 63 (the API server refuses longer CronJob names)")
+        return (
+            f"a CronJob name has at most {limit} characters: each Job it starts is named NAME-<11 characters of "
+            "schedule time>, which must fit 63 (the API server refuses longer CronJob names)"
+        )
     if kind == "statefulset":
-        return (f"a StatefulSet name has at most {limit} characters: its pods carry the label controller-revision-hash "
-                "= NAME-<10-character hash>, and a label value over 63 characters stops every pod from being "
-                "created (kubernetes/kubernetes#64023)")
+        return (
+            f"a StatefulSet name has at most {limit} characters: its pods carry the label controller-revision-hash "
+            "= NAME-<10-character hash>, and a label value over 63 characters stops every pod from being "
+            "created (kubernetes/kubernetes#64023)"
+        )
     if kind == "indexed-job":
         highest = max((completions or 1) - 1, 0)
-        return (f"with --completions {completions} an Indexed Job name has at most {limit} characters: the pod of "
-                f"index {highest} gets the hostname NAME-{highest}, which must be a DNS label of at most 63")
-    return (f"a Job name has at most {limit} characters: it is the value of its pods' job-name label (at most "
-            "63)")
+        return (
+            f"with --completions {completions} an Indexed Job name has at most {limit} characters: the pod of "
+            f"index {highest} gets the hostname NAME-{highest}, which must be a DNS label of at most 63"
+        )
+    return f"a Job name has at most {limit} characters: it is the value of its pods' job-name label (at most 63)"
 
 
 def parse_quantity(text: str, *, what: str, memory: bool) -> Decimal:

@@ -208,8 +208,10 @@ def parse_kube_version(text: str) -> tuple[int, int]:
         raise UsageError(f"invalid Kubernetes version {text!r}: use MAJOR.MINOR, such as {DEFAULT_KUBE_VERSION}")
     version = (int(m.group(1)), int(m.group(2)))
     if version < _MIN:
-        raise UsageError(f"Kubernetes {text} is too old: the manifests need {MIN_KUBE_VERSION} or newer (the "
-                         "Job's batch.kubernetes.io/controller-uid label, podFailurePolicy)")
+        raise UsageError(
+            f"Kubernetes {text} is too old: the manifests need {MIN_KUBE_VERSION} or newer (the "
+            "Job's batch.kubernetes.io/controller-uid label, podFailurePolicy)"
+        )
     return version
 
 
@@ -245,8 +247,9 @@ def dump_yaml(documents: list[dict[str, Any]]) -> str:
     try:
         import yaml  # type: ignore[import-untyped]
     except ImportError:
-        raise MissingDriver("printing Kubernetes manifests needs PyYAML: pip install 'restartable[kube]' "
-                            "(or pip install PyYAML)") from None
+        raise MissingDriver(
+            "printing Kubernetes manifests needs PyYAML: pip install 'restartable[kube]' (or pip install PyYAML)"
+        ) from None
     return yaml.safe_dump_all(documents, sort_keys=False, default_flow_style=False, width=120)
 
 
@@ -258,12 +261,15 @@ def _check(spec: WorkloadSpec) -> int:
     if spec.kind not in KINDS:
         raise UsageError(f"unknown kind {spec.kind!r}: use one of {', '.join(KINDS)}")
     if not _DNS_LABEL.fullmatch(spec.name):
-        raise UsageError(f"invalid name {spec.name!r}: use lowercase letters, digits and '-', starting and ending "
-                         "with a letter or digit (a DNS label: it names the pods too)")
+        raise UsageError(
+            f"invalid name {spec.name!r}: use lowercase letters, digits and '-', starting and ending "
+            "with a letter or digit (a DNS label: it names the pods too)"
+        )
     completions = spec.completions if isinstance(spec.completions, int) else None
     if len(spec.name) > max_name_length(spec.kind, completions):
-        raise UsageError(f"name {spec.name!r} is too long ({len(spec.name)} characters): "
-                         f"{name_limit_reason(spec.kind, completions)}")
+        raise UsageError(
+            f"name {spec.name!r} is too long ({len(spec.name)} characters): {name_limit_reason(spec.kind, completions)}"
+        )
     if spec.namespace is not None and (len(spec.namespace) > 63 or not _DNS_LABEL.fullmatch(spec.namespace)):
         raise UsageError(f"invalid namespace {spec.namespace!r}: a DNS label")
     if not spec.image or any(c.isspace() for c in spec.image):
@@ -272,8 +278,10 @@ def _check(spec: WorkloadSpec) -> int:
         raise UsageError("no command: give it after `--`, in exec form: -- python /app/job.py ARGS")
     stores = [o for o in (spec.pvc, spec.store_secret, spec.store_url) if o is not None]
     if len(stores) != 1:
-        raise UsageError("choose exactly one store: --pvc SIZE (SQLite on a volume), --store-secret SECRET[:KEY] "
-                         "(an existing Secret holding the URL) or --store URL (a Secret is emitted for it)")
+        raise UsageError(
+            "choose exactly one store: --pvc SIZE (SQLite on a volume), --store-secret SECRET[:KEY] "
+            "(an existing Secret holding the URL) or --store URL (a Secret is emitted for it)"
+        )
     if spec.access_mode not in ACCESS_MODES:
         raise UsageError(f"invalid access mode {spec.access_mode!r}: use {' or '.join(ACCESS_MODES)}")
     if spec.pvc is not None and not _QUANTITY.fullmatch(spec.pvc):
@@ -285,8 +293,10 @@ def _check(spec: WorkloadSpec) -> int:
     if spec.store_url is not None:
         scheme = spec.store_url.split("://", 1)[0].lower() if "://" in spec.store_url else ""
         if scheme in ("sqlite", "file"):
-            raise UsageError("a local store inside a pod needs a volume: use --pvc SIZE (SQLite on the claim), "
-                             "or a PostgreSQL or Redis URL")
+            raise UsageError(
+                "a local store inside a pod needs a volume: use --pvc SIZE (SQLite on the claim), "
+                "or a PostgreSQL or Redis URL"
+            )
         if scheme not in _SHARED_SCHEMES:
             raise UsageError("--store takes a postgresql:// or redis:// URL (a memory:// store dies with the pod)")
     if spec.grace < 1:
@@ -298,23 +308,39 @@ def _check(spec: WorkloadSpec) -> int:
     _check_cron(spec)
     if spec.patch is not None and not isinstance(spec.patch, dict):
         raise UsageError("--patch must be a mapping (a JSON merge patch of the workload)")
-    for what, value in (("--completions", spec.completions), ("--parallelism", spec.parallelism),
-                        ("--backoff-limit", spec.backoff_limit), ("--ttl", spec.ttl)):
-        if value is not None and (not isinstance(value, int) or value < (0 if what in ("--backoff-limit", "--ttl")
-                                                                         else 1)):
+    for what, value in (
+        ("--completions", spec.completions),
+        ("--parallelism", spec.parallelism),
+        ("--backoff-limit", spec.backoff_limit),
+        ("--ttl", spec.ttl),
+    ):
+        if value is not None and (
+            not isinstance(value, int) or value < (0 if what in ("--backoff-limit", "--ttl") else 1)
+        ):
             raise UsageError(f"invalid {what} {value!r}")
     if spec.kind == "statefulset":
-        given = [w for w, v in (("--completions", spec.completions), ("--parallelism", spec.parallelism),
-                                ("--backoff-limit", spec.backoff_limit), ("--ttl", spec.ttl),
-                                ("--active-deadline", spec.active_deadline), ("--queue", spec.queue))
-                 if v is not None]
+        given = [
+            w
+            for w, v in (
+                ("--completions", spec.completions),
+                ("--parallelism", spec.parallelism),
+                ("--backoff-limit", spec.backoff_limit),
+                ("--ttl", spec.ttl),
+                ("--active-deadline", spec.active_deadline),
+                ("--queue", spec.queue),
+            )
+            if v is not None
+        ]
         if given:
-            raise UsageError(f"{', '.join(given)} belong to Jobs: a StatefulSet runs one pod, restarted by the "
-                             "kubelet, and stays up when done")
+            raise UsageError(
+                f"{', '.join(given)} belong to Jobs: a StatefulSet runs one pod, restarted by the "
+                "kubelet, and stays up when done"
+            )
         return 1
     if spec.kind in ("job", "cronjob") and spec.completions not in (None, 1):
-        raise UsageError("a Job runs the command once to completion: for N shards use `restartable k8s "
-                         "indexed-job --completions N`")
+        raise UsageError(
+            "a Job runs the command once to completion: for N shards use `restartable k8s indexed-job --completions N`"
+        )
     if spec.kind == "indexed-job":
         if spec.completions is None:
             raise UsageError("an Indexed Job needs --completions N: the number of shards")
@@ -334,50 +360,78 @@ def _check(spec: WorkloadSpec) -> int:
 
 
 def _check_security(spec: WorkloadSpec) -> None:
-    for what, value in (("--run-as-user", spec.run_as_user), ("--run-as-group", spec.run_as_group),
-                        ("--fs-group", spec.fs_group)):
+    for what, value in (
+        ("--run-as-user", spec.run_as_user),
+        ("--run-as-group", spec.run_as_group),
+        ("--fs-group", spec.fs_group),
+    ):
         if value is None:
             continue
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 2**31 - 1:
             raise UsageError(f"invalid {what} {value!r}: a numeric id from 1 to 2147483647")
         if value == 0 and spec.restricted:
-            raise UsageError(f"{what} 0 is root, which Pod Security \"restricted\" refuses: pick a non-root id "
-                             "(the default is 65532), or add --no-restricted for an image that must run as root")
+            raise UsageError(
+                f'{what} 0 is root, which Pod Security "restricted" refuses: pick a non-root id '
+                "(the default is 65532), or add --no-restricted for an image that must run as root"
+            )
     if not spec.restricted:
-        changed = [w for w, v, d in (("--run-as-user", spec.run_as_user, DEFAULT_UID),
-                                     ("--run-as-group", spec.run_as_group, None), ("--fs-group", spec.fs_group, None))
-                   if v != d]
+        changed = [
+            w
+            for w, v, d in (
+                ("--run-as-user", spec.run_as_user, DEFAULT_UID),
+                ("--run-as-group", spec.run_as_group, None),
+                ("--fs-group", spec.fs_group, None),
+            )
+            if v != d
+        ]
         if changed:
-            raise UsageError(f"{', '.join(changed)} set the pod's securityContext, which --no-restricted leaves out "
-                             "(the image's own user runs the job): drop one or the other")
+            raise UsageError(
+                f"{', '.join(changed)} set the pod's securityContext, which --no-restricted leaves out "
+                "(the image's own user runs the job): drop one or the other"
+            )
 
 
 def _check_resources(spec: WorkloadSpec) -> None:
     cpu = parse_quantity(spec.cpu, what="--cpu", memory=False)
     memory = parse_quantity(spec.memory, what="--memory", memory=True)
     if spec.cpu_limit is not None and parse_quantity(spec.cpu_limit, what="--cpu-limit", memory=False) < cpu:
-        raise UsageError(f"--cpu-limit {spec.cpu_limit} is below the request --cpu {spec.cpu}: the API server "
-                         "refuses a limit under its request")
-    if spec.memory_limit is not None and \
-            parse_quantity(spec.memory_limit, what="--memory-limit", memory=True) < memory:
-        raise UsageError(f"--memory-limit {spec.memory_limit} is below the request --memory {spec.memory}: the API "
-                         "server refuses a limit under its request")
+        raise UsageError(
+            f"--cpu-limit {spec.cpu_limit} is below the request --cpu {spec.cpu}: the API server "
+            "refuses a limit under its request"
+        )
+    if spec.memory_limit is not None and parse_quantity(spec.memory_limit, what="--memory-limit", memory=True) < memory:
+        raise UsageError(
+            f"--memory-limit {spec.memory_limit} is below the request --memory {spec.memory}: the API "
+            "server refuses a limit under its request"
+        )
     if spec.active_deadline is not None and (not isinstance(spec.active_deadline, int) or spec.active_deadline < 1):
         raise UsageError(f"invalid --active-deadline {spec.active_deadline!r}: a number of seconds, at least 1")
-    if spec.priority_class is not None and (len(spec.priority_class) > 253
-                                            or not _DNS_SUBDOMAIN.fullmatch(spec.priority_class)):
-        raise UsageError(f"invalid --priority-class {spec.priority_class!r}: the name of a PriorityClass (lowercase "
-                         "letters, digits, '-' and '.')")
+    if spec.priority_class is not None and (
+        len(spec.priority_class) > 253 or not _DNS_SUBDOMAIN.fullmatch(spec.priority_class)
+    ):
+        raise UsageError(
+            f"invalid --priority-class {spec.priority_class!r}: the name of a PriorityClass (lowercase "
+            "letters, digits, '-' and '.')"
+        )
     if spec.queue is not None and (len(spec.queue) > 63 or not _DNS_LABEL.fullmatch(spec.queue)):
-        raise UsageError(f"invalid --queue {spec.queue!r}: the name of a Kueue LocalQueue in the namespace (a "
-                         "label value: at most 63 lowercase letters, digits and '-')")
+        raise UsageError(
+            f"invalid --queue {spec.queue!r}: the name of a Kueue LocalQueue in the namespace (a "
+            "label value: at most 63 lowercase letters, digits and '-')"
+        )
 
 
 def _check_cron(spec: WorkloadSpec) -> None:
-    cron_only = [w for w, v in (("--schedule", spec.schedule), ("--time-zone", spec.time_zone),
-                                ("--starting-deadline", spec.starting_deadline),
-                                ("--successful-history", spec.successful_history),
-                                ("--failed-history", spec.failed_history)) if v is not None]
+    cron_only = [
+        w
+        for w, v in (
+            ("--schedule", spec.schedule),
+            ("--time-zone", spec.time_zone),
+            ("--starting-deadline", spec.starting_deadline),
+            ("--successful-history", spec.successful_history),
+            ("--failed-history", spec.failed_history),
+        )
+        if v is not None
+    ]
     if spec.kind != "cronjob":
         if cron_only:
             raise UsageError(f"{', '.join(cron_only)} belong to CronJobs: use `restartable k8s cronjob`")
@@ -387,12 +441,14 @@ def _check_cron(spec: WorkloadSpec) -> None:
     check_schedule(spec.schedule)
     if spec.time_zone is not None:
         check_time_zone(spec.time_zone)
-    if spec.starting_deadline is not None and (not isinstance(spec.starting_deadline, int)
-                                               or spec.starting_deadline < 10):
-        raise UsageError(f"invalid --starting-deadline {spec.starting_deadline!r}: at least 10 seconds (the "
-                         "controller looks every 10 s, so a shorter deadline can skip every run)")
-    for what, value in (("--successful-history", spec.successful_history),
-                        ("--failed-history", spec.failed_history)):
+    if spec.starting_deadline is not None and (
+        not isinstance(spec.starting_deadline, int) or spec.starting_deadline < 10
+    ):
+        raise UsageError(
+            f"invalid --starting-deadline {spec.starting_deadline!r}: at least 10 seconds (the "
+            "controller looks every 10 s, so a shorter deadline can skip every run)"
+        )
+    for what, value in (("--successful-history", spec.successful_history), ("--failed-history", spec.failed_history)):
         if value is not None and (not isinstance(value, int) or value < 0):
             raise UsageError(f"invalid {what} {value!r}: a number of finished Jobs to keep, 0 or more")
 
@@ -430,18 +486,22 @@ def _store_secret_ref(spec: WorkloadSpec, built: Built) -> dict[str, str] | None
         name, _, key = spec.store_secret.partition(":")
         key = key or "url"
         if len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name) or not _SECRET_KEY.fullmatch(key):
-            raise UsageError(f"invalid --store-secret {spec.store_secret!r}: use SECRET or SECRET:KEY (a Secret in "
-                             "the same namespace whose KEY holds the store URL)")
+            raise UsageError(
+                f"invalid --store-secret {spec.store_secret!r}: use SECRET or SECRET:KEY (a Secret in "
+                "the same namespace whose KEY holds the store URL)"
+            )
         return {"name": name, "key": key}
     if spec.store_url is not None:
         name = f"{spec.name}-store"
-        built.documents.append({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": _metadata(spec, name),
-            "type": "Opaque",
-            "stringData": {"url": spec.store_url},
-        })
+        built.documents.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": _metadata(spec, name),
+                "type": "Opaque",
+                "stringData": {"url": spec.store_url},
+            }
+        )
         built.warnings.append(
             f"the Secret {name!r} in this output holds the store URL with its credentials in plain text: do not "
             "commit or share it; better create the Secret yourself (kubectl create secret generic "
@@ -485,8 +545,9 @@ def _env(spec: WorkloadSpec, secret_ref: dict[str, str] | None) -> list[dict[str
         # #batchkubernetesio-controller-uid), and the downward API reads a pod label into an env
         # var with fieldRef metadata.labels['<KEY>'] (EnvVarSource.fieldRef in the API reference).
         # Pods of one Job resume its run; the next Job, a new uid, starts a new run.
-        env.append({"name": "RESTARTABLE_RUN",
-                    "valueFrom": _field("metadata.labels['batch.kubernetes.io/controller-uid']")})
+        env.append(
+            {"name": "RESTARTABLE_RUN", "valueFrom": _field("metadata.labels['batch.kubernetes.io/controller-uid']")}
+        )
     if spec.kind == "indexed-job":
         # JOB_COMPLETION_INDEX is set by Kubernetes; the shard count is ours to give.
         env.append({"name": "RESTARTABLE_SHARDS", "value": str(spec.completions)})
@@ -622,15 +683,18 @@ def _failure_policy(spec: WorkloadSpec, version: tuple[int, int], per_index: boo
     }
     if version < _PER_VERSION:
         exit_rule["onPodConditions"] = []  # the 1.27/1.28 schema lists it on every rule
-    return {"rules": [
-        exit_rule,
-        # Evictions, preemptions and drains: the job checkpointed on SIGTERM, so do not count them.
-        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-    ]}
+    return {
+        "rules": [
+            exit_rule,
+            # Evictions, preemptions and drains: the job checkpointed on SIGTERM, so do not count them.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
 
 
-def _job(spec: WorkloadSpec, version: tuple[int, int], secret_ref: dict[str, str] | None, parallelism: int,
-         built: Built) -> dict[str, Any]:
+def _job(
+    spec: WorkloadSpec, version: tuple[int, int], secret_ref: dict[str, str] | None, parallelism: int, built: Built
+) -> dict[str, Any]:
     indexed = spec.kind == "indexed-job"
     recent = version >= _PER_VERSION
     backoff = spec.backoff_limit if spec.backoff_limit is not None else DEFAULT_BACKOFF
@@ -679,19 +743,21 @@ def _cronjob(spec: WorkloadSpec, job: dict[str, Any]) -> dict[str, Any]:
     # Forbid: a night's run that is still going (or retrying) is never joined by the next
     # night's Job; the next one starts once it ended, if still within the starting deadline.
     cron["concurrencyPolicy"] = "Forbid"
-    cron["startingDeadlineSeconds"] = (spec.starting_deadline if spec.starting_deadline is not None
-                                       else DEFAULT_STARTING_DEADLINE)
-    cron["successfulJobsHistoryLimit"] = (spec.successful_history if spec.successful_history is not None
-                                          else DEFAULT_SUCCESSFUL_HISTORY)
-    cron["failedJobsHistoryLimit"] = (spec.failed_history if spec.failed_history is not None
-                                      else DEFAULT_FAILED_HISTORY)
+    cron["startingDeadlineSeconds"] = (
+        spec.starting_deadline if spec.starting_deadline is not None else DEFAULT_STARTING_DEADLINE
+    )
+    cron["successfulJobsHistoryLimit"] = (
+        spec.successful_history if spec.successful_history is not None else DEFAULT_SUCCESSFUL_HISTORY
+    )
+    cron["failedJobsHistoryLimit"] = spec.failed_history if spec.failed_history is not None else DEFAULT_FAILED_HISTORY
     cron["jobTemplate"] = {"metadata": {"labels": job["metadata"]["labels"]}, "spec": job["spec"]}
     meta = _metadata(spec, spec.name)
     return {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": meta, "spec": cron}
 
 
-def _statefulset(spec: WorkloadSpec, version: tuple[int, int], secret_ref: dict[str, str] | None,
-                 built: Built) -> dict[str, Any]:
+def _statefulset(
+    spec: WorkloadSpec, version: tuple[int, int], secret_ref: dict[str, str] | None, built: Built
+) -> dict[str, Any]:
     selector = {"app.kubernetes.io/name": spec.name, "app.kubernetes.io/instance": spec.name}
     sts_spec: dict[str, Any] = {"replicas": 1, "selector": {"matchLabels": selector}}
     if version < _SERVICE_NAME_OPTIONAL:
@@ -705,5 +771,4 @@ def _statefulset(spec: WorkloadSpec, version: tuple[int, int], secret_ref: dict[
             "the StatefulSet's COMPLETED marker lives in an emptyDir without --pvc: a rescheduled pod runs the "
             "command again, which finds its run completed in the store (while the record is kept) and stops"
         )
-    return {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": _metadata(spec, spec.name),
-            "spec": sts_spec}
+    return {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": _metadata(spec, spec.name), "spec": sts_spec}

@@ -59,8 +59,10 @@ def load_patch(path: str) -> dict[str, Any]:
         raise UsageError(f"--patch {path!r} is neither YAML nor JSON: {exc}".replace("\n", " ")) from None
     if len(docs) != 1 or not isinstance(docs[0], dict):
         found = f"{len(docs)} documents" if len(docs) != 1 else f"a {type(docs[0]).__name__}"
-        raise UsageError(f"--patch {path!r} must hold one mapping, a JSON merge patch of the workload such as "
-                         f"{{spec: {{template: {{spec: {{nodeSelector: {{disk: ssd}}}}}}}}}}, not {found}")
+        raise UsageError(
+            f"--patch {path!r} must hold one mapping, a JSON merge patch of the workload such as "
+            f"{{spec: {{template: {{spec: {{nodeSelector: {{disk: ssd}}}}}}}}}}, not {found}"
+        )
     return docs[0]
 
 
@@ -74,8 +76,9 @@ def apply_to_workload(documents: list[dict[str, Any]], patch: dict[str, Any]) ->
         raise UsageError("--patch may not replace metadata: patch its labels or annotations instead")
     for field, flag in (("name", "the NAME argument"), ("namespace", "--namespace")):
         if isinstance(meta, dict) and field in meta:
-            raise UsageError(f"--patch may not change metadata.{field}: use {flag} (the Secret, the claim and the "
-                             "run refer to it)")
+            raise UsageError(
+                f"--patch may not change metadata.{field}: use {flag} (the Secret, the claim and the run refer to it)"
+            )
     out = []
     for doc in documents:
         out.append(merge_patch(doc, patch) if doc.get("kind") in WORKLOAD_KINDS else doc)
@@ -91,19 +94,25 @@ def validate_schema(documents: list[dict[str, Any]], kube_version: str) -> list[
     try:
         import kubernetes_validate as kv  # type: ignore[import-untyped]
     except ImportError:
-        raise MissingDriver("--patch checks the patched manifest against the Kubernetes schema, which needs "
-                            "kubernetes-validate: pip install kubernetes-validate") from None
+        raise MissingDriver(
+            "--patch checks the patched manifest against the Kubernetes schema, which needs "
+            "kubernetes-validate: pip install kubernetes-validate"
+        ) from None
     warnings: list[str] = []
     shipped = sorted({tuple(int(p) for p in v.split(".")[:2]) for v in kv.utils.all_versions()})
     wanted = tuple(int(p) for p in kube_version.lstrip("v").split(".")[:2])
     usable = [v for v in shipped if v <= wanted]
     if not usable:
-        raise MissingDriver(f"kubernetes-validate has no schema for Kubernetes {kube_version}: upgrade it "
-                            "(pip install -U kubernetes-validate)")
+        raise MissingDriver(
+            f"kubernetes-validate has no schema for Kubernetes {kube_version}: upgrade it "
+            "(pip install -U kubernetes-validate)"
+        )
     version = usable[-1]
     if version != wanted:
-        warnings.append(f"the patched manifest was checked against the Kubernetes {version[0]}.{version[1]} schema, "
-                        f"the newest kubernetes-validate ships (not {kube_version})")
+        warnings.append(
+            f"the patched manifest was checked against the Kubernetes {version[0]}.{version[1]} schema, "
+            f"the newest kubernetes-validate ships (not {kube_version})"
+        )
     errors: list[str] = []
     for doc in documents:
         where = f"{doc.get('kind', '?')}/{(doc.get('metadata') or {}).get('name', '?')}"

@@ -34,21 +34,50 @@ Level = Literal["baseline", "restricted"]
 LEVELS: tuple[str, ...] = ("baseline", "restricted")
 
 # Allowed values, as the standard lists them.
-_BASELINE_CAPABILITIES = frozenset({
-    "AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE",
-    "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
-})
+_BASELINE_CAPABILITIES = frozenset(
+    {
+        "AUDIT_WRITE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "MKNOD",
+        "NET_BIND_SERVICE",
+        "SETFCAP",
+        "SETGID",
+        "SETPCAP",
+        "SETUID",
+        "SYS_CHROOT",
+    }
+)
 _SELINUX_TYPES = frozenset({"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"})
 # The "safe" sysctls, including the ones added in 1.27 and 1.29 (the admission controller's
 # default version is the newest).
-_SAFE_SYSCTLS = frozenset({
-    "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
-    "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
-    "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
-    "net.ipv4.tcp_keepalive_probes",
-})
-_RESTRICTED_VOLUMES = ("configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-                       "projected", "secret")
+_SAFE_SYSCTLS = frozenset(
+    {
+        "kernel.shm_rmid_forced",
+        "net.ipv4.ip_local_port_range",
+        "net.ipv4.ip_unprivileged_port_start",
+        "net.ipv4.tcp_syncookies",
+        "net.ipv4.ping_group_range",
+        "net.ipv4.ip_local_reserved_ports",
+        "net.ipv4.tcp_keepalive_time",
+        "net.ipv4.tcp_fin_timeout",
+        "net.ipv4.tcp_keepalive_intvl",
+        "net.ipv4.tcp_keepalive_probes",
+    }
+)
+_RESTRICTED_VOLUMES = (
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+)
 _APPARMOR_ANNOTATION = "container.apparmor.security.beta.kubernetes.io/"
 
 Bad = Callable[[str], None]
@@ -95,8 +124,9 @@ def _privileged(pod: dict[str, Any], meta: dict[str, Any], bad: Bad) -> None:
 
 def _capabilities_baseline(pod: dict[str, Any], meta: dict[str, Any], bad: Bad) -> None:
     for where, c in _containers(pod):
-        extra = [cap for cap in ((_sc(c).get("capabilities") or {}).get("add") or [])
-                 if cap not in _BASELINE_CAPABILITIES]
+        extra = [
+            cap for cap in ((_sc(c).get("capabilities") or {}).get("add") or []) if cap not in _BASELINE_CAPABILITIES
+        ]
         if extra:
             bad(f"{where} adds capabilities beyond the default set: {', '.join(map(str, extra))}")
 
@@ -136,7 +166,8 @@ def _apparmor(pod: dict[str, Any], meta: dict[str, Any], bad: Bad) -> None:
             bad(f"{where}.securityContext.appArmorProfile.type is {kind!r}: only RuntimeDefault or Localhost")
     for key, value in (meta.get("annotations") or {}).items():
         if str(key).startswith(_APPARMOR_ANNOTATION) and not (
-                value == "runtime/default" or str(value).startswith("localhost/")):
+            value == "runtime/default" or str(value).startswith("localhost/")
+        ):
             bad(f"annotation {key} is {value!r}: only runtime/default or localhost/*")
 
 
@@ -278,8 +309,7 @@ def pod_templates(doc: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[st
     yield template.get("metadata") or {}, template.get("spec") or {}
 
 
-def pod_security(documents: list[dict[str, Any]], level: Level = "restricted",
-                 *, only: str | None = None) -> list[str]:
+def pod_security(documents: list[dict[str, Any]], level: Level = "restricted", *, only: str | None = None) -> list[str]:
     """Every control of Pod Security ``level`` that ``documents`` break (empty when admitted).
 
     ``only`` checks a single rule (by name), for tests and diagnostics.
@@ -298,6 +328,11 @@ def pod_security(documents: list[dict[str, Any]], level: Level = "restricted",
         where = f"{doc.get('kind', '?')}/{(doc.get('metadata') or {}).get('name', '?')}"
         for meta, pod in pod_templates(doc):
             for name, rule in rules.items():
-                rule(pod, meta, lambda what, name=name: problems.append(  # type: ignore[misc]
-                    f"pod-security/{name}: {where}: {what}"))
+                rule(
+                    pod,
+                    meta,
+                    lambda what, name=name, where=where: problems.append(  # type: ignore[misc]
+                        f"pod-security/{name}: {where}: {what}"
+                    ),
+                )
     return problems

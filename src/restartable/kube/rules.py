@@ -38,7 +38,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import UsageError
-from .podsecurity import Level, pod_security as _pod_security
+from .podsecurity import Level
+from .podsecurity import pod_security as _pod_security
 
 __all__ = ["RULES", "check", "enforce"]
 
@@ -85,16 +86,22 @@ def check(documents: list[dict[str, Any]], *, pod_security: Level | None = None)
             _check_job(((spec.get("jobTemplate") or {}).get("spec")) or {}, bad)
             _check_kueue(spec.get("jobTemplate") or {}, bad)
             if spec.get("concurrencyPolicy") != "Forbid":
-                bad("cronjob", f"concurrencyPolicy is {spec.get('concurrencyPolicy', 'Allow')!r}: use Forbid, or two "
-                    "nights' Jobs run at once as two runs")
+                bad(
+                    "cronjob",
+                    f"concurrencyPolicy is {spec.get('concurrencyPolicy', 'Allow')!r}: use Forbid, or two "
+                    "nights' Jobs run at once as two runs",
+                )
             if re.match(r"\s*(CRON_)?TZ=", str(spec.get("schedule", ""))):
                 bad("cronjob", "the schedule holds TZ= or CRON_TZ=, which Kubernetes refuses: use spec.timeZone")
         elif kind == "StatefulSet":
             pod = ((spec.get("template") or {}).get("spec")) or {}
             policy = pod.get("restartPolicy", "Always")
             if policy != "Always":
-                bad("statefulset-always", f"restartPolicy is {policy!r}; a StatefulSet allows only Always (the "
-                    "idle wrapper keeps the pod up when done instead)")
+                bad(
+                    "statefulset-always",
+                    f"restartPolicy is {policy!r}; a StatefulSet allows only Always (the "
+                    "idle wrapper keeps the pod up when done instead)",
+                )
             if _has_key(spec, "podFailurePolicy"):
                 bad("statefulset-always", "a StatefulSet has no podFailurePolicy")
         for pod in _pod_specs(doc):
@@ -110,10 +117,12 @@ def enforce(documents: list[dict[str, Any]], *, pod_security: Level | None = "re
     if problems:
         hint = ""
         if any(p.startswith("pod-security/") for p in problems):
-            hint = (f"\n(Pod Security {pod_security!r} is what a namespace enforcing it admits; for an image that "
-                    "cannot run that way, generate with --no-restricted and a namespace at \"baseline\")"
-                    if pod_security == "restricted" else
-                    "\n(Pod Security \"baseline\" is the least restartable generates for)")
+            hint = (
+                f"\n(Pod Security {pod_security!r} is what a namespace enforcing it admits; for an image that "
+                'cannot run that way, generate with --no-restricted and a namespace at "baseline")'
+                if pod_security == "restricted"
+                else '\n(Pod Security "baseline" is the least restartable generates for)'
+            )
         raise UsageError("the manifests break restartable's rules:\n  " + "\n  ".join(problems) + hint)
 
 
@@ -121,8 +130,11 @@ def _check_kueue(obj: dict[str, Any], bad: Any) -> None:
     """``obj`` is a Job or a CronJob's jobTemplate: with Kueue's queue label it must be created suspended."""
     labels = ((obj.get("metadata") or {}).get("labels")) or {}
     if _QUEUE_LABEL in labels and (obj.get("spec") or {}).get("suspend") is not True:
-        bad("kueue", f"labelled {_QUEUE_LABEL}={labels[_QUEUE_LABEL]!r} but not suspend: true, so it starts "
-            "before Kueue admits it")
+        bad(
+            "kueue",
+            f"labelled {_QUEUE_LABEL}={labels[_QUEUE_LABEL]!r} but not suspend: true, so it starts "
+            "before Kueue admits it",
+        )
 
 
 def _check_job(spec: dict[str, Any], bad: Any) -> None:
@@ -132,8 +144,11 @@ def _check_job(spec: dict[str, Any], bad: Any) -> None:
     if failure_policy is not None and policy != "Never":
         bad("never-with-failure-policy", f"a podFailurePolicy needs restartPolicy Never, not {policy!r}")
     elif policy != "Never":
-        bad("job-restart-policy", f"restartPolicy is {policy!r}: use Never, so a failed pod is replaced by a new "
-            "one that resumes from the checkpoint and the failure policy sees every exit")
+        bad(
+            "job-restart-policy",
+            f"restartPolicy is {policy!r}: use Never, so a failed pod is replaced by a new "
+            "one that resumes from the checkpoint and the failure policy sees every exit",
+        )
     if failure_policy is not None:
         containers = {c.get("name") for c in pod.get("containers") or []}
         for i, rule in enumerate(failure_policy.get("rules") or []):
@@ -145,15 +160,23 @@ def _check_job(spec: dict[str, Any], bad: Any) -> None:
                 bad("failure-policy", f"rule {i} uses FailIndex, which needs backoffLimitPerIndex")
         replacement = spec.get("podReplacementPolicy")
         if replacement is not None and replacement != "Failed":
-            bad("failure-policy", f"podReplacementPolicy is {replacement!r}; with a podFailurePolicy only Failed "
-                "is allowed")
+            bad(
+                "failure-policy",
+                f"podReplacementPolicy is {replacement!r}; with a podFailurePolicy only Failed is allowed",
+            )
     if spec.get("completionMode") == "Indexed":
         for container in pod.get("containers") or []:
             for env in container.get("env") or []:
-                if env.get("name") == "RESTARTABLE_SHARDS" and "value" in env \
-                        and str(env["value"]) != str(spec.get("completions")):
-                    bad("shard-count", f"RESTARTABLE_SHARDS is {env['value']!r} but completions is "
-                        f"{spec.get('completions')!r}: some shards would never run, or run twice")
+                if (
+                    env.get("name") == "RESTARTABLE_SHARDS"
+                    and "value" in env
+                    and str(env["value"]) != str(spec.get("completions"))
+                ):
+                    bad(
+                        "shard-count",
+                        f"RESTARTABLE_SHARDS is {env['value']!r} but completions is "
+                        f"{spec.get('completions')!r}: some shards would never run, or run twice",
+                    )
 
 
 def _check_pod(pod: dict[str, Any], bad: Any) -> None:
@@ -173,13 +196,19 @@ def _check_pod(pod: dict[str, Any], bad: Any) -> None:
             bad("exec-form", f"container {cname!r}: {problem}")
         for arg in argv:
             if _PASSWORD_URL.search(arg):
-                bad("no-url-in-env", f"container {cname!r}: the command line carries a URL with a password; "
-                    "pass it through a Secret (RESTARTABLE_STORE from secretKeyRef)")
+                bad(
+                    "no-url-in-env",
+                    f"container {cname!r}: the command line carries a URL with a password; "
+                    "pass it through a Secret (RESTARTABLE_STORE from secretKeyRef)",
+                )
         for env in container.get("env") or []:
             value = env.get("value")
             if isinstance(value, str) and _HOST_URL.search(value):
-                bad("no-url-in-env", f"container {cname!r}: env {env.get('name')!r} holds a URL with a host; "
-                    "put it in a Secret and use valueFrom.secretKeyRef")
+                bad(
+                    "no-url-in-env",
+                    f"container {cname!r}: env {env.get('name')!r} holds a URL with a host; "
+                    "put it in a Secret and use valueFrom.secretKeyRef",
+                )
 
 
 def _shell_without_exec(argv: list[str]) -> str | None:
@@ -193,8 +222,10 @@ def _shell_without_exec(argv: list[str]) -> str | None:
     script = argv[i + 1] if i + 1 < len(argv) else ""
     if _EXEC.search(script):
         return None
-    return (f"`{prog} -c` without exec: the shell, not the job, gets SIGTERM and the job is killed without "
-            "its final checkpoint; use the exec form ([\"python\", \"job.py\"]) or start the script with exec")
+    return (
+        f"`{prog} -c` without exec: the shell, not the job, gets SIGTERM and the job is killed without "
+        'its final checkpoint; use the exec form (["python", "job.py"]) or start the script with exec'
+    )
 
 
 def _pod_specs(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -1,30 +1,22 @@
-"""Checkpoint stores, chosen by URL scheme. See :mod:`restartable.stores.base` for the contract."""
+"""Checkpoint stores, chosen by URL scheme. See :mod:`restartable.stores.base` for the contract.
+
+A store is opened from its URL by :func:`open_store`; which class serves which scheme
+is the registry's (:mod:`restartable.stores._registry`): the file and memory stores
+live here, each database (PostgreSQL, SQLite, Redis) in its own package.
+"""
 
 from __future__ import annotations
 
-import importlib
 import os
 
-from .._url import parse_store_url, redact
-from ..errors import ConfigError
+from .._url import parse_store_url
+from ._registry import store_class
 from .base import Store
 
 __all__ = ["Store", "open_store", "DEFAULT_STORE", "resolve_store_url"]
 
 #: The embedded default: a SQLite file under the current directory.
 DEFAULT_STORE = "sqlite:///.restartable/checkpoints.db"
-
-# scheme -> "module:Class"; modules are imported only when their scheme is used, so a
-# missing driver costs nothing until a URL asks for it.
-_REGISTRY: dict[str, str] = {
-    "sqlite": "restartable.stores.sqlite:SQLiteStore",
-    "file": "restartable.stores.file:FileStore",
-    "memory": "restartable.stores.memory:MemoryStore",
-    "postgresql": "restartable.stores.postgres:PostgresStore",
-    "postgres": "restartable.stores.postgres:PostgresStore",
-    "redis": "restartable.stores.redis:RedisStore",
-    "rediss": "restartable.stores.redis:RedisStore",
-}
 
 
 def resolve_store_url(store: str | None) -> str:
@@ -37,13 +29,5 @@ def open_store(store: str | Store | None = None) -> Store:
     if isinstance(store, Store):
         return store
     url = resolve_store_url(store)
-    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-    target = _REGISTRY.get(scheme)
-    if target is None:
-        raise ConfigError(
-            f"unknown store URL scheme in {redact(url)!r}: use one of "
-            + ", ".join(f"{s}://" for s in sorted(set(_REGISTRY)))
-        )
-    module_name, cls_name = target.split(":")
-    cls: type[Store] = getattr(importlib.import_module(module_name), cls_name)
+    cls: type[Store] = store_class(url)
     return cls.from_url(parse_store_url(url, known_options=cls.options))

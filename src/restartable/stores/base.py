@@ -43,9 +43,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Self, TypeVar
 
+from .._url import StoreURL
 from ..checkpoint import COMPLETED, RUNNING, Checkpoint, HistoryEntry, Owner
 from ..errors import CheckpointCorrupt, Fenced, RunLocked
-from .._url import StoreURL
 
 __all__ = ["Store", "HISTORY_LIMIT", "Unreadable", "first_epoch"]
 
@@ -185,8 +185,31 @@ class Store(ABC):
         """The store's clock, in Unix seconds. Local stores use this machine's clock."""
         return time.time()
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: a store with nothing to release keeps it
         """Release connections and files. The store must not be used afterwards."""
+
+    # -- capabilities: what a store may offer beyond the contract ---------------------
+
+    @property
+    def retry_seconds(self) -> float:
+        """How long this store rides out a lost connection (URL option ``retry``); 0: it does not retry.
+
+        A transactional batch given back after a lost connection is retried within it too.
+        """
+        return 0.0
+
+    def transactional(self) -> Any:
+        """The store's batch transactions for ``job.transaction()``, or None when it has none.
+
+        A store whose database can also hold the caller's output returns an object with
+        ``batch_transaction(ctx, run)``: a context manager that yields a connection in an
+        open transaction and, when the block succeeds, saves the checkpoint with the
+        position after the batch in that same transaction (see
+        :mod:`restartable._sources.transaction` for the contract it must keep). The
+        default, None, makes ``job.transaction()`` refuse with a UsageError that names
+        the stores that can.
+        """
+        return None
 
     def __enter__(self) -> Self:
         return self
@@ -254,12 +277,7 @@ class Store(ABC):
         """The record after ``owner`` takes its lease, or RunLocked. Pure: no I/O."""
         # The same owner may take its own lease again: a retried acquire whose first
         # attempt committed (the connection dropped during COMMIT) must not lock itself out.
-        free = (
-            rec.lease_expires is None
-            or rec.lease_expires <= now
-            or steal_epoch == rec.epoch
-            or rec.owner == owner
-        )
+        free = rec.lease_expires is None or rec.lease_expires <= now or steal_epoch == rec.epoch or rec.owner == owner
         if not free:
             raise self._locked(rec, now)
         return rec.replace(

@@ -46,6 +46,7 @@ and the fix. Reads take no lock unless something looks odd (see ``_read_unlocked
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -298,10 +299,14 @@ class FileStore(Store):
 
     def _flock(self, fd: int, p: _Paths) -> None:
         """``flock(LOCK_EX)``, waiting at most ``lock_timeout`` seconds (then StoreUnavailable)."""
-        flock_exclusive(fd, self.lock_timeout, lambda: StoreUnavailable(
-            f"{p.lock} stayed locked by another process for {self.lock_timeout:g}s "
-            f"({self.display}): retry, or find the stuck process with `fuser {p.lock}`"
-        ))
+        flock_exclusive(
+            fd,
+            self.lock_timeout,
+            lambda: StoreUnavailable(
+                f"{p.lock} stayed locked by another process for {self.lock_timeout:g}s "
+                f"({self.display}): retry, or find the stuck process with `fuser {p.lock}`"
+            ),
+        )
 
     @contextmanager
     def _flocked(self, job: str, run: str) -> Iterator[_Paths]:
@@ -597,10 +602,14 @@ class FileStore(Store):
             return
         fd = os.open(job_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            flock_exclusive(fd, self.lock_timeout, lambda: StoreUnavailable(
-                f"the directory {job_dir} stayed locked by another process for {self.lock_timeout:g}s "
-                f"({self.display}): retry, or find the stuck process with `fuser {job_dir}`"
-            ))
+            flock_exclusive(
+                fd,
+                self.lock_timeout,
+                lambda: StoreUnavailable(
+                    f"the directory {job_dir} stayed locked by another process for {self.lock_timeout:g}s "
+                    f"({self.display}): retry, or find the stuck process with `fuser {job_dir}`"
+                ),
+            )
             for name in os.listdir(job_dir):
                 if _FLOOR_TEMP.fullmatch(name):  # a floor write cut short by a crash
                     _unlink(os.path.join(job_dir, name))
@@ -641,10 +650,14 @@ class FileStore(Store):
                         runs.add(name[: -len(".ckpt.prev")])
                 out += self._readable(
                     ((j, run, run) for run in sorted(r for r in runs if _valid(r))),
-                    lambda run, j=j: (gen.record if (gen := self._read_unlocked(j, run, self._p(j, run))) else None),
+                    functools.partial(self._record_of, j),
                     corrupt,
                 )
         return out
+
+    def _record_of(self, job: str, run: str) -> Checkpoint | None:
+        gen = self._read_unlocked(job, run, self._p(job, run))
+        return gen.record if gen else None
 
     def history(self, job: str, run: str, *, limit: int = 20) -> list[HistoryEntry]:
         gen = self._read_unlocked(job, run, self._p(job, run))

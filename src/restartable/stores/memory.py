@@ -14,7 +14,7 @@ from .._url import StoreURL
 from ..checkpoint import Checkpoint, HistoryEntry, Owner, decode_record, encode_record
 from .base import HISTORY_LIMIT, Store, Unreadable
 
-_SHARED: dict[str, "_Data"] = {}
+_SHARED: dict[str, _Data] = {}
 _SHARED_LOCK = threading.Lock()
 
 

@@ -60,6 +60,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
+from .._retry import DEFAULT_RETRY_SECONDS, call_with_retry
+from .._sources.batches import Batch
 from .._url import parse_duration, parse_store_url, redact
 from ..errors import (
     ConfigError,
@@ -68,9 +70,7 @@ from ..errors import (
     StoreUnavailable,
     UsageError,
 )
-from ..stores._retry import DEFAULT_RETRY_SECONDS, call_with_retry
-from ..stores.postgres import _AUTH_FAILURES, _CONFIG_FAILURES, _scrub, _secrets_of
-from .batches import Batch
+from .errors import classify, scrub, secrets_of
 
 if TYPE_CHECKING:
     import psycopg
@@ -164,8 +164,10 @@ def _why_not(index: _Index, cols: dict[str, _Column]) -> str | None:
     if not all(index.same_eq):
         return "another operator class's equality"
     by_num = {c.attnum: c for c in cols.values()}
-    if any(not by_num[a].deterministic and coll != by_num[a].collation
-           for a, coll in zip(index.indkey[: index.nkey], index.indcoll[: index.nkey])):
+    if any(
+        not by_num[a].deterministic and coll != by_num[a].collation
+        for a, coll in zip(index.indkey[: index.nkey], index.indcoll[: index.nkey], strict=False)
+    ):
         return "another collation than a nondeterministic column's"
     return None
 
@@ -254,7 +256,7 @@ class PostgresTable:
         if isinstance(url_or_conn, str):
             self._owns = True
             self._conninfo, url_retry, self._display = self._parse_url(url_or_conn)
-            self._secrets = _secrets_of(url_or_conn)
+            self._secrets = secrets_of(url_or_conn)
         elif isinstance(url_or_conn, self._pg.Connection):
             self._owns = False
             self._given = url_or_conn
@@ -265,8 +267,9 @@ class PostgresTable:
             self._conninfo = ""
             self._secrets = ()
         else:
-            raise UsageError(f"PostgresTable needs a postgresql:// URL or a psycopg connection, not "
-                             f"{type(url_or_conn).__name__}")
+            raise UsageError(
+                f"PostgresTable needs a postgresql:// URL or a psycopg connection, not {type(url_or_conn).__name__}"
+            )
         given = retry if retry is not None else url_retry
         self.retry_seconds = parse_duration(given if given is not None else DEFAULT_RETRY_SECONDS, "retry")
         self._queries: tuple[bytes, bytes] | None = None
@@ -354,14 +357,18 @@ class PostgresTable:
             hint = ""
             if self.schema is None and "." in self.table:
                 hint = f"; to name a schema pass schema={self.table.split('.')[0]!r} and the bare table name"
-            raise UsageError(f"{self.describe}: no such table (looked up as {qualified.as_string(conn)}, "
-                             f"through the search_path when no schema is given){hint}")
+            raise UsageError(
+                f"{self.describe}: no such table (looked up as {qualified.as_string(conn)}, "
+                f"through the search_path when no schema is given){hint}"
+            )
         oid, relkind, nspname, relname, inherited = found
         target = sql.Identifier(nspname, relname)
         self._name = target.as_string(conn)
         if relkind not in ("r", "p", "m"):
-            raise UsageError(f"{self.describe} is not a table (relkind {relkind!r}): keyset batches need a table "
-                             "or materialized view with an index on the key")
+            raise UsageError(
+                f"{self.describe} is not a table (relkind {relkind!r}): keyset batches need a table "
+                "or materialized view with an index on the key"
+            )
         if inherited:
             raise UsageError(
                 f"{self.describe} has inheritance children: their rows are read too, but no index or unique "
@@ -370,8 +377,7 @@ class PostgresTable:
                 "table, whose unique indexes cover every partition"
             )
         deterministic = "coalesce(co.collisdeterministic, true)" if conn.info.server_version >= 120000 else "true"
-        cols = {row[0]: _Column(*row[1:]) for row in conn.execute(_COLUMNS.format(deterministic=deterministic),
-                                                                   (oid,))}
+        cols = {row[0]: _Column(*row[1:]) for row in conn.execute(_COLUMNS.format(deterministic=deterministic), (oid,))}
         for c in (*self.key_columns, *(self.columns or ())):
             if c not in cols:
                 raise UsageError(f"{self.describe} has no column {c!r} (its columns: {', '.join(cols)})")
@@ -390,9 +396,11 @@ class PostgresTable:
             # these: a composite value arrives as an "anonymous composite" (not implemented),
             # a JSON value as text that is not JSON. Refuse now rather than at the second batch.
             if cols[k].typtype == "c" or cols[k].typname in ("json", "jsonb"):
-                raise UsageError(f"{self.describe}: key column {k!r} is of type {cols[k].typname}, whose values "
-                                 "cannot be sent back as the position to resume after: key on scalar columns "
-                                 "(numbers, text, dates, timestamps, UUIDs), such as the primary key")
+                raise UsageError(
+                    f"{self.describe}: key column {k!r} is of type {cols[k].typname}, whose values "
+                    "cannot be sent back as the position to resume after: key on scalar columns "
+                    "(numbers, text, dates, timestamps, UUIDs), such as the primary key"
+                )
         selected = list(self.columns) if self.columns is not None else list(cols)
         selected += [k for k in self.key_columns if k not in selected]
         self._key_index = [selected.index(k) for k in self.key_columns]
@@ -407,8 +415,9 @@ class PostgresTable:
         if list(index.indkey[:n]) != [cols[k].attnum for k in key]:
             return False
         # One direction throughout (a backward scan serves a DESC index), the columns' collations.
-        return (len({opt & _DESC for opt in index.indoption[:n]}) == 1
-                and list(index.indcoll[:n]) == [cols[k].collation for k in key])
+        return len({opt & _DESC for opt in index.indoption[:n]}) == 1 and list(index.indcoll[:n]) == [
+            cols[k].collation for k in key
+        ]
 
     @staticmethod
     def _unique_columns(cols: dict[str, _Column], index: _Index) -> list[str] | None:
@@ -423,8 +432,9 @@ class PostgresTable:
         by_num = {c.attnum: name for name, c in cols.items()}
         return [by_num[a] for a in index.indkey[: index.nkey]]
 
-    def _check_unique(self, conn: psycopg.Connection[Any], target: sql.Identifier, cols: dict[str, _Column],
-                      indexes: list[_Index]) -> None:
+    def _check_unique(
+        self, conn: psycopg.Connection[Any], target: sql.Identifier, cols: dict[str, _Column], indexes: list[_Index]
+    ) -> None:
         from psycopg import sql
 
         usable = [(ix, self._unique_columns(cols, ix)) for ix in indexes]
@@ -435,27 +445,32 @@ class PostgresTable:
         tie = next((names for _, names in usable if names is not None), None)
         ignored = [f"{ix.name} ({why})" for ix in indexes if ix.unique and (why := _why_not(ix, cols)) is not None]
         skipped = f" (unique indexes that do not count: {', '.join(ignored)})" if ignored else ""
-        head = (f"{self.describe}: the key {self.key_columns!r} is not unique: no primary key, unique constraint or "
-                f"unique index covers only key columns{skipped}. Rows sharing the last key of a batch would be "
-                "skipped (each batch starts strictly after that key).")
+        head = (
+            f"{self.describe}: the key {self.key_columns!r} is not unique: no primary key, unique constraint or "
+            f"unique index covers only key columns{skipped}. Rows sharing the last key of a batch would be "
+            "skipped (each batch starts strictly after that key)."
+        )
         if tie is not None:
             better = (*self.key_columns, *(c for c in tie if c not in self.key_columns))
             fix = f" End the key with a unique tie-breaker: key={better!r}"
             if not any(self._serves_order(better, cols, ix) for ix in indexes):
                 index = sql.SQL("CREATE INDEX ON {} ({})").format(
-                    target, sql.SQL(", ").join(sql.Identifier(k) for k in better))
+                    target, sql.SQL(", ").join(sql.Identifier(k) for k in better)
+                )
                 fix += f", with an index in that order: {index.as_string(conn)}"
             raise UsageError(head + fix)
         unique = sql.SQL("CREATE UNIQUE INDEX ON {} ({})").format(
-            target, sql.SQL(", ").join(sql.Identifier(k) for k in self.key_columns))
+            target, sql.SQL(", ").join(sql.Identifier(k) for k in self.key_columns)
+        )
         raise UsageError(
             f"{head} The table has no usable unique key: give it a primary key (ALTER TABLE {target.as_string(conn)} "
             "ADD PRIMARY KEY (...)) and end the key with its columns, or, if the key's values are in fact unique, "
             f"declare it: {unique.as_string(conn)}"
         )
 
-    def _check_order(self, conn: psycopg.Connection[Any], target: sql.Identifier, cols: dict[str, _Column],
-                     indexes: list[_Index]) -> None:
+    def _check_order(
+        self, conn: psycopg.Connection[Any], target: sql.Identifier, cols: dict[str, _Column], indexes: list[_Index]
+    ) -> None:
         from psycopg import sql
 
         if any(self._serves_order(self.key_columns, cols, ix) for ix in indexes):
@@ -471,8 +486,9 @@ class PostgresTable:
             "leads an index)"
         )
 
-    def _compose(self, conn: psycopg.Connection[Any], target: tuple[str, str],
-                 selected: list[str]) -> tuple[bytes, bytes]:
+    def _compose(
+        self, conn: psycopg.Connection[Any], target: tuple[str, str], selected: list[str]
+    ) -> tuple[bytes, bytes]:
         from psycopg import sql
 
         def ident(*parts: str) -> sql.Composable:
@@ -514,7 +530,7 @@ class PostgresTable:
             return given
         self._conn = None
         pg = self._pg
-        from ..stores import _pgconn
+        from . import conn as _pgconn
 
         try:
             # Bounded connect, and every read bounded by the URL's ?read_timeout= (default
@@ -549,25 +565,26 @@ class PostgresTable:
                         ) from None
                 raise self._translate(exc, what)
 
-        return call_with_retry(attempt, seconds=self.retry_seconds, transient=transient, display=self._display,
-                               what=f"{what} of {self._name}")
+        return call_with_retry(
+            attempt,
+            seconds=self.retry_seconds,
+            transient=transient,
+            display=self._display,
+            what=f"{what} of {self._name}",
+        )
 
     def _translate(self, exc: BaseException, what: str, *, connecting: bool = False) -> BaseException:
         """Ours when retrying cannot help; the driver error itself when it is transient (retried)."""
         pg = self._pg
         message = self._scrub(exc)
-        sqlstate = getattr(exc, "sqlstate", None) or ""
-        lowered = message.lower()
-        libpq = connecting and sqlstate == ""
+        kind = classify(exc, pg, message, connecting=connecting, transient=(pg.OperationalError, pg.InterfaceError))
         where = f"{self.describe}: {what} failed ({message})"
         err: BaseException
-        if isinstance(exc, pg.errors.InsufficientPrivilege) or sqlstate.startswith("28") or (
-            libpq and any(p in lowered for p in _AUTH_FAILURES)
-        ):
+        if kind == "denied":
             err = PermissionDenied(f"{where}: check the user and password, and GRANT SELECT on the table")
-        elif sqlstate == "3D000" or (libpq and any(p in lowered for p in _CONFIG_FAILURES)):
+        elif kind == "config":
             err = ConfigError(f"{where}: fix the URL or create the database")
-        elif isinstance(exc, (pg.OperationalError, pg.InterfaceError)):
+        elif kind == "transient":
             return exc
         elif isinstance(exc, (pg.ProgrammingError, pg.DataError)):
             err = UsageError(f"{where}: check where= and params=")
@@ -578,4 +595,4 @@ class PostgresTable:
         return err
 
     def _scrub(self, exc: BaseException) -> str:
-        return _scrub(str(exc).strip(), self._secrets)
+        return scrub(str(exc).strip(), self._secrets)

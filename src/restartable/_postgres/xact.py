@@ -9,7 +9,7 @@ fencing token races with the commit still landing (issue 12, defect 1). So:
 * before COMMIT, :func:`note` reads the transaction's id and its server process
   (one round trip, inside the transaction);
 * after a lost answer, :func:`resolve` asks the server on NEW connections, with the
-  backoff of :mod:`restartable.stores._retry`, until the answer is final:
+  backoff of :mod:`restartable._retry`, until the answer is final:
 
   - the caller's proof (``shows_commit``: what the transaction wrote, read back) is
     there: **committed**. Checked first, and required before "committed" is
@@ -25,12 +25,12 @@ fencing token races with the commit still landing (issue 12, defect 1). So:
     rolls back, one inside its commit record finishes, and either way its row locks
     go (an idle orphan behind a silent connection would otherwise hold them until
     TCP keepalive notices, hours later). Then ask again. When the COMMIT ended by the
-    read deadline, :mod:`restartable.stores._pgconn` has usually ended the session
+    read deadline, :mod:`restartable._postgres.conn` has usually ended the session
     already (matched by pid and its start time, through :func:`end_session` too).
 
 * past ``budget`` seconds without a final answer: **unknown**. The caller must then
   write nothing that could race with the transaction (see
-  :mod:`restartable.sources.transaction`); the next runner, which takes a new epoch
+  :mod:`restartable._postgres.transaction`); the next runner, which takes a new epoch
   and whose acquire waits for the orphan's row lock, decides from what is stored.
 
 PostgreSQL 13+ uses ``pg_current_xact_id``/``pg_xact_status``; 10-12 their older
@@ -40,11 +40,12 @@ names ``txid_current``/``txid_status``.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from .._retry import STORE_BACKOFF
 
 __all__ = ["COMMITTED", "ABORTED", "UNKNOWN", "Outcome", "XactRef", "backoff", "end_session", "note", "resolve"]
 
@@ -77,8 +78,8 @@ def note(conn: Any) -> XactRef:
 
 
 def backoff(attempt: int) -> float:
-    """The delay before retry number ``attempt`` (1, 2, ...): stores/_retry.py's, 50 ms doubling to 5 s, jitter."""
-    return min(5.0, 0.05 * 2 ** max(0, attempt - 1)) + random.uniform(0, 0.1)
+    """The delay before retry number ``attempt`` (1, 2, ...): the stores' policy (:data:`restartable._retry.STORE_BACKOFF`)."""
+    return STORE_BACKOFF.delay(attempt)
 
 
 # A session is ours only while the pid still runs it: matching the transaction id (or the
@@ -106,8 +107,9 @@ def end_session(conn: Any, pid: int, *, xid: int | None = None, started: Any = N
     """
     if xid is None and started is None:
         raise ValueError("end_session needs the transaction id or the session's start to know the session")
-    row = conn.execute(_TERMINATE, {"pid": pid, "xid32": None if xid is None else str(xid % 2**32),
-                                    "started": started}).fetchone()
+    row = conn.execute(
+        _TERMINATE, {"pid": pid, "xid32": None if xid is None else str(xid % 2**32), "started": started}
+    ).fetchone()
     return bool(row is not None and row[0])
 
 
@@ -172,12 +174,19 @@ def _end_orphan(conn: Any, ref: XactRef, what: str, transient: tuple[type[BaseEx
     except transient:
         raise  # a lost connection: asked again on the next one
     except Exception as exc:  # noqa: BLE001 - not allowed (another role): wait for it instead
-        log.warning("%s: could not end the orphaned server session %d (%s); waiting for its commit to finish",
-                    what, ref.pid, exc)
+        log.warning(
+            "%s: could not end the orphaned server session %d (%s); waiting for its commit to finish",
+            what,
+            ref.pid,
+            exc,
+        )
         return
     if ended:
-        log.warning("%s: ended the orphaned server session %d still running the transaction, so that its "
-                    "outcome is final", what, ref.pid)
+        log.warning(
+            "%s: ended the orphaned server session %d still running the transaction, so that its outcome is final",
+            what,
+            ref.pid,
+        )
 
 
 def _pause(deadline: float, attempt: int, sleep: Callable[[float], None]) -> bool:

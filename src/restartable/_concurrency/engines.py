@@ -26,7 +26,7 @@ The contract:
   most that many finished items, plus the items done since the last checkpoint.
 * Items are numbered by their index in ``items``. A checkpoint holds the *low
   watermark* (the cursor's ``offset``: every item before it is done) and the done
-  items above it (``extra["done"]``, run lengths, see :mod:`restartable._window`).
+  items above it (``extra["done"]``, run lengths, see :mod:`restartable._concurrency.window`).
   A resumed run processes only the items not done, whatever order they finished in;
   sequences seek in O(1), iterators are read from the watermark on, skipping the
   done items.
@@ -36,8 +36,9 @@ The contract:
   long, or hangs) lets at most a window's worth of later items finish; then new
   items wait for it.
 * Failures: ``fn`` is called up to ``attempts`` times when it raises one of
-  ``retry_on``, waiting ``backoff * 2**(n-1)`` seconds (jittered to 50-100%, at
-  most 60 s) before retry ``n``. Then ``on_error="stop"`` (the default) re-raises the
+  ``retry_on``, waiting at least ``backoff * 2**(n-1)`` seconds (default
+  ``backoff=1.0``; up to half as much again of jitter, at most 60 s: the one policy of
+  :mod:`restartable._retry`) before retry ``n``. Then ``on_error="stop"`` (the default) re-raises the
   exception (the job fails, the item is not done, a rerun retries it), and
   ``on_error="skip"`` records a *dead letter* in ``extra["dead"]``:
   ``{"<index>": {"error": "Type: message", "attempts": n, "key": ...}}`` (the message
@@ -74,15 +75,16 @@ import asyncio
 import functools
 import logging
 import queue
-import random
 import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, Literal
 
-from ._window import ABANDONED, FAIL, OK, Engine, Options, options
-from .errors import UsageError
+from .._retry import DEFAULT_BACKOFF_SECONDS, Backoff
+from .._run import RunContext
+from ..errors import UsageError
+from .window import ABANDONED, FAIL, OK, Engine, Options, options
 
 __all__ = ["DEFAULT_GRACE", "DEFAULT_WINDOW", "aiterate", "amap", "map_threads"]
 
@@ -92,7 +94,6 @@ DEFAULT_WINDOW = 10_000
 DEFAULT_GRACE = 25.0
 #: How often a waiting consumer looks at signals and fencing.
 _POLL = 0.1
-_MAX_BACKOFF = 60.0
 #: How long cancelled tasks get to unwind after the grace, before the lease is kept instead.
 _CANCEL_WAIT = 2.0
 
@@ -115,15 +116,16 @@ class _Bucket:
 
 
 def _backoff(opts: Options, attempt: int) -> float:
-    return min(_MAX_BACKOFF, opts.backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+    return Backoff(opts.backoff).delay(attempt)  # the one policy: restartable._retry
 
 
 def _retryable(opts: Options, exc: BaseException, attempt: int) -> bool:
     return attempt < opts.attempts and isinstance(exc, opts.retry_on)
 
 
-def _call_sync(fn: Callable[[Any], Any], item: Any, opts: Options, bucket: _Bucket | None,
-               stop: threading.Event) -> tuple[str, Any, int]:
+def _call_sync(
+    fn: Callable[[Any], Any], item: Any, opts: Options, bucket: _Bucket | None, stop: threading.Event
+) -> tuple[str, Any, int]:
     """Run ``fn(item)`` with retries in a worker thread: ``(outcome, value or exception, attempts)``."""
     attempt = 0
     while True:
@@ -141,8 +143,9 @@ def _call_sync(fn: Callable[[Any], Any], item: Any, opts: Options, bucket: _Buck
                 return ABANDONED, exc, attempt
 
 
-async def _call_async(fn: Callable[[Any], Awaitable[Any]], item: Any, opts: Options, bucket: _Bucket | None,
-                      stop: asyncio.Event) -> tuple[str, Any, int]:
+async def _call_async(
+    fn: Callable[[Any], Awaitable[Any]], item: Any, opts: Options, bucket: _Bucket | None, stop: asyncio.Event
+) -> tuple[str, Any, int]:
     """The coroutine twin of :func:`_call_sync` (cancellation propagates)."""
 
     async def pause(seconds: float) -> bool:  # True when stopping cut the pause short
@@ -210,7 +213,7 @@ class _Pool:
 
 
 def map_threads(
-    job: Any,
+    job: RunContext,
     fn: Callable[[Any], Any],
     items: Iterable[Any],
     *,
@@ -218,7 +221,7 @@ def map_threads(
     ordered: bool = False,
     window: int = DEFAULT_WINDOW,
     attempts: int = 1,
-    backoff: float = 0.5,
+    backoff: float = DEFAULT_BACKOFF_SECONDS,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
     on_error: Literal["stop", "skip"] = "stop",
     skip_budget: int | None = None,
@@ -238,9 +241,21 @@ def map_threads(
     docstring for the done rule, the window, failures, rate and signals; ``every``,
     ``seconds``, ``name``, ``key``, ``on_change`` and ``progress`` are as for ``iterate``.
     """
-    opts = options(workers=workers, ordered=ordered, window=window, attempts=attempts, backoff=backoff,
-                    retry_on=retry_on, on_error=on_error, skip_budget=skip_budget, rate=rate, grace=grace,
-                    every=every, seconds=seconds, retry_dead=retry_dead)
+    opts = options(
+        workers=workers,
+        ordered=ordered,
+        window=window,
+        attempts=attempts,
+        backoff=backoff,
+        retry_on=retry_on,
+        on_error=on_error,
+        skip_budget=skip_budget,
+        rate=rate,
+        grace=grace,
+        every=every,
+        seconds=seconds,
+        retry_dead=retry_dead,
+    )
     if not callable(fn):
         raise UsageError(f"job.map needs a callable, not {fn!r}")
     eng = Engine(job, items, opts, name=name, key=key, on_change=on_change, progress=progress, allow_async=False)
@@ -255,7 +270,7 @@ def _run_threads(eng: Engine, pool: _Pool) -> Iterator[Any]:
     try:
         hooks.boundary(cursor, False)
         while True:
-            if job._signal is None:
+            if job.signal is None:
                 eng.fill(pool.submit)
             elif deadline is None:
                 deadline = time.monotonic() + eng.opts.grace
@@ -264,19 +279,19 @@ def _run_threads(eng: Engine, pool: _Pool) -> Iterator[Any]:
             if out is not None:
                 yield out[1]
                 eng.ack(out[0])
-                if job._signal is None:
+                if job.signal is None:
                     hooks.boundary(cursor, eng.count_due())
                 continue
             if eng.running == 0 or (deadline is not None and time.monotonic() >= deadline):
                 break
-            if job._fenced is not None:
-                raise job._fenced
+            if job.fenced is not None:
+                raise job.fenced
             try:
                 report = pool.results.get(timeout=_POLL)
             except queue.Empty:
                 continue
             eng.outcome(*report)
-        if job._signal is not None:
+        if job.signal is not None:
             _stopping(eng)
             eng.interrupt()  # checkpoints, releases the lease (if nothing runs) and raises Interrupted
         _check_finished(eng)
@@ -288,8 +303,12 @@ def _run_threads(eng: Engine, pool: _Pool) -> Iterator[Any]:
 
 def _stopping(eng: Engine) -> None:
     if eng.running:
-        log.warning("%s: %d item(s) still running after the %gs grace: not done, the next run redoes them",
-                    eng.where, eng.running, eng.opts.grace)
+        log.warning(
+            "%s: %d item(s) still running after the %gs grace: not done, the next run redoes them",
+            eng.where,
+            eng.running,
+            eng.opts.grace,
+        )
 
 
 def _check_finished(eng: Engine) -> None:
@@ -306,7 +325,7 @@ async def _nothing() -> AsyncIterator[Any]:
 
 
 def amap(
-    job: Any,
+    job: RunContext,
     fn: Callable[[Any], Awaitable[Any]],
     items: Any,
     *,
@@ -314,7 +333,7 @@ def amap(
     ordered: bool = False,
     window: int = DEFAULT_WINDOW,
     attempts: int = 1,
-    backoff: float = 0.5,
+    backoff: float = DEFAULT_BACKOFF_SECONDS,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
     on_error: Literal["stop", "skip"] = "stop",
     skip_budget: int | None = None,
@@ -334,9 +353,22 @@ def amap(
     running loop; ``items`` may be a sync or an async iterable. Checkpoints are
     written on the loop's thread (a short pause of the loop every ``seconds``).
     """
-    opts = options(workers=concurrency, ordered=ordered, window=window, attempts=attempts, backoff=backoff,
-                    retry_on=retry_on, on_error=on_error, skip_budget=skip_budget, rate=rate, grace=grace,
-                    every=every, seconds=seconds, retry_dead=retry_dead, what="concurrency")
+    opts = options(
+        workers=concurrency,
+        ordered=ordered,
+        window=window,
+        attempts=attempts,
+        backoff=backoff,
+        retry_on=retry_on,
+        on_error=on_error,
+        skip_budget=skip_budget,
+        rate=rate,
+        grace=grace,
+        every=every,
+        seconds=seconds,
+        retry_dead=retry_dead,
+        what="concurrency",
+    )
     if not callable(fn):
         raise UsageError(f"job.amap needs a coroutine function, not {fn!r}")
     eng = Engine(job, items, opts, name=name, key=key, on_change=on_change, progress=progress, allow_async=True)
@@ -375,7 +407,7 @@ async def _run_async(eng: Engine, fn: Callable[[Any], Awaitable[Any]]) -> AsyncI
     try:
         hooks.boundary(cursor, False)
         while True:
-            if job._signal is None:
+            if job.signal is None:
                 await eng.afill(submit)
             elif deadline is None:
                 deadline = time.monotonic() + opts.grace
@@ -386,13 +418,13 @@ async def _run_async(eng: Engine, fn: Callable[[Any], Awaitable[Any]]) -> AsyncI
             if out is not None:
                 yield out[1]
                 eng.ack(out[0])
-                if job._signal is None:
+                if job.signal is None:
                     hooks.boundary(cursor, eng.count_due())
                 continue
             if eng.running == 0 or (deadline is not None and time.monotonic() >= deadline):
                 break
-            if job._fenced is not None:
-                raise job._fenced
+            if job.fenced is not None:
+                raise job.fenced
             fut = waiter[0] = loop.create_future()
             timer = loop.call_later(_POLL, wake, fut)
             try:
@@ -400,7 +432,7 @@ async def _run_async(eng: Engine, fn: Callable[[Any], Awaitable[Any]]) -> AsyncI
             finally:
                 timer.cancel()
                 waiter[0] = None
-        if job._signal is not None:
+        if job.signal is not None:
             _stopping(eng)
             if tasks:  # past the grace: cancel them and let them unwind before the lease goes
                 stop.set()
@@ -420,7 +452,7 @@ async def _run_async(eng: Engine, fn: Callable[[Any], Awaitable[Any]]) -> AsyncI
 
 
 def aiterate(
-    job: Any,
+    job: RunContext,
     items: Any,
     *,
     name: str | None = None,
@@ -436,9 +468,21 @@ def aiterate(
     next. ``items`` may be a sync or an async iterable (an async one resumes by
     reading past the done items).
     """
-    opts = options(workers=1, ordered=False, window=1, attempts=1, backoff=0.0, retry_on=(Exception,),
-                    on_error="stop", skip_budget=None, rate=None, grace=0.0, every=every, seconds=seconds,
-                    retry_dead=False)
+    opts = options(
+        workers=1,
+        ordered=False,
+        window=1,
+        attempts=1,
+        backoff=0.0,
+        retry_on=(Exception,),
+        on_error="stop",
+        skip_budget=None,
+        rate=None,
+        grace=0.0,
+        every=every,
+        seconds=seconds,
+        retry_dead=False,
+    )
     eng = Engine(job, items, opts, name=name, key=key, on_change=on_change, progress=progress, allow_async=True)
     if eng.empty:
         return _nothing()

@@ -5,7 +5,7 @@ parameters such as ``sslmode``, ``connect_timeout`` or ``application_name`` pass
 through); restartable's own options are taken out of it first:
 
 ``schema``   the schema holding the tables (default ``restartable``), created and
-             migrated on first use (see :mod:`restartable.stores._pgschema`).
+             migrated on first use (see :mod:`restartable._postgres.schema`).
 ``retry``    how long to ride out a lost connection or a server restart (``30s``,
              ``2m``; default 60 s). After that an operation raises StoreUnavailable.
 ``history``  how many saves to keep in each run's history (default 50, 0 for none).
@@ -14,7 +14,7 @@ through); restartable's own options are taken out of it first:
              (partition, frozen server: no error ever arrives) is closed after it,
              and the operation is retried on a new one within ``retry``. It also
              bounds each statement on the connection ``job.transaction()`` hands out.
-             See :mod:`restartable.stores._pgconn`.
+             See :mod:`restartable._postgres.conn`.
 
 Every operation is one statement, one round trip, in autocommit mode, and the
 compare-and-set is inside that statement, so there is no read-modify-write race
@@ -32,9 +32,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Self, TypeVar
-from urllib.parse import unquote, urlsplit
 
-from .._names import _NAME, GRAMMAR
+from .._retry import DEFAULT_RETRY_SECONDS, call_with_retry, one_line
 from .._url import StoreURL, parse_duration
 from ..checkpoint import (
     STATUSES,
@@ -53,9 +52,9 @@ from ..errors import (
     PermissionDenied,
     StoreUnavailable,
 )
-from . import _pgschema
-from ._retry import DEFAULT_RETRY_SECONDS, call_with_retry, one_line
-from .base import HISTORY_LIMIT, Store, Unreadable
+from ..stores.base import HISTORY_LIMIT, Store, Unreadable
+from . import schema as _pgschema
+from .errors import classify, scrub, secrets_of
 
 if TYPE_CHECKING:
     import psycopg
@@ -81,7 +80,7 @@ _LEASE = "statement_timestamp() + %(lease)s::float8 * interval '1 second'"  # NU
 # ON CONFLICT locks the existing row, so the check and the write are atomic; when the
 # WHERE is false nothing is returned and the caller reports RunLocked.
 # A new record's epoch is the client's clock seed, but above the floor of deleted epochs
-# (see _pgschema version 2). The floor is read FOR SHARE: a delete of this run that has
+# (see schema.py, version 2). The floor is read FOR SHARE: a delete of this run that has
 # raised the floor but not committed yet is waited for, so the insert that follows it
 # never seeds below the epoch it removed (deletes lock the floor before the run's row,
 # so the two never wait for each other in a cycle).
@@ -104,9 +103,9 @@ RETURNING {_COLS}"""
 
 # save: compare-and-set on the epoch and the history entry in one statement (a
 # data-modifying CTE). History is a ring: the save writes slot ``saves % keep``, so the
-# run keeps its last ``keep`` saves without pruning or scanning (see _pgschema).
+# run keeps its last ``keep`` saves without pruning or scanning (see schema.py).
 # The owner column is left alone: an equal epoch means the same acquire, which wrote it.
-# ``save_seq`` orders the saves of one runner (see _pgschema version 3): a save older than
+# ``save_seq`` orders the saves of one runner (see schema.py, version 3): a save older than
 # the stored one (delayed in the network, landing late) or the same one again (a retry
 # whose first attempt committed) changes nothing.
 _SAVE_UPDATE = f"""
@@ -189,20 +188,9 @@ _STATEMENTS = {
     f"AND h.at <= {_NOW} - %(age)s::float8 * interval '1 second' AND (%(job)s::text IS NULL OR h.job = %(job)s)",
 }
 
+
 # libpq reports failed connections without a SQLSTATE: these message parts mean
 # retrying cannot help (checked before the error counts as transient).
-_AUTH_FAILURES = (
-    "password authentication failed",
-    "authentication failed",
-    "no pg_hba.conf entry",
-    "no password supplied",
-    "permission denied",
-    "role \"",
-)
-# "bad value for": psycopg's own check of connect_timeout (?connect_timeout=abc).
-_CONFIG_FAILURES = ("does not exist", "invalid ", "unsupported ", "unrecognized ", "certificate", "bad value for")
-
-
 class _Stale(Exception):
     """Internal: the CAS matched no row; carries the stored epoch (None: no record)."""
 
@@ -214,10 +202,9 @@ class _Stale(Exception):
 def _import_psycopg(display: str) -> Any:
     try:
         import psycopg
-        import tenacity  # noqa: F401 - needed by _retry; fail here with the fix, not later
     except ImportError as exc:
         raise MissingDriver(
-            f"the PostgreSQL store {display} needs psycopg 3 and tenacity ({exc.name} is missing): {_INSTALL}"
+            f"the PostgreSQL store {display} needs psycopg 3 ({exc.name} is missing): {_INSTALL}"
         ) from None
     return psycopg
 
@@ -228,7 +215,7 @@ class PostgresStore(Store):
     One connection per store, guarded by a lock: the heartbeat thread's renew and the
     main thread's save take turns, each a single round trip. An operation that fails
     with a lost connection (or another transient error) goes on through
-    :func:`~restartable.stores._retry.call_with_retry`, reconnecting before each
+    :func:`~restartable._retry.call_with_retry`, reconnecting before each
     attempt, until the ``retry`` budget is spent; then it raises StoreUnavailable.
     """
 
@@ -252,19 +239,19 @@ class PostgresStore(Store):
         strings (the password) scrubbed from any driver message before it is shown.
         ``read_timeout`` bounds every wait for the server on every connection the
         store opens, its own and the one :meth:`_connect` hands out (seconds, 0 for
-        none; None: 60 s); see :mod:`restartable.stores._pgconn`.
+        none; None: 60 s); see :mod:`restartable._postgres.conn`.
         """
         self._pg = _import_psycopg(display)
         from psycopg import sql
 
-        from . import _pgconn
+        from . import conn as _pgconn
 
         self._pgconn = _pgconn
         self._read_timeout = _pgconn.DEFAULT_READ_TIMEOUT if read_timeout is None else float(read_timeout)
 
         self.display = display
         self._conninfo = conninfo
-        self._schema = _check_schema(schema, display)
+        self._schema = _pgschema.check_schema(schema, display)
         self._retry_seconds = retry_seconds
         self._history_limit = history_limit
         self._secrets = tuple(s for s in secrets if s)
@@ -282,21 +269,23 @@ class PostgresStore(Store):
     def from_url(cls, url: StoreURL) -> Self:
         display = url.display
         psycopg = _import_psycopg(display)
-        secrets = _secrets_of(url.raw)
+        secrets = secrets_of(url.raw)
         try:
             params = psycopg.conninfo.conninfo_to_dict(url.driver_url)
         except psycopg.ProgrammingError as exc:
             raise ConfigError(
-                f"invalid PostgreSQL URL {display}: {_scrub(one_line(exc), secrets)}; restartable's own options "
+                f"invalid PostgreSQL URL {display}: {scrub(one_line(exc), secrets)}; restartable's own options "
                 "are schema, retry, history and read_timeout, the rest must be libpq connection parameters"
             ) from None
-        from ._pgconn import parse_read_timeout
+        from .conn import parse_read_timeout
 
         retry = parse_duration(url.options.get("retry", DEFAULT_RETRY_SECONDS), "retry option")
         read_timeout = parse_read_timeout(url.options.get("read_timeout"), display)
         history = url.options.get("history", str(HISTORY_LIMIT))
         if not history.isdigit():
-            raise ConfigError(f"invalid history option {history!r} in {display}: use a whole number of saves (0 for none)")
+            raise ConfigError(
+                f"invalid history option {history!r} in {display}: use a whole number of saves (0 for none)"
+            )
         return cls(
             url.driver_url,
             display=display,
@@ -413,7 +402,9 @@ class PostgresStore(Store):
         try:
             return {k: loads(v) for k, v in rows}
         except ValueError as exc:
-            raise CheckpointCorrupt(f"a marker of job {job!r} run {run!r} in {self.display} is not JSON ({exc})") from None
+            raise CheckpointCorrupt(
+                f"a marker of job {job!r} run {run!r} in {self.display} is not JSON ({exc})"
+            ) from None
 
     def now(self) -> float:
         row = self._call("now", lambda c: c.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone())
@@ -431,6 +422,16 @@ class PostgresStore(Store):
         self._call("cleanup", lambda c: c.execute(self._sql["cleanup_history"], params))
         return sorted((self._decode(r, lenient=True) for r in rows), key=lambda r: (r.job, r.run))
 
+    @property
+    def retry_seconds(self) -> float:
+        return self._retry_seconds
+
+    def transactional(self) -> Any:
+        """Batch transactions on a connection of this store's database (:mod:`restartable._postgres.transaction`)."""
+        from .transaction import PostgresTransactions  # psycopg-heavy: only for job.transaction()
+
+        return PostgresTransactions(self)
+
     def close(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
@@ -446,7 +447,7 @@ class PostgresStore(Store):
         ``search_path`` is left alone for the caller's tables. Close it when done.
         Every wait for the server on it ends after the store's ``read_timeout``: then
         the connection is closed (``conn.broken``) and a ``psycopg.OperationalError``
-        (:class:`~restartable.stores._pgconn.ReadTimeout`) raised; during COMMIT that
+        (:class:`~restartable._postgres.conn.ReadTimeout`) raised; during COMMIT that
         means the outcome is unknown.
         """
         return call_with_retry(
@@ -632,24 +633,21 @@ class PostgresStore(Store):
         raw = one_line(exc)  # libpq's messages end in a newline and indent their hints
         message = self._scrub(raw)
         sqlstate = getattr(exc, "sqlstate", None) or ""
-        lowered = message.lower()
-        connecting = connecting and sqlstate == ""  # libpq's own report, matched by its words
+        kind = classify(exc, pg, message, connecting=connecting, transient=self._transient)
         err: BaseException | None = None
-        if isinstance(exc, pg.errors.InsufficientPrivilege) or sqlstate.startswith("28") or (
-            connecting and any(p in lowered for p in _AUTH_FAILURES)
-        ):
+        if kind == "denied":
             err = PermissionDenied(
                 f"{what} on {self.display} was refused ({message}): check the user and password in the URL, "
                 f"pg_hba.conf, and that the user may CREATE in the database or owns schema {self._schema!r}"
             )
-        elif sqlstate == "3D000" or (connecting and any(p in lowered for p in _CONFIG_FAILURES)):
+        elif kind == "config":
             err = ConfigError(f"{what} on {self.display} failed ({message}): fix the store URL or create the database")
         elif isinstance(exc, pg.ProgrammingError) and sqlstate in ("42P01", "3F000"):
             err = ConfigError(
                 f"{what} on {self.display} failed ({message}): the tables in schema {self._schema!r} are gone "
                 "(dropped while in use?); open the store again to recreate them"
             )
-        elif isinstance(exc, self._transient):
+        elif kind == "transient":
             return exc  # retried by call_with_retry (connection lost, server restarting, deadlock...)
         else:
             err = StoreUnavailable(f"{what} on {self.display} failed: {message}")
@@ -659,36 +657,4 @@ class PostgresStore(Store):
         return err
 
     def _scrub(self, text: str) -> str:
-        return _scrub(text, self._secrets)
-
-
-def _check_schema(schema: str, display: str) -> str:
-    # PostgreSQL truncates identifiers at 63 bytes: refuse rather than silently share.
-    if _NAME.fullmatch(schema) is None or len(schema.encode()) > 63:
-        raise ConfigError(
-            f"invalid schema option {schema!r} in {display}: use 1-63 characters from letters, digits, "
-            f"'.', '_' and '-', starting with a letter or digit ({GRAMMAR})"
-        )
-    return schema
-
-
-def _secrets_of(url: str) -> tuple[str, ...]:
-    """The password of ``url`` as written and decoded, from the userinfo or the query."""
-    found: list[str] = []
-    try:
-        parts = urlsplit(url)
-        if parts.password:
-            found.append(parts.password)
-        from .._url import secret_values  # every secret parameter (sslpassword...), not only password
-
-        found.extend(secret_values(url))
-    except ValueError:
-        pass
-    found += [unquote(s) for s in found]
-    return tuple(sorted({s for s in found if s}, key=len, reverse=True))
-
-
-def _scrub(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
+        return scrub(text, self._secrets)

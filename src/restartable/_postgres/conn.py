@@ -29,7 +29,7 @@ and nothing happens to a connection from another thread. When it expires:
   :class:`~restartable.PostgresTable` treat it like any lost connection (reconnect and
   retry within the ``retry`` budget, then StoreUnavailable, exit 75), and a COMMIT that
   ends this way is "outcome unknown" (``conn.broken``), which
-  :func:`restartable.sources.transaction` resolves by reading the checkpoint back.
+  :func:`restartable._sources.transaction` resolves by reading the checkpoint back.
 
 The deadline bounds one wait, so it also bounds a statement that is legitimately slow
 (a long query in ``job.transaction()``, a lock wait): raise ``read_timeout`` above your
@@ -47,12 +47,19 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import psycopg
 from psycopg import errors as pg_errors
 
-from .. import _xact
 from .._url import parse_duration
 from ..errors import ConfigError, MissingDriver
+from . import xact as _xact
 
-__all__ = ["DEFAULT_READ_TIMEOUT", "OPTION", "DeadlineConnection", "ReadTimeout", "connect", "parse_read_timeout",
-           "split_read_timeout"]
+__all__ = [
+    "DEFAULT_READ_TIMEOUT",
+    "OPTION",
+    "DeadlineConnection",
+    "ReadTimeout",
+    "connect",
+    "parse_read_timeout",
+    "split_read_timeout",
+]
 
 log = logging.getLogger("restartable")
 
@@ -127,16 +134,23 @@ def _end_abandoned(conninfo: str, pid: int, started: dt.datetime, limit: float) 
     try:
         conn = DeadlineConnection.connect(conninfo, autocommit=True, connect_timeout=max(2, math.ceil(bound)))
     except Exception as exc:  # noqa: BLE001 - best effort: the caller raises ReadTimeout anyway
-        log.warning("could not reach the PostgreSQL server to end the abandoned backend %s (%s); its locks "
-                    "go when the server notices", pid, _one_line(exc))
+        log.warning(
+            "could not reach the PostgreSQL server to end the abandoned backend %s (%s); its locks "
+            "go when the server notices",
+            pid,
+            _one_line(exc),
+        )
         return
     try:
         conn.read_timeout = bound
         if _xact.end_session(conn, pid, started=started):
             log.warning("ended the abandoned PostgreSQL backend %s, so that its locks go now", pid)
     except Exception as exc:  # noqa: BLE001 - e.g. not allowed to signal it (another role, no pg_signal_backend)
-        log.warning("could not end the abandoned PostgreSQL backend %s (%s); its locks go when the server "
-                    "notices", pid, _one_line(exc))
+        log.warning(
+            "could not end the abandoned PostgreSQL backend %s (%s); its locks go when the server notices",
+            pid,
+            _one_line(exc),
+        )
     finally:
         conn.close()
 
@@ -234,8 +248,11 @@ def connect(
     limit = DEFAULT_READ_TIMEOUT if limit is None else limit
     given = psycopg.conninfo.conninfo_to_dict(conninfo)
     # A server that stops answering must not hang the connect either.
-    extra = {k: v for k, v in (("connect_timeout", connect_timeout), ("application_name", application_name))
-             if k not in given}
+    extra: dict[str, Any] = {
+        k: v
+        for k, v in (("connect_timeout", connect_timeout), ("application_name", application_name))
+        if k not in given
+    }
     conn = DeadlineConnection.connect(conninfo, autocommit=autocommit, **extra)
     conn.read_timeout = limit
     if limit:  # without a deadline no session is ever abandoned: nothing to remember

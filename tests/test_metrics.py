@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import unavailable
+from pgserver import _unavailable as unavailable  # tests/conftest.py's, loaded by path (two conftest.py files)
 
 from restartable import Job
 from restartable.errors import UsageError
@@ -33,8 +33,11 @@ def pushgateway() -> Iterator[str]:
         unavailable("prometheus-pushgateway is not installed (apt-get install prometheus-pushgateway)")
     port = _free_port()
     address = f"127.0.0.1:{port}"
-    proc = subprocess.Popen([binary, f"--web.listen-address={address}", "--persistence.file="],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [binary, f"--web.listen-address={address}", "--persistence.file="],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 15
         while True:
@@ -86,8 +89,9 @@ def store(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/ckpt.db"
 
 
-def test_a_successful_run_pushes_items_duration_and_last_success(pushgateway: str, store: str,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_successful_run_pushes_items_duration_and_last_success(
+    pushgateway: str, store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("RESTARTABLE_PUSHGATEWAY", pushgateway)
     with attach(Job("export-ok", run="r1", store=store, progress=False)) as job:
         for _ in job.iterate(range(50), every=10):
@@ -125,8 +129,10 @@ def test_a_failed_run_keeps_the_last_success_of_an_earlier_one(pushgateway: str,
     assert first is not None
     success = _value(first, "restartable_last_success_timestamp_seconds")
     assert success is not None
-    with pytest.raises(RuntimeError), attach(Job("export-fail", run="bad", store=store, progress=False),
-                                             gateway=pushgateway) as job:
+    with (
+        pytest.raises(RuntimeError),
+        attach(Job("export-fail", run="bad", store=store, progress=False), gateway=pushgateway) as job,
+    ):
         for i in job.iterate(range(10), every=1):
             if i == 7:
                 raise RuntimeError("the job's own bug")
@@ -147,8 +153,9 @@ def test_shards_push_to_their_own_groups(pushgateway: str, store: str) -> None:
         assert group is not None and _value(group, "restartable_items_processed_total") == 5
 
 
-def test_without_a_gateway_or_with_a_dead_one_the_job_just_runs(store: str, monkeypatch: pytest.MonkeyPatch,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_without_a_gateway_or_with_a_dead_one_the_job_just_runs(
+    store: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.delenv("RESTARTABLE_PUSHGATEWAY", raising=False)
     pusher = attach(Job("plain", store=store, progress=False))
     assert not pusher.enabled

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .._names import _NAME, GRAMMAR
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
     import psycopg
     from psycopg import sql
 
-__all__ = ["LATEST", "MIGRATIONS", "current_version", "migrate"]
+__all__ = ["LATEST", "MIGRATIONS", "check_schema", "current_version", "migrate"]
 
 # Each migration is a list of statements; ``{s}`` is the schema identifier.
 #
@@ -107,8 +108,30 @@ _V2 = [
 # is answered with the stored times. A constant default: no table rewrite.
 _V3 = ["ALTER TABLE {s}.runs ADD COLUMN save_seq bigint NOT NULL DEFAULT 0"]
 
+
+# Version 4: the work queue's tables (restartable.WorkQueue on a postgresql:// store).
+# Until this version the queue created them itself with CREATE ... IF NOT EXISTS; the
+# statements keep IF NOT EXISTS so that a schema where an older queue already made them
+# upgrades cleanly (nothing is created twice, nothing is rewritten).
+_V4 = [
+    """CREATE TABLE IF NOT EXISTS {s}.queue_tasks (
+        queue text NOT NULL,
+        key text NOT NULL,
+        seq bigint GENERATED ALWAYS AS IDENTITY,
+        payload jsonb,
+        epoch bigint NOT NULL DEFAULT 0,
+        owner text,
+        lease_expires timestamptz,
+        attempts integer NOT NULL DEFAULT 0,
+        "offset" bigint NOT NULL DEFAULT 0,
+        done_at timestamptz,
+        PRIMARY KEY (queue, key))""",
+    "CREATE INDEX IF NOT EXISTS queue_tasks_todo ON {s}.queue_tasks (queue, seq) WHERE done_at IS NULL",
+    "CREATE TABLE IF NOT EXISTS {s}.queues (queue text PRIMARY KEY, filled_at timestamptz)",
+]
+
 #: Ordered ``(version, statements)``; append only.
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2), (3, _V3)]
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4)]
 LATEST = MIGRATIONS[-1][0]
 
 
@@ -187,3 +210,13 @@ def _too_new(schema: str, version: int) -> ConfigError:
         f"PostgreSQL schema {schema!r} is at version {version}, newer than this restartable "
         f"understands ({LATEST}): upgrade restartable, or use another schema with ?schema=NAME"
     )
+
+
+def check_schema(schema: str, display: str) -> str:
+    # PostgreSQL truncates identifiers at 63 bytes: refuse rather than silently share.
+    if _NAME.fullmatch(schema) is None or len(schema.encode()) > 63:
+        raise ConfigError(
+            f"invalid schema option {schema!r} in {display}: use 1-63 characters from letters, digits, "
+            f"'.', '_' and '-', starting with a letter or digit ({GRAMMAR})"
+        )
+    return schema

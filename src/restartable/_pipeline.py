@@ -47,10 +47,10 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, overload
 
-from .._names import check_name
-from ..checkpoint import INTERRUPTED, RUNNING, Checkpoint, dumps
-from ..errors import DataError, UsageError
-from ..job import Job
+from ._job import Job, run_context
+from ._names import check_name
+from .checkpoint import RUNNING, Checkpoint, dumps
+from .errors import DataError, UsageError
 
 __all__ = ["PIPELINE_CURSOR", "Pipeline", "StageJob", "StagesChanged", "describe_stages"]
 
@@ -72,8 +72,11 @@ class _Stage:
     def __init__(self, name: str, fn: Callable[..., Any]) -> None:
         self.name = name
         self.fn = fn
-        params = [p for p in inspect.signature(fn).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+        params = [
+            p
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+        ]
         self.wants_results = len(params) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
@@ -99,6 +102,7 @@ class StageJob:
     def __getattr__(self, attr: str) -> Any:
         value = getattr(self._job, attr)
         if attr in self._NAMED:
+
             def named(*args: Any, name: str | None = None, **options: Any) -> Any:
                 return value(*args, name=self._name(name), **options)
 
@@ -152,8 +156,10 @@ class Pipeline:
     def _add(self, name: str, fn: F) -> F:
         check_name(name, "stage name")
         if name == PIPELINE_CURSOR or name in self.stages:
-            raise UsageError(f"pipeline {self.name!r}: a stage named {name!r} "
-                             + ("is reserved" if name == PIPELINE_CURSOR else "is already registered"))
+            raise UsageError(
+                f"pipeline {self.name!r}: a stage named {name!r} "
+                + ("is reserved" if name == PIPELINE_CURSOR else "is already registered")
+            )
         self._stages.append(_Stage(name, fn))
         return fn
 
@@ -171,7 +177,8 @@ class Pipeline:
             pos = job.record.positions.get(PIPELINE_CURSOR, {}) if job.record else {}
             self.results = dict(pos.get("results") or {})
             return self.results
-        cursor = job._cursor(PIPELINE_CURSOR, total=0)
+        ctx = run_context(job)
+        cursor = ctx.cursor(PIPELINE_CURSOR, total=0)
         started_with = cursor.extra.get("stages")
         if started_with is not None and list(started_with) != names:
             raise StagesChanged(
@@ -189,14 +196,18 @@ class Pipeline:
                 continue
             cursor.extra["current"] = stage.name
             log.info("%s: stage %r%s", job.label, stage.name, " (resuming)" if stage.name == resuming else "")
-            job._save(RUNNING)  # `show` names the stage in progress
+            ctx.save(RUNNING)  # `show` names the stage in progress
             view = StageJob(job, stage.name, results)
             value = stage.fn(view, results) if stage.wants_results else stage.fn(view)
             text = dumps(value, what=f"the result of stage {stage.name!r}")
             if len(text) > LARGE_RESULT:
-                log.warning("%s: the result of stage %r is %d bytes of JSON; it is saved with every checkpoint, "
-                            "keep stage results small (write big data to a file, return its path)",
-                            job.label, stage.name, len(text))
+                log.warning(
+                    "%s: the result of stage %r is %d bytes of JSON; it is saved with every checkpoint, "
+                    "keep stage results small (write big data to a file, return its path)",
+                    job.label,
+                    stage.name,
+                    len(text),
+                )
             results[stage.name] = value
             done.append(stage.name)
             cursor.extra["current"] = None
@@ -207,12 +218,11 @@ class Pipeline:
 
     def _stage_boundary(self, job: Job) -> None:
         """Checkpoint a finished stage; stop here on SIGTERM/SIGINT or fencing."""
-        if job._fenced is not None:
-            raise job._fenced
-        if job._signal is not None:
-            job._save(INTERRUPTED, release=True)
-            raise job._interrupted()
-        job._save(RUNNING)
+        ctx = run_context(job)
+        ctx.raise_if_fenced()
+        if ctx.signal is not None:
+            raise ctx.stop_now()
+        ctx.save(RUNNING)
 
 
 def _current_stage(job: Job) -> str | None:
@@ -243,5 +253,8 @@ def describe_stages(rec: Checkpoint) -> Iterator[str]:
         for name, p in rec.positions.items():
             if name.startswith(f"{stage}:"):
                 total = p.get("total")
-                yield (f"    iteration {name!r}: {p.get('offset', 0):,}" + (f"/{total:,}" if total else "")
-                       + ("  finished" if p.get("finished") else ""))
+                yield (
+                    f"    iteration {name!r}: {p.get('offset', 0):,}"
+                    + (f"/{total:,}" if total else "")
+                    + ("  finished" if p.get("finished") else "")
+                )

@@ -174,9 +174,18 @@ class Workers:
         self.pg = url.startswith("postgres")
         self.schema = url.split("schema=")[1] if self.pg else ""
         (tmp_path / "busy").mkdir(exist_ok=True)
-        self.cfg = {"store": url, "lease": 1.0, "n": 1200, "size": 20, "sleep": 0.06, "pg": self.pg,
-                    "busy": str(tmp_path / "busy"), "log": str(tmp_path / "items.log"),
-                    "insert": f'INSERT INTO "{self.schema}".out (id, epoch, pid) VALUES (%s, %s, %s)', **cfg}
+        self.cfg = {
+            "store": url,
+            "lease": 1.0,
+            "n": 1200,
+            "size": 20,
+            "sleep": 0.06,
+            "pg": self.pg,
+            "busy": str(tmp_path / "busy"),
+            "log": str(tmp_path / "items.log"),
+            "insert": f'INSERT INTO "{self.schema}".out (id, epoch, pid) VALUES (%s, %s, %s)',
+            **cfg,
+        }
         self.script = tmp_path / "worker.py"
         self.script.write_text(textwrap.dedent(WORKER))
         self.log = tmp_path / "items.log"
@@ -189,8 +198,12 @@ class Workers:
 
     def start(self, **override: Any) -> subprocess.Popen[str]:
         cfg = {**self.cfg, **override}
-        return subprocess.Popen([sys.executable, str(self.script), json.dumps(cfg)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, str(self.script), json.dumps(cfg)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def busy(self, proc: subprocess.Popen[str]) -> bool:
         return proc.poll() is None and os.path.exists(os.path.join(self.cfg["busy"], str(proc.pid)))

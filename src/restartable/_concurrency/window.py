@@ -1,6 +1,6 @@
 """The bookkeeping of a concurrent iteration: which items are done when they finish out of order.
 
-The drivers in :mod:`restartable.concurrent` (threads, asyncio) run the items; the
+The drivers in :mod:`restartable._concurrency.engines` (threads, asyncio) run the items; the
 :class:`Engine` here, owned by the consuming thread, decides what starts next, takes
 the outcomes, orders the results and keeps the done set and the dead letters in the
 cursor.
@@ -33,12 +33,13 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from ._cursor import Source
-from ._fingerprint import Fingerprinter
-from .checkpoint import INTERRUPTED, encode_value
-from .errors import CheckpointCorrupt, InputChanged, SkipBudgetExceeded, UsageError
+from .._cursor import Source
+from .._fingerprint import Fingerprinter
+from .._run import DEFAULT_SECONDS, OnChange, RunContext
+from ..checkpoint import INTERRUPTED, encode_value
+from ..errors import CheckpointCorrupt, InputChanged, SkipBudgetExceeded, UsageError
 
 __all__ = ["ABANDONED", "FAIL", "OK", "DoneSet", "Engine", "Options", "encoded_bound", "options"]
 
@@ -151,10 +152,23 @@ class Options:
     retry_dead: bool
 
 
-def options(*, workers: int, ordered: bool, window: int, attempts: int, backoff: float,
-             retry_on: type[BaseException] | tuple[type[BaseException], ...], on_error: str,
-             skip_budget: int | None, rate: float | None, grace: float, every: int | None,
-             seconds: float | None, retry_dead: bool, what: str = "workers") -> Options:
+def options(
+    *,
+    workers: int,
+    ordered: bool,
+    window: int,
+    attempts: int,
+    backoff: float,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...],
+    on_error: str,
+    skip_budget: int | None,
+    rate: float | None,
+    grace: float,
+    every: int | None,
+    seconds: float | None,
+    retry_dead: bool,
+    what: str = "workers",
+) -> Options:
     def positive_int(value: Any, name: str, low: int = 1) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise UsageError(f"{name} must be an int >= {low}, not {value!r}")
@@ -178,11 +192,22 @@ def options(*, workers: int, ordered: bool, window: int, attempts: int, backoff:
     if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry):
         raise UsageError(f"retry_on must be an exception class or a tuple of them, not {retry_on!r}")
     if every is None and seconds is None:
-        from .job import DEFAULT_SECONDS
-
         seconds = DEFAULT_SECONDS
-    return Options(workers, bool(ordered), window, attempts, float(backoff), retry, on_error, skip_budget,
-                    rate, float(grace), every, seconds, bool(retry_dead))
+    return Options(
+        workers,
+        bool(ordered),
+        window,
+        attempts,
+        float(backoff),
+        retry,
+        on_error,
+        skip_budget,
+        rate,
+        float(grace),
+        every,
+        seconds,
+        bool(retry_dead),
+    )
 
 
 def _identity(item: Any, key: Callable[[Any], Any] | None) -> Any:
@@ -211,8 +236,18 @@ class Engine:
     letters, and writes them into the cursor before every checkpoint.
     """
 
-    def __init__(self, job: Any, items: Any, opts: Options, *, name: str | None, key: Callable[[Any], Any] | None,
-                 on_change: str | None, progress: bool | None, allow_async: bool) -> None:
+    def __init__(
+        self,
+        job: RunContext,
+        items: Any,
+        opts: Options,
+        *,
+        name: str | None,
+        key: Callable[[Any], Any] | None,
+        on_change: str | None,
+        progress: bool | None,
+        allow_async: bool,
+    ) -> None:
         self.job = job
         self.opts = opts
         self.key = key
@@ -226,13 +261,13 @@ class Engine:
         else:
             self.source = Source(items)
             total = self.source.length
-        cursor = self.cursor = job._cursor(name, total=total)
+        cursor = self.cursor = job.cursor(name, total=total)
         self.where = f"{job.label} iteration {cursor.name!r}"
         self.empty = bool(job.completed)
         if self.empty:
             log.info("%s is already complete: iteration %r yields nothing", job.label, cursor.name)
             return
-        change = on_change or job.on_change
+        change = cast("OnChange", on_change or job.on_change)
         self.dead: dict[str, dict[str, Any]] = dict(cursor.extra.get("dead") or {})
         wanted = {int(k) for k in self.dead} if opts.retry_dead else set()
         below = {i for i in wanted if i < cursor.offset}
@@ -242,12 +277,17 @@ class Engine:
         if self.source is not None:
             if below and not self.source.seekable:
                 self.source = Source(_capture(items, below, self.captured))
-            self.fp = job._check_input(cursor, self.source, key, change)
+            self.fp = job.check_input(cursor, self.source, key, change)
         else:
             if change == "restart":
                 raise UsageError(f"{self.where}: on_change='restart' needs a sequence, not an async iterable")
-            self.fp = Fingerprinter(length=None, key=key, describe=self.where, position=offset,
-                                    stored=None if change == "force" else job._fingerprints.get(cursor.name))
+            self.fp = Fingerprinter(
+                length=None,
+                key=key,
+                describe=self.where,
+                position=offset,
+                stored=None if change == "force" else job.fingerprints.get(cursor.name),
+            )
             self.to_skip = offset  # read past the done items at the first read (it must await)
         if cursor.offset != offset:  # on_change='restart' started this iteration over
             self.dead, wanted, below = {}, set(), set()
@@ -258,7 +298,7 @@ class Engine:
         self.retry_above = wanted - below
         self.retry: deque[int] = deque(sorted(below)) if self.aiter is None else deque()
         self.retry_later = sorted(below) if self.aiter is not None else []
-        self.empty = (cursor.finished and (total is None or cursor.offset >= total) and not wanted)
+        self.empty = cursor.finished and (total is None or cursor.offset >= total) and not wanted
         if self.empty:
             return
         cursor.finished = False
@@ -279,7 +319,7 @@ class Engine:
         # Iterator items in flight, kept for their dead letter's key (sequences index them again).
         self.held: dict[int, Any] | None = {} if opts.on_error == "skip" and self.seq is None else None
         self.closed = False
-        self.hooks = job._loop_hooks(seconds=opts.seconds, progress=progress, fingerprint=self.fp)
+        self.hooks = job.loop_hooks(seconds=opts.seconds, progress=progress, fingerprint=self.fp)
         self.hooks.stop_after_save = False  # a signal is acted on by the engine: it drains in-flight items first
         job.on_checkpoint(self.sync)
 
@@ -346,8 +386,10 @@ class Engine:
                 try:
                     x = await self.aiter.__anext__()
                 except StopAsyncIteration:
-                    raise InputChanged(f"{self.where}: the input now has {i} items but {count} were already "
-                                       "done; it changed under the checkpoint") from None
+                    raise InputChanged(
+                        f"{self.where}: the input now has {i} items but {count} were already "
+                        "done; it changed under the checkpoint"
+                    ) from None
                 self.fp.see(i, [x])
                 if i in wanted:
                     self.captured[i] = x
@@ -427,8 +469,13 @@ class Engine:
         if previous is not None:
             log.warning("%s: item %d failed again (%s); it stays a dead letter", self.where, index, error)
             return
-        log.warning("%s: item %d failed after %d attempt(s) (%s); skipped, recorded as a dead letter",
-                    self.where, index, attempts, error)
+        log.warning(
+            "%s: item %d failed after %d attempt(s) (%s); skipped, recorded as a dead letter",
+            self.where,
+            index,
+            attempts,
+            error,
+        )
         budget = self.opts.skip_budget
         if budget is not None and len(self.dead) > budget:
             raise SkipBudgetExceeded(
@@ -468,8 +515,14 @@ class Engine:
         return True
 
     def finished(self) -> bool:
-        return (self.exhausted and not self.buf and not self.retry and not self.need_read and not self.to_skip
-                and self.unsettled == 0)
+        return (
+            self.exhausted
+            and not self.buf
+            and not self.retry
+            and not self.need_read
+            and not self.to_skip
+            and self.unsettled == 0
+        )
 
     def sync(self) -> None:
         """Write the done set, dead letters and in-flight count into the cursor (before each save)."""
@@ -485,8 +538,12 @@ class Engine:
         self.done.drop_from(self.next)  # an iterator that became shorter than its done set
         self.cursor.offset = self.done.low
         if self.dead:
-            log.warning("%s: %d item(s) failed and were skipped as dead letters; `restartable show %s` lists "
-                        "them", self.where, len(self.dead), self.job.name)
+            log.warning(
+                "%s: %d item(s) failed and were skipped as dead letters; `restartable show %s` lists them",
+                self.where,
+                len(self.dead),
+                self.job.name,
+            )
         self.hooks.end(self.cursor)
 
     def interrupt(self) -> None:
@@ -502,15 +559,19 @@ class Engine:
         if self.running == 0:
             hooks.stop_after_save = True
             hooks.boundary(cur, False)  # checkpoints, releases the lease, raises Interrupted
-        if job._fenced is not None:
-            raise job._fenced
+        if job.fenced is not None:
+            raise job.fenced
         if hooks.fp is not None:
-            job._fingerprints[cur.name] = hooks.fp.result()
-        job._save(INTERRUPTED)
-        log.warning("%s: the lease is kept until this process ends (or it expires in %gs): %d item(s) still "
-                    "running", self.where, job.lease_seconds, self.running)
+            job.fingerprints[cur.name] = hooks.fp.result()
+        job.save(INTERRUPTED)
+        log.warning(
+            "%s: the lease is kept until this process ends (or it expires in %gs): %d item(s) still running",
+            self.where,
+            job.lease_seconds,
+            self.running,
+        )
         hooks.shown.stop(cur.offset)
-        raise job._interrupted()
+        raise job.interrupted()
 
     def close(self) -> None:
         """The loop is over (ended, broken, failed or interrupted): nothing is in flight any more."""
@@ -519,7 +580,7 @@ class Engine:
         # The cursor now holds the final state: stop syncing it, so that a job running many
         # iterations does not call one callback per finished iteration at every save.
         try:
-            self.job._before_save.remove(self.sync)
+            self.job.before_save.remove(self.sync)
         except ValueError:
             pass
         self.hooks.close(self.cursor)

@@ -60,6 +60,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
+from .._retry import DEFAULT_RETRY_SECONDS, call_with_retry
 from .._url import StoreURL, parse_duration
 from ..checkpoint import (
     COMPLETED,
@@ -80,9 +81,8 @@ from ..errors import (
     PermissionDenied,
     StoreUnavailable,
 )
-from . import _redis_lua
-from ._retry import DEFAULT_RETRY_SECONDS, call_with_retry
-from .base import HISTORY_LIMIT, Store, Unreadable, first_epoch
+from ..stores.base import HISTORY_LIMIT, Store, Unreadable, first_epoch
+from . import lua as _redis_lua
 
 if TYPE_CHECKING:
     import redis as _redis
@@ -101,7 +101,6 @@ DEFAULT_READ_TIMEOUT = 60.0
 def _driver() -> Any:
     try:
         import redis
-        import tenacity  # noqa: F401 - call_with_retry needs it; fail here, not mid-run
     except ImportError as exc:
         raise MissingDriver(
             f"the redis:// store needs {exc.name or 'redis-py'}, which is not installed: "
@@ -181,7 +180,10 @@ class RedisStore(Store):
             redis.exceptions.BusyLoadingError,
         )
         self._client: _redis.Redis = make_client(
-            driver_url, display=display, retry=retry, read_timeout=read_timeout,
+            driver_url,
+            display=display,
+            retry=retry,
+            read_timeout=read_timeout,
             options="prefix, ttl, retry and read_timeout",
         )
         self._index = f"{prefix}runs"
@@ -266,8 +268,7 @@ class RedisStore(Store):
         # call_with_retry makes the first attempt bare (tenacity is set up only after a
         # failure) and logs it; a second bare attempt here would cost one more read_timeout
         # against a silent server and log the failure twice.
-        return call_with_retry(attempt, seconds=self._retry, transient=self._transient, display=self.display,
-                               what=what)
+        return call_with_retry(attempt, seconds=self._retry, transient=self._transient, display=self.display, what=what)
 
     def _refusal(self, job: str, run: str, epoch: int, res: list[bytes]) -> BaseException:
         """The error for a script's {"fenced", epoch} or {"missing", instance id, run_id} answer.
@@ -284,11 +285,12 @@ class RedisStore(Store):
         if seen is None or seen[0] == instance:
             return self._fenced(job, run, epoch, None)
         if seen[1] != server:
-            how = (f"restarted (server run_id {seen[1][:8]} -> {server[:8]}) without persistence and lost "
-                   "every key")
+            how = f"restarted (server run_id {seen[1][:8]} -> {server[:8]}) without persistence and lost every key"
         else:
-            how = ("lost every key under the prefix without restarting (FLUSHALL or FLUSHDB, eviction "
-                   "under maxmemory, or a failover to a replica that never received them)")
+            how = (
+                "lost every key under the prefix without restarting (FLUSHALL or FLUSHDB, eviction "
+                "under maxmemory, or a failover to a replica that never received them)"
+            )
         return CheckpointLost(
             f"job {job!r} run {run!r}: THE CHECKPOINT WAS LOST: {self.display} {how}. This runner still "
             f"holds epoch {epoch} in memory and writes it back; the run's history and markers are gone. "
@@ -328,8 +330,9 @@ class RedisStore(Store):
     def load(self, job: str, run: str) -> Checkpoint | None:
         key = self._keys(job, run)[0]
         # The client returns bytes (decode_responses is off); redis-py's annotations allow str too.
-        fields = cast("dict[bytes, bytes]", self._call(f"loading job {job!r} run {run!r}",
-                                                       lambda: self._client.hgetall(key)))
+        fields = cast(
+            "dict[bytes, bytes]", self._call(f"loading job {job!r} run {run!r}", lambda: self._client.hgetall(key))
+        )
         return self._record(job, run, fields) if fields else None
 
     def acquire(
@@ -337,29 +340,42 @@ class RedisStore(Store):
     ) -> Checkpoint:
         body = encode_record(self._new_record(job, run, owner, 0.0, lease_seconds))
         args = self._common(job, run) + [
-            str(first_epoch()), body, _owner_json(owner), _ms(lease_seconds),
-            "" if steal_epoch is None else str(steal_epoch), secrets.token_hex(16),
+            str(first_epoch()),
+            body,
+            _owner_json(owner),
+            _ms(lease_seconds),
+            "" if steal_epoch is None else str(steal_epoch),
+            secrets.token_hex(16),
         ]
         keys = self._floored(job, run)
         res = self._call(f"acquiring job {job!r} run {run!r}", lambda: self._acquire(keys=keys, args=args))
         if res[0] == b"locked":
             now_ms, held_by, heartbeat, lease = res[1:5]
             holder = Checkpoint(
-                job=job, run=run, epoch=0,
+                job=job,
+                run=run,
+                epoch=0,
                 owner=Owner.from_dict(json.loads(held_by)) if held_by else None,
                 heartbeat=_sec(heartbeat or b"0"),
                 lease_expires=_sec(lease) if lease else None,
             )
             raise self._locked(holder, _sec(now_ms))
         self._seen_server(job, run, res[1], res[2])
-        fields = dict(zip(res[3::2], res[4::2]))
+        fields = dict(zip(res[3::2], res[4::2], strict=False))
         return self._record(job, run, fields)
 
     def _write_args(self, job: str, run: str, record: Checkpoint, lease_seconds: float | None) -> list[str]:
         return self._common(job, run) + [
-            str(record.epoch), encode_record(record), record.status, _owner_json(record.owner),
-            _ms(record.started), str(record.done), str(record.failed),
-            "" if lease_seconds is None else _ms(lease_seconds), _history_tail(record), str(self._next_seq()),
+            str(record.epoch),
+            encode_record(record),
+            record.status,
+            _owner_json(record.owner),
+            _ms(record.started),
+            str(record.done),
+            str(record.failed),
+            "" if lease_seconds is None else _ms(lease_seconds),
+            _history_tail(record),
+            str(self._next_seq()),
         ]
 
     def _next_seq(self) -> int:
@@ -383,8 +399,9 @@ class RedisStore(Store):
         if res[0] != b"ok":
             raise self._refusal(job, run, record.epoch, res)
         now = _sec(res[1])
-        return record.replace(started=_sec(args[8]), updated=now, heartbeat=now,
-                              lease_expires=_sec(res[2]) if res[2] else None)
+        return record.replace(
+            started=_sec(args[8]), updated=now, heartbeat=now, lease_expires=_sec(res[2]) if res[2] else None
+        )
 
     def restore(self, record: Checkpoint, *, lease_seconds: float) -> Checkpoint:
         """Write ``record`` back after :class:`CheckpointLost`, holding the lease.
@@ -398,7 +415,9 @@ class RedisStore(Store):
         with self._seen_lock:
             seen = self._seen.get((job, run))
         args = self._write_args(job, run, record, lease_seconds) + [
-            "" if seen is None else seen[0], secrets.token_hex(16)]
+            "" if seen is None else seen[0],
+            secrets.token_hex(16),
+        ]
         keys = self._floored(job, run)
         # One token for every attempt: a retry can then tell an instance key its own lost
         # attempt made (written back, then reset) from one that a loss left behind.
@@ -409,14 +428,14 @@ class RedisStore(Store):
             raise self._refusal(job, run, record.epoch, res)
         self._seen_server(job, run, res[3], res[4])
         now = _sec(res[1])
-        return record.replace(started=_sec(args[8]), updated=now, heartbeat=now,
-                              lease_expires=_sec(res[2]) if res[2] else None)
+        return record.replace(
+            started=_sec(args[8]), updated=now, heartbeat=now, lease_expires=_sec(res[2]) if res[2] else None
+        )
 
     def renew(self, job: str, run: str, *, epoch: int, lease_seconds: float) -> float:
         args = self._common(job, run) + [str(epoch), _ms(lease_seconds)]
         keys = self._keys(job, run)
-        res = self._call(f"renewing the lease of job {job!r} run {run!r}",
-                         lambda: self._renew(keys=keys, args=args))
+        res = self._call(f"renewing the lease of job {job!r} run {run!r}", lambda: self._renew(keys=keys, args=args))
         if res[0] == b"released":
             raise self._released(job, run, epoch)
         if res[0] != b"ok":
@@ -442,8 +461,11 @@ class RedisStore(Store):
 
         names, rows = self._call("listing runs", fetch)
         # A row is empty when its keys expired a moment ago; the next write prunes the index.
-        records = self._readable(((j, r, (j, r, f)) for (j, r), f in zip(names, rows) if f),
-                                 lambda x: self._record(*x), corrupt)
+        records = self._readable(
+            ((j, r, (j, r, f)) for (j, r), f in zip(names, rows, strict=False) if f),
+            lambda x: self._record(*x),
+            corrupt,
+        )
         return sorted(records, key=lambda rec: (rec.job, rec.run))
 
     def history(self, job: str, run: str, *, limit: int = 20) -> list[HistoryEntry]:
@@ -456,13 +478,15 @@ class RedisStore(Store):
         try:
             entries = [json.loads(e) for e in raw]
             return [
-                HistoryEntry(at=e["at"] / 1000, epoch=e["epoch"], status=e["status"], done=e["done"],
-                             failed=e.get("failed", 0))
+                HistoryEntry(
+                    at=e["at"] / 1000, epoch=e["epoch"], status=e["status"], done=e["done"], failed=e.get("failed", 0)
+                )
                 for e in entries
             ]
         except (ValueError, KeyError, TypeError) as exc:
-            raise CheckpointCorrupt(f"the history of job {job!r} run {run!r} in {self.display} is "
-                                    f"malformed ({exc})") from None
+            raise CheckpointCorrupt(
+                f"the history of job {job!r} run {run!r} in {self.display} is malformed ({exc})"
+            ) from None
 
     def mark(self, job: str, run: str, cursor: str, key: str, value: Any, *, epoch: int) -> None:
         """Record ``key`` done, fenced on ``epoch``; raises CheckpointLost like ``save``."""
@@ -477,13 +501,16 @@ class RedisStore(Store):
 
     def markers(self, job: str, run: str, cursor: str) -> dict[str, Any]:
         mkey = self._marker_key(job, run, cursor)
-        raw = cast("dict[bytes, bytes]", self._call(f"reading the markers of job {job!r} run {run!r}",
-                                                    lambda: self._client.hgetall(mkey)))
+        raw = cast(
+            "dict[bytes, bytes]",
+            self._call(f"reading the markers of job {job!r} run {run!r}", lambda: self._client.hgetall(mkey)),
+        )
         try:
             return {k.decode("utf-8", "surrogateescape"): loads(v) for k, v in raw.items()}
         except ValueError as exc:
-            raise CheckpointCorrupt(f"a marker of job {job!r} run {run!r} cursor {cursor!r} in "
-                                    f"{self.display} is malformed ({exc})") from None
+            raise CheckpointCorrupt(
+                f"a marker of job {job!r} run {run!r} cursor {cursor!r} in {self.display} is malformed ({exc})"
+            ) from None
 
     def now(self) -> float:
         sec, usec = self._call("reading the server clock", self._client.time)
@@ -509,13 +536,17 @@ class RedisStore(Store):
             return pipe.execute()
 
         done = self._call("cleaning up completed runs", delete_all)
-        return [rec for rec, removed in zip(old, done) if removed]
+        return [rec for rec, removed in zip(old, done, strict=False) if removed]
+
+    @property
+    def retry_seconds(self) -> float:
+        return float(self._retry)
 
     def close(self) -> None:
         self._client.close()
 
 
-# The two helpers below are shared with the Redis work queue (restartable._queue_backends);
+# The two helpers below are shared with the Redis work queue (restartable._redis.queue);
 # internal, so not in __all__.
 
 
@@ -524,14 +555,16 @@ def read_timeout_of(url: StoreURL) -> float:
 
     Refuses it together with redis-py's ``socket_timeout``, which means the same thing.
     """
-    if "read_timeout" in url.options and any(k == "socket_timeout" for k, _ in
-                                             parse_qsl(urlsplit(url.driver_url).query)):
+    if "read_timeout" in url.options and any(
+        k == "socket_timeout" for k, _ in parse_qsl(urlsplit(url.driver_url).query)
+    ):
         raise ConfigError(
             f"the Redis URL {url.display} sets both read_timeout and redis-py's socket_timeout, "
             "which mean the same: keep only ?read_timeout=SECONDS"
         )
-    return parse_duration(url.options.get("read_timeout", DEFAULT_READ_TIMEOUT),
-                          "read_timeout (reply deadline) of the Redis URL")
+    return parse_duration(
+        url.options.get("read_timeout", DEFAULT_READ_TIMEOUT), "read_timeout (reply deadline) of the Redis URL"
+    )
 
 
 def make_client(driver_url: str, *, display: str, retry: float, read_timeout: float | None, options: str) -> Any:

@@ -18,8 +18,9 @@ The contract:
   once, when the loop starts. With ``recheck`` (the default) a file whose size or
   mtime changed since it was marked is processed again.
 * Failures: use the yielded handle as a context manager (``with f:``). An exception
-  in the block is retried ``attempts`` times in all, sleeping ``backoff`` seconds,
-  doubled at each retry; the generator yields the same file again. When the
+  in the block is retried ``attempts`` times in all, sleeping at least ``backoff``
+  seconds, doubled at each retry (with jitter, at most 60 s: :mod:`restartable._retry`);
+  the generator yields the same file again. When the
   attempts are spent, ``on_error="stop"`` (the default) lets the exception out: the
   run fails, its checkpoint kept, and the file is not done. ``on_error="skip"``
   records the file and its error in the cursor's ``failed`` map (``restartable show``
@@ -52,13 +53,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Self
+from typing import Any, Literal, NamedTuple, Self
 
+from .._retry import DEFAULT_BACKOFF_SECONDS, Backoff
+from .._run import DEFAULT_SECONDS, RunContext
 from ..errors import DataError, PermissionDenied, SkipBudgetExceeded, UsageError
 from ..stores._localfs import FILE_MODE, fsync_dir
-
-if TYPE_CHECKING:
-    from ..job import Job
 
 __all__ = ["Entry", "FileItem", "FileSet", "atomic_output", "commit_output", "iterate_files", "temp_path_for"]
 
@@ -137,13 +137,13 @@ def resolve(pattern: str | os.PathLike[str]) -> tuple[str, list[Entry]]:
             return base, [_entry(os.path.basename(text), text)]
         parent = os.path.dirname(text) or "."
         if not os.path.isdir(parent):
-            raise DataError(f"the input directory {parent} does not exist (for {text}): create it, "
-                            "or fix the path")
+            raise DataError(f"the input directory {parent} does not exist (for {text}): create it, or fix the path")
         raise DataError(f"the input {text} does not exist: fix the path, or pass a glob or a directory")
     base = _base_dir(text)
     if not os.path.isdir(base):
-        raise DataError(f"the input directory {base} of the pattern {text!r} does not exist: create it, "
-                        "or fix the pattern")
+        raise DataError(
+            f"the input directory {base} of the pattern {text!r} does not exist: create it, or fix the pattern"
+        )
     try:
         with os.scandir(base):  # glob() hides an unlistable directory as "no match": check it ourselves
             pass
@@ -183,7 +183,7 @@ class FileSet:
 
     def __init__(
         self,
-        job: Job,
+        job: RunContext,
         pattern: str | os.PathLike[str],
         *,
         name: str | None,
@@ -199,13 +199,16 @@ class FileSet:
         self.skip_budget = skip_budget
         self.marker_dir = os.fspath(marker_dir) if marker_dir is not None else None
         self.base, entries = resolve(pattern)
-        self.cursor = job._cursor(name, total=len(entries))
+        self.cursor = job.cursor(name, total=len(entries))
         self.describe = label or f"{job.label} files {self.pattern!r}" + (
-            "" if self.cursor.name.isdigit() else f" (iteration {self.cursor.name!r})")
+            "" if self.cursor.name.isdigit() else f" (iteration {self.cursor.name!r})"
+        )
         markers = job.store.markers(job.name, job.run, self.cursor.name)
         if not entries and not markers and not allow_empty:
-            raise DataError(f"{self.describe}: the pattern matches no file in {self.base}: check the pattern and "
-                            "that the input is there (pass allow_empty=True, or --allow-empty, to accept it)")
+            raise DataError(
+                f"{self.describe}: the pattern matches no file in {self.base}: check the pattern and "
+                "that the input is there (pass allow_empty=True, or --allow-empty, to accept it)"
+            )
         if self.marker_dir is not None:
             self._check_marker_dir()
         failed = self.cursor.extra.get("failed")
@@ -230,8 +233,12 @@ class FileSet:
         if self.pending:
             self.cursor.finished = False
         if changed:
-            log.info("%s: %d file(s) changed since they were done, processing them again: %s", self.describe,
-                     len(changed), _shown(changed))
+            log.info(
+                "%s: %d file(s) changed since they were done, processing them again: %s",
+                self.describe,
+                len(changed),
+                _shown(changed),
+            )
         unreadable = [e.path for e in self.pending if not os.access(e.path, os.R_OK)]
         if unreadable:
             raise PermissionDenied(
@@ -246,8 +253,11 @@ class FileSet:
         if marker is not None:
             if not self.recheck:
                 return True
-            same = isinstance(marker, dict) and marker.get("size") == st.st_size \
+            same = (
+                isinstance(marker, dict)
+                and marker.get("size") == st.st_size
                 and marker.get("mtime_ns") == st.st_mtime_ns
+            )
             return True if same else "changed"
         if self.marker_dir is not None:
             done_st = _stat(self._done_path(entry.key))
@@ -284,9 +294,12 @@ class FileSet:
                 raise PermissionDenied(
                     f"{self.describe}: the marker directory {where} is not writable by uid {os.geteuid()} "
                     f"({exc.strerror}): fix its permissions or choose another marker_dir; nothing was processed "
-                    "in this run") from exc
-            raise DataError(f"{self.describe}: cannot use the marker directory {where}: {exc.strerror or exc}; "
-                            "choose another marker_dir") from exc
+                    "in this run"
+                ) from exc
+            raise DataError(
+                f"{self.describe}: cannot use the marker directory {where}: {exc.strerror or exc}; "
+                "choose another marker_dir"
+            ) from exc
 
     def _touch_done(self, key: str) -> None:
         path = self._done_path(key)
@@ -306,7 +319,7 @@ class FileSet:
 
     def mark(self, entry: Entry, st: os.stat_result) -> None:
         """Record ``entry`` as done with the stat it had when processed: O(1), fenced, thread-safe."""
-        self.job._mark(self.cursor.name, entry.key, _marker_value(st))
+        self.job.mark(self.cursor.name, entry.key, _marker_value(st))
         if self.marker_dir is not None:
             self._touch_done(entry.key)
 
@@ -324,7 +337,8 @@ class FileSet:
             raise SkipBudgetExceeded(
                 f"{self.describe}: {len(self.failed)} files failed, more than the skip budget of "
                 f"{self.skip_budget}: {_shown(sorted(self.failed))}; fix them (or raise the budget) and rerun: "
-                "the done files are skipped") from cause
+                "the done files are skipped"
+            ) from cause
 
 
 # -- job.files ------------------------------------------------------------------------------
@@ -403,8 +417,10 @@ class _FileLoop:
             return True
         if self.on_error == "stop":
             item._state = _FAILED
-            exc.add_note(f"restartable: {item.path} failed after {item.attempt} attempt(s); it is not marked "
-                         "done, a rerun processes it again")
+            exc.add_note(
+                f"restartable: {item.path} failed after {item.attempt} attempt(s); it is not marked "
+                "done, a rerun processes it again"
+            )
             return False
         item._state = _SKIPPED
         entry = Entry(item.key, os.fspath(item))
@@ -412,18 +428,19 @@ class _FileLoop:
         return True
 
 
-def _pause(job: Job, seconds: float) -> None:
+def _pause(job: RunContext, seconds: float) -> None:
     """Sleep ``seconds``, returning early once a signal asked the job to stop."""
     end = time.monotonic() + seconds
-    while job._signal is None:
+    while job.signal is None:
         left = end - time.monotonic()
         if left <= 0:
             return
         time.sleep(min(left, 0.05))
 
 
-def _check_options(attempts: int, backoff: float, on_error: str, skip_budget: int | None, every: int | None,
-                   seconds: float | None) -> None:
+def _check_options(
+    attempts: int, backoff: float, on_error: str, skip_budget: int | None, every: int | None, seconds: float | None
+) -> None:
     if not isinstance(attempts, int) or attempts < 1:
         raise UsageError(f"attempts must be an int >= 1, not {attempts!r}")
     if backoff < 0:
@@ -439,13 +456,13 @@ def _check_options(attempts: int, backoff: float, on_error: str, skip_budget: in
 
 
 def iterate_files(
-    job: Job,
+    job: RunContext,
     pattern: str | os.PathLike[str],
     *,
     name: str | None = None,
     recheck: bool = True,
     attempts: int = 1,
-    backoff: float = 1.0,
+    backoff: float = DEFAULT_BACKOFF_SECONDS,
     on_error: OnError = "stop",
     skip_budget: int | None = None,
     marker_dir: str | os.PathLike[str] | None = None,
@@ -455,8 +472,6 @@ def iterate_files(
     progress: bool | None = None,
 ) -> Iterator[FileItem]:
     """Yield the files of ``pattern`` not yet done; see the module docstring for the contract."""
-    from ..job import DEFAULT_SECONDS
-
     if job.record is None:
         raise UsageError(f"{job.label} is not started: call job.files inside `with Job(...) as job:`")
     _check_options(attempts, backoff, on_error, skip_budget, every, seconds)
@@ -464,11 +479,18 @@ def iterate_files(
         seconds = DEFAULT_SECONDS
     if job.completed:
         log.info("%s is already complete: files %r yields nothing", job.label, os.fspath(pattern))
-        job._calls += 1  # keep the numbering of later unnamed iterations stable
+        job.skip_iteration()  # keep the numbering of later unnamed iterations stable
         return iter(())
-    fs = FileSet(job, pattern, name=name, recheck=recheck, marker_dir=marker_dir, allow_empty=allow_empty,
-                 skip_budget=skip_budget)
-    hooks = job._loop_hooks(seconds=seconds, progress=progress)
+    fs = FileSet(
+        job,
+        pattern,
+        name=name,
+        recheck=recheck,
+        marker_dir=marker_dir,
+        allow_empty=allow_empty,
+        skip_budget=skip_budget,
+    )
+    hooks = job.loop_hooks(seconds=seconds, progress=progress)
     return _run(fs, hooks, _FileLoop(fs, attempts=attempts, on_error=on_error), backoff=backoff, every=every)
 
 
@@ -488,11 +510,19 @@ def _run(fs: FileSet, hooks: Any, loop: _FileLoop, *, backoff: float, every: int
                 yield item
                 if item._state != _RETRY:
                     break
-                delay = backoff * 2 ** (item.attempt - 1)
-                log.warning("%s: %s failed (attempt %d of %d): %s: %s; retrying in %.3gs", fs.describe, entry.path,
-                            item.attempt, loop.attempts, type(item.error).__name__, item.error, delay)
+                delay = Backoff(backoff).delay(item.attempt)
+                log.warning(
+                    "%s: %s failed (attempt %d of %d): %s: %s; retrying in %.3gs",
+                    fs.describe,
+                    entry.path,
+                    item.attempt,
+                    loop.attempts,
+                    type(item.error).__name__,
+                    item.error,
+                    delay,
+                )
                 _pause(job, delay)
-                if job._signal is not None:
+                if job.signal is not None:
                     break  # stopping: the file is not done, the boundary below checkpoints and raises
             if item._state == _RUNNING:
                 # The loop came back for the next file and the last attempt raised nothing: done.
@@ -521,8 +551,10 @@ def temp_path_for(dest: str | os.PathLike[str]) -> str:
 
 def _output_error(exc: OSError, path: str) -> Exception:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return PermissionDenied(f"cannot write the output {path} ({exc.strerror}): make its directory writable by "
-                                f"uid {os.geteuid()}, or choose another output path")
+        return PermissionDenied(
+            f"cannot write the output {path} ({exc.strerror}): make its directory writable by "
+            f"uid {os.geteuid()}, or choose another output path"
+        )
     return exc
 
 
@@ -553,7 +585,7 @@ def _unlink_quietly(path: str) -> None:
 
 
 @contextmanager
-def atomic_output(job: Job | None, path: str | os.PathLike[str], *, makedirs: bool = True) -> Iterator[Path]:
+def atomic_output(job: RunContext | None, path: str | os.PathLike[str], *, makedirs: bool = True) -> Iterator[Path]:
     """Yield a temp path beside ``path``; rename it into place only when the block succeeds.
 
     The block must create the temp file (any way it likes: ``open(tmp, "w")``, a tool
@@ -581,8 +613,10 @@ def atomic_output(job: Job | None, path: str | os.PathLike[str], *, makedirs: bo
         if os.path.lexists(tmp):
             raise
         where = f"{job.label}: " if job is not None else ""
-        raise UsageError(f"{where}job.output({dest!r}): the block wrote nothing to the temp path {tmp}; write the "
-                         "output there (it is renamed into place when the block succeeds)") from None
+        raise UsageError(
+            f"{where}job.output({dest!r}): the block wrote nothing to the temp path {tmp}; write the "
+            "output there (it is renamed into place when the block succeeds)"
+        ) from None
     except OSError as exc:
         _unlink_quietly(tmp)
         raise _output_error(exc, dest) from exc

@@ -180,7 +180,9 @@ end
 #: the floor + 1 when that is higher), [6] body of a new record, [7] owner,
 #: [8] lease ms, [9] steal epoch or "", [10] a fresh random id for the instance key.
 #: Returns {"ok", instance id, run_id, field, value, ...} or {"locked", now, owner, heartbeat, lease}.
-ACQUIRE = _PRELUDE + r"""
+ACQUIRE = (
+    _PRELUDE
+    + r"""
 local now = clock()
 local at, owner, lease = num(now), ARGV[7], tonumber(ARGV[8])
 local f = redis.call('HMGET', run, 'epoch', 'lease', 'owner', 'status', 'heartbeat', 'done', 'failed', 'cursors',
@@ -212,11 +214,15 @@ local out = {'ok', instance(ARGV[10]), server_id()}
 for _, v in ipairs(redis.call('HGETALL', run)) do out[#out + 1] = v end
 return out
 """
+)
 
 #: Compare-and-set the whole record on its epoch and seq. Returns {"ok", now, lease or ""}
 #: (the stored updated and lease when this save or a later one was applied already),
 #: {"fenced", stored epoch} or {"missing", instance id, run_id}.
-SAVE = _PRELUDE + _WRITE + r"""
+SAVE = (
+    _PRELUDE
+    + _WRITE
+    + r"""
 local f = redis.call('HMGET', run, 'epoch', 'cursors', 'expires', 'seq', 'updated', 'lease')
 if not f[1] then return missing() end
 if f[1] ~= ARGV[5] then return {'fenced', f[1]} end
@@ -224,6 +230,7 @@ if applied(f[4]) then return {'ok', f[5], f[6]} end
 local now = clock()
 return {'ok', num(now), write(now, f[2], f[3])}
 """
+)
 
 #: Write the record back after the server lost it: a compare-and-set on the loss itself.
 #: KEYS[5] the epoch floor. ARGV[5..14] as SAVE, [15] the instance id the runner saw ("" when it saw none),
@@ -236,7 +243,10 @@ return {'ok', num(now), write(now, f[2], f[3])}
 #: Returns {"ok", now, lease, instance id, run_id}, {"fenced", epoch} when another
 #: runner created the run meanwhile, or {"missing", instance id, run_id} when the
 #: data was not lost (the run was reset).
-RESTORE = _PRELUDE + _WRITE + r"""
+RESTORE = (
+    _PRELUDE
+    + _WRITE
+    + r"""
 local f = redis.call('HMGET', run, 'epoch', 'cursors', 'expires', 'seq', 'updated', 'lease')
 if f[1] then
   if f[1] ~= ARGV[5] then return {'fenced', f[1]} end
@@ -249,11 +259,14 @@ raise_floor(ARGV[5])
 local now = clock()
 return {'ok', num(now), write(now, f[2], f[3]), instance(ARGV[16]), server_id()}
 """
+)
 
 #: Extend the lease. ARGV[5] epoch, [6] lease ms. Returns {"ok", lease}, a refusal, or
 #: {"released", epoch} when the lease at that epoch was released (lease field ""): a renewal
 #: delayed past the release must not take the lease again.
-RENEW = _PRELUDE + r"""
+RENEW = (
+    _PRELUDE
+    + r"""
 local f = redis.call('HMGET', run, 'epoch', 'cursors', 'expires', 'lease')
 if not f[1] then return missing() end
 if f[1] ~= ARGV[5] then return {'fenced', f[1]} end
@@ -265,10 +278,13 @@ redis.call('HSET', run, 'heartbeat', num(now), 'lease', until_)
 touch(now, cursors, expires)
 return {'ok', until_}
 """
+)
 
 #: Remove the run and all its keys, raising the epoch floor (KEYS[5]) to its epoch.
 #: ARGV[5] epoch or "" (any). Returns 1 or 0.
-DELETE = _PRELUDE + r"""
+DELETE = (
+    _PRELUDE
+    + r"""
 local f = redis.call('HMGET', run, 'epoch', 'cursors')
 if not f[1] or (ARGV[5] ~= '' and f[1] ~= ARGV[5]) then return 0 end
 raise_floor(f[1])
@@ -278,10 +294,13 @@ redis.call('DEL', unpack(keys))
 redis.call('ZREM', idx, member)
 return 1
 """
+)
 
 #: Record one item as done. KEYS[5] the cursor's marker hash; ARGV[5] epoch,
 #: [6] encoded cursor name, [7] item key, [8] JSON value. Returns {"ok"} or a refusal.
-MARK = _PRELUDE + r"""
+MARK = (
+    _PRELUDE
+    + r"""
 local no, cursors, expires = check(ARGV[5])
 if no then return no end
 redis.call('HSET', KEYS[5], ARGV[7], ARGV[8])
@@ -294,3 +313,4 @@ end
 touch(clock(), cursors, expires, new)
 return {'ok'}
 """
+)

@@ -10,8 +10,8 @@
 
 The contract:
 
-* A batch source (:class:`BatchSource`; :class:`~restartable.sources.postgres.PostgresTable`,
-  :class:`~restartable.sources.sqlite.SQLiteTable`) returns, for a key position, the
+* A batch source (:class:`BatchSource`; :class:`~restartable.PostgresTable`,
+  :class:`~restartable.SQLiteTable`) returns, for a key position, the
   next rows in key order strictly AFTER it, and the key of the last of them. The
   position is the key tuple, saved in the cursor's ``extra["key"]`` through the
   checkpoint codec (ints, text, timestamps, Decimals, UUIDs keep their types),
@@ -19,13 +19,13 @@ The contract:
 * A batch is done when the loop asks for the next one, as an item of ``iterate`` is.
   A checkpoint is written every ``every`` done batches or ``seconds`` seconds,
   whichever comes first, and when the source is exhausted; with neither, every
-  :data:`~restartable.job.DEFAULT_SECONDS` seconds, as ``iterate`` does (a durable
+  :data:`~restartable._run.DEFAULT_SECONDS` seconds, as ``iterate`` does (a durable
   commit per batch would cost about as much as reading the batch); a signal or a
   fencing is acted on between batches (the batch in flight finishes first).
 * A batch shorter than the source's ``batch_size`` ends the iteration without
   another query; an empty batch ends it too. So the end is always reached, even when
   only the last row of the table is left (the ``>=`` loop never gets there).
-* Inside the loop, :func:`~restartable.sources.transaction.transaction` commits the
+* Inside the loop, :func:`~restartable._sources.transaction.transaction` commits the
   caller's output and the position AFTER the batch in flight in one transaction;
   the batch then counts as done at once, and the driver does not save again for it.
 * When that transaction is rolled back, ``job.state`` is put back (in place) to a deep
@@ -52,15 +52,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from .._xact import backoff
+from .._retry import STORE_BACKOFF
+from .._run import DEFAULT_SECONDS, LoopHooks, RunContext
 from ..checkpoint import dumps
 from ..errors import StateNotSerializable, UsageError
 
 if TYPE_CHECKING:
     from .._cursor import Cursor
-    from ..job import Job, _LoopHooks
 
-__all__ = ["Batch", "BatchSource", "active_batch", "iterate_batches"]
+__all__ = ["Batch", "BatchRun", "BatchSource", "active_batch", "iterate_batches", "retry_budget"]
 
 log = logging.getLogger("restartable")
 
@@ -99,13 +99,13 @@ class BatchSource(Protocol):
 
 
 @dataclass(eq=False)
-class _Run:
+class BatchRun:
     """One ``job.batches`` loop in progress: what ``job.transaction()`` needs to know."""
 
-    job: Job
+    job: RunContext
     source: BatchSource
     cursor: Cursor
-    hooks: _LoopHooks
+    hooks: LoopHooks
     #: The batch handed out and not yet done: (rows in it, key of its last row).
     pending: tuple[int, tuple[Any, ...]] | None = None
     #: True once a transaction committed the pending batch (the cursor already moved).
@@ -156,19 +156,24 @@ class _Run:
         self.resources.clear()
 
 
-# The batch loops of each job in progress, innermost last. A WeakKeyDictionary keeps the
-# Job class free of source-specific fields and forgets a job that is garbage.
-_RUNS: weakref.WeakKeyDictionary[Job, list[_Run]] = weakref.WeakKeyDictionary()
+# The batch loops of each run in progress, innermost last. A WeakKeyDictionary keeps the
+# run context free of source-specific fields and forgets a run that is garbage.
+_RUNS: weakref.WeakKeyDictionary[RunContext, list[BatchRun]] = weakref.WeakKeyDictionary()
 
 
-def active_batch(job: Job) -> _Run | None:
+def retry_budget(job: RunContext) -> float:
+    """Seconds a batch may keep failing on a lost connection: the store's ``retry`` budget."""
+    return job.store.retry_seconds
+
+
+def active_batch(job: RunContext) -> BatchRun | None:
     """The innermost ``job.batches`` loop of ``job`` in progress, or None."""
     runs = _RUNS.get(job)
     return runs[-1] if runs else None
 
 
 def iterate_batches(
-    job: Job,
+    job: RunContext,
     source: BatchSource,
     *,
     every: int | None = None,
@@ -191,8 +196,6 @@ def iterate_batches(
     if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
         raise UsageError(f"every must be a positive int (batches), not {every!r}")
     if every is None and seconds is None:
-        from ..job import DEFAULT_SECONDS
-
         seconds = DEFAULT_SECONDS
     if seconds is not None and seconds <= 0:
         raise UsageError(f"seconds must be positive, not {seconds!r}")
@@ -200,16 +203,16 @@ def iterate_batches(
         raise UsageError(f"{job.label} is not started: call batches inside `with Job(...) as job:`")
     if job.completed:
         log.info("%s is already complete: batches of %s yield nothing", job.label, source.describe)
-        job._calls += 1  # keep later iterations' default names where they were
+        job.skip_iteration()  # keep later iterations' default names where they were
         return iter(())
-    cursor = job._cursor(name)
+    cursor = job.cursor(name)
     _check_key_columns(job, cursor, source)
     if cursor.finished:
         return iter(())
     return _drive(job, source, cursor, every=every, seconds=seconds, progress=progress)
 
 
-def _check_key_columns(job: Job, cursor: Cursor, source: BatchSource) -> None:
+def _check_key_columns(job: RunContext, cursor: Cursor, source: BatchSource) -> None:
     stored = cursor.extra.get("key_columns")
     columns = list(source.key_columns)
     if stored is not None and list(stored) != columns:
@@ -228,8 +231,13 @@ def _check_key_columns(job: Job, cursor: Cursor, source: BatchSource) -> None:
 
 
 def _drive(
-    job: Job, source: BatchSource, cursor: Cursor, *, every: int | None, seconds: float | None,
-    progress: bool | None
+    job: RunContext,
+    source: BatchSource,
+    cursor: Cursor,
+    *,
+    every: int | None,
+    seconds: float | None,
+    progress: bool | None,
 ) -> Iterator[list[Any]]:
     # Opened here, not in iterate_batches: a generator never started must hold nothing.
     try:
@@ -237,8 +245,8 @@ def _drive(
     except BaseException:
         source.close()  # a refusal after connecting must not leave the connection behind
         raise
-    hooks = job._loop_hooks(seconds=seconds, progress=progress)
-    run = _Run(job=job, source=source, cursor=cursor, hooks=hooks)
+    hooks = job.loop_hooks(seconds=seconds, progress=progress)
+    run = BatchRun(job=job, source=source, cursor=cursor, hooks=hooks)
     runs = _RUNS.setdefault(job, [])
     runs.append(run)
     cursor.finished = False
@@ -293,20 +301,20 @@ def _drive(
         source.close()
 
 
-def _pause_before_retry(job: Job, run: _Run) -> None:
+def _pause_before_retry(job: RunContext, run: BatchRun) -> None:
     """Back off before a given-back batch is handed out again (woken early by a signal).
 
     The transaction that gave it back checked the budget; the pause never outlasts it.
     """
-    from .transaction import retry_budget
-
     first = run.first_failure if run.first_failure is not None else time.monotonic()
-    end = time.monotonic() + max(0.0, min(backoff(run.failures), first + retry_budget(job) - time.monotonic()))
-    while job._signal is None and (left := end - time.monotonic()) > 0:
+    end = time.monotonic() + max(
+        0.0, min(STORE_BACKOFF.delay(run.failures), first + retry_budget(job) - time.monotonic())
+    )
+    while job.signal is None and (left := end - time.monotonic()) > 0:
         time.sleep(min(left, 0.1))
 
 
-def _check_encodable(job: Job, source: BatchSource, key: Sequence[Any]) -> None:
+def _check_encodable(job: RunContext, source: BatchSource, key: Sequence[Any]) -> None:
     try:
         dumps(tuple(key), what=f"the key {source.key_columns!r}")
     except StateNotSerializable as exc:

@@ -1,6 +1,6 @@
 """``SQLiteTable``: a SQLite table read in key order, one bounded query per batch.
 
-The SQLite twin of :class:`~restartable.sources.postgres.PostgresTable`, for jobs
+The SQLite twin of :class:`~restartable.PostgresTable`, for jobs
 whose store, input and output share one SQLite file (exactly-once with
 ``job.transaction()``)::
 
@@ -41,8 +41,8 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
+from .._sources.batches import Batch
 from ..errors import StoreUnavailable, UsageError
-from .batches import Batch
 
 __all__ = ["SQLiteTable"]
 
@@ -160,7 +160,7 @@ class SQLiteTable:
         key = tuple(last[i] for i in self._key_index)
         if self.rows == "dict":
             names = self._names
-            found = [dict(zip(names, r)) for r in found]
+            found = [dict(zip(names, r, strict=False)) for r in found]
         return Batch(found, key)
 
     def close(self) -> None:
@@ -173,8 +173,11 @@ class SQLiteTable:
         if self._queries is None or self._conn is None:
             raise UsageError(f"{self.describe} is not open: call open() first")
         keys = list(after) if after is not None else []
-        params: Any = ({**self.params, **{f"_rt_k{i}": v for i, v in enumerate(keys)}, "_rt_limit": 1}
-                       if isinstance(self.params, Mapping) else [*keys, *(self.params or ()), 1])
+        params: Any = (
+            {**self.params, **{f"_rt_k{i}": v for i, v in enumerate(keys)}, "_rt_limit": 1}
+            if isinstance(self.params, Mapping)
+            else [*keys, *(self.params or ()), 1]
+        )
         plan = self._conn.execute("EXPLAIN QUERY PLAN " + self._queries[0 if after is None else 1], params)
         return "\n".join(str(r[-1]) for r in plan)
 
@@ -185,22 +188,29 @@ class SQLiteTable:
         if not info:
             hint = ""
             if "." in self.table:
-                hint = (" (a name with a dot is one table's name, looked up in every attached database: pass the "
-                        "bare table name, not schema.table)")
+                hint = (
+                    " (a name with a dot is one table's name, looked up in every attached database: pass the "
+                    "bare table name, not schema.table)"
+                )
             raise UsageError(f"{self.describe}: no such table{hint}")
         cols = {name: (typ, bool(notnull), pk) for name, typ, notnull, pk in info}
         for c in (*self.key_columns, *(self.columns or ())):
             if c not in cols:
-                raise UsageError(f"{self.describe} has no column {c!r} (its columns: {', '.join(cols)}; names are "
-                                 "matched exactly, case included)")
+                raise UsageError(
+                    f"{self.describe} has no column {c!r} (its columns: {', '.join(cols)}; names are "
+                    "matched exactly, case included)"
+                )
         indexes = _indexes(conn, self.table)
         # INTEGER PRIMARY KEY is the rowid of a rowid table: never NULL, unique, the table's own
         # order, and the implicit last column of every index. (A WITHOUT ROWID table, or a
         # rowid table whose primary key is not exactly "INTEGER", lists it as an index of
         # origin 'pk' instead.)
         pks = [name for name, (_, _, pk) in cols.items() if pk]
-        rowid = (pks[0] if len(pks) == 1 and cols[pks[0]][0].upper() == "INTEGER"
-                 and not any(ix.origin == "pk" for ix in indexes) else None)
+        rowid = (
+            pks[0]
+            if len(pks) == 1 and cols[pks[0]][0].upper() == "INTEGER" and not any(ix.origin == "pk" for ix in indexes)
+            else None
+        )
         for k in self.key_columns:
             if not cols[k][1] and k != rowid:
                 raise UsageError(
@@ -228,8 +238,7 @@ class SQLiteTable:
         ph = [f"{':_rt_k' + str(i) if named else '?'} COLLATE BINARY" for i in range(len(self.key_columns))]
         limit = ":_rt_limit" if named else "?"
         order = ", ".join(_quote(k) for k in self.key_columns)
-        after = (f"{_quote(self.key_columns[0])} > {ph[0]}" if len(ph) == 1
-                 else f"({order}) > ({', '.join(ph)})")
+        after = f"{_quote(self.key_columns[0])} > {ph[0]}" if len(ph) == 1 else f"({order}) > ({', '.join(ph)})"
         head = f"SELECT {', '.join(_quote(c) for c in selected)} FROM {_quote(self.table)}"
         tail = f" ORDER BY {', '.join(_quote(k) + ' COLLATE BINARY' for k in self.key_columns)} LIMIT {limit}"
         if self.where is None:
@@ -244,15 +253,21 @@ class SQLiteTable:
         which a unique index lets repeat, cannot occur: key columns are NOT NULL.
         """
         uniques = ([[rowid]] if rowid is not None else []) + [
-            names for ix in indexes if (names := ix.unique_columns()) is not None]
+            names for ix in indexes if (names := ix.unique_columns()) is not None
+        ]
         if any(set(names) <= set(self.key_columns) for names in uniques):
             return
-        ignored = [f"{ix.name} ({'partial' if ix.partial else 'on an expression'})"
-                   for ix in indexes if ix.unique and ix.unique_columns() is None]
+        ignored = [
+            f"{ix.name} ({'partial' if ix.partial else 'on an expression'})"
+            for ix in indexes
+            if ix.unique and ix.unique_columns() is None
+        ]
         skipped = f" (unique indexes that do not count: {', '.join(ignored)})" if ignored else ""
-        head = (f"{self.describe}: the key {self.key_columns!r} is not unique: no primary key, UNIQUE constraint or "
-                f"unique index covers only key columns{skipped}. Rows sharing the last key of a batch would be "
-                "skipped (each batch starts strictly after that key).")
+        head = (
+            f"{self.describe}: the key {self.key_columns!r} is not unique: no primary key, UNIQUE constraint or "
+            f"unique index covers only key columns{skipped}. Rows sharing the last key of a batch would be "
+            "skipped (each batch starts strictly after that key)."
+        )
         if uniques:
             tie = min(uniques, key=len)
             better = (*self.key_columns, *(c for c in tie if c not in self.key_columns))
@@ -268,8 +283,10 @@ class SQLiteTable:
 
     def _create_index(self, key: Sequence[str], *, unique: bool = False) -> str:
         name = _quote(self.table + "_" + "_".join(key))
-        return (f"CREATE {'UNIQUE ' if unique else ''}INDEX {name} ON {_quote(self.table)} "
-                f"({', '.join(_quote(k) for k in key)})")
+        return (
+            f"CREATE {'UNIQUE ' if unique else ''}INDEX {name} ON {_quote(self.table)} "
+            f"({', '.join(_quote(k) for k in key)})"
+        )
 
 
 class _Index(NamedTuple):
@@ -319,5 +336,9 @@ def _serves_order(key: Sequence[str], index: _Index, rowid: str | None) -> bool:
         return False
     head = index.columns[: len(key)]
     names = [rowid if cid == -1 else name for cid, name, *_ in head]
-    return (len(head) == len(key) and names == list(key) and len({c[2] for c in head}) == 1
-            and all(c[3] == "BINARY" for c in head))
+    return (
+        len(head) == len(key)
+        and names == list(key)
+        and len({c[2] for c in head}) == 1
+        and all(c[3] == "BINARY" for c in head)
+    )

@@ -41,8 +41,8 @@ from typing import Any, NoReturn, Self
 from .._url import StoreURL
 from ..checkpoint import Checkpoint, HistoryEntry, Owner, decode_record, dumps, encode_record, loads
 from ..errors import CheckpointCorrupt, ConfigError, PermissionDenied, RestartableError, StoreUnavailable
-from ._localfs import create_private_file, flock_exclusive, make_private_dirs, os_errors
-from .base import HISTORY_LIMIT, Store, Unreadable
+from ..stores._localfs import create_private_file, flock_exclusive, make_private_dirs, os_errors
+from ..stores.base import HISTORY_LIMIT, Store, Unreadable
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
 
@@ -149,10 +149,14 @@ def _init_lock(path: str, timeout: float, display: str) -> Iterator[None]:
     with os_errors(path, display=display):
         fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        flock_exclusive(fd, timeout, lambda: StoreUnavailable(
-            f"{display}: another process kept the database's open lock ({path}.lock) for "
-            f"{timeout:g}s; retry, or find the stuck process"
-        ))
+        flock_exclusive(
+            fd,
+            timeout,
+            lambda: StoreUnavailable(
+                f"{display}: another process kept the database's open lock ({path}.lock) for "
+                f"{timeout:g}s; retry, or find the stuck process"
+            ),
+        )
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
@@ -318,8 +322,9 @@ class SQLiteStore(Store):
     def _row_to_record(self, job: str, run: str, row: tuple[Any, ...]) -> Checkpoint:
         epoch, status, lease_expires, heartbeat, updated, text = row
         try:
-            rec = decode_record(text, where=f"the record of job {job!r} run {run!r} in {self.display}",
-                                expect=(job, run))
+            rec = decode_record(
+                text, where=f"the record of job {job!r} run {run!r} in {self.display}", expect=(job, run)
+            )
         except CheckpointCorrupt as exc:
             raise CheckpointCorrupt(f"{exc}; {self._fix()}") from None
         # The columns are the authority: renew() updates only them.
@@ -507,8 +512,9 @@ class SQLiteStore(Store):
                 rows = self._c.execute(
                     f"SELECT job, run, {_COLUMNS} FROM runs WHERE job = ? ORDER BY run", (job,)
                 ).fetchall()
-        return self._readable(((r[0], r[1], r) for r in rows), lambda r: self._row_to_record(r[0], r[1], r[2:]),
-                              corrupt)
+        return self._readable(
+            ((r[0], r[1], r) for r in rows), lambda r: self._row_to_record(r[0], r[1], r[2:]), corrupt
+        )
 
     def history(self, job: str, run: str, *, limit: int = 20) -> list[HistoryEntry]:
         with self._lock, self._errors(f"reading the history of job {job!r} run {run!r}"):
@@ -542,6 +548,12 @@ class SQLiteStore(Store):
             except ValueError as exc:
                 _corrupt_marker(self, job, run, cursor, key, exc)
         return out
+
+    def transactional(self) -> Any:
+        """Batch transactions on this store's own connection (:mod:`restartable._sqlite.transaction`)."""
+        from .transaction import SQLiteTransactions
+
+        return SQLiteTransactions(self)
 
     def close(self) -> None:
         with self._lock:
