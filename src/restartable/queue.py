@@ -63,7 +63,7 @@ from ._queue_types import Counts, QueueBackend, Row
 from ._signals import SignalGuard
 from ._url import parse_duration, parse_store_url
 from .entry import install_excepthook
-from .errors import Fenced, Interrupted, StoreUnavailable, UsageError
+from .errors import CheckpointLost, Fenced, Interrupted, StoreUnavailable, UsageError
 from .stores import resolve_store_url
 from .stores._registry import queue_backend
 
@@ -263,6 +263,9 @@ class WorkQueue:
         previous: Claim | None = None
         try:
             self._wait_filled()
+            # The most tasks this worker has seen: a queue that later holds fewer lost its data
+            # (a Redis restarted without persistence), and must not be taken for a drained one.
+            seen_total = self.counts().total
             while True:
                 if previous is not None and previous.state == "held":
                     # Going on would claim it again at once: a loop that never ends.
@@ -279,6 +282,13 @@ class WorkQueue:
                     yield claim
                     continue
                 counts = self.counts()
+                if counts.total < seen_total:
+                    raise CheckpointLost(
+                        f"{self.label}: the queue held {seen_total} tasks and now holds {counts.total}: the "
+                        "store lost its data (a Redis restarted without persistence?). Not taken for a drained "
+                        "queue; run Redis with appendonly yes, then refill the queue"
+                    )
+                seen_total = counts.total
                 if counts.done >= counts.total or not wait:
                     return
                 delay = self.poll if counts.next_expiry is None else min(self.poll, max(0.01, counts.next_expiry))

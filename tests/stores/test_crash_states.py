@@ -247,14 +247,6 @@ def test_file_store_acknowledged_save_survives_every_crash_state(tmp_path, monke
     assert not bad, f"{len(bad)} crash states lose or mix a save; first: " + "\n".join(map(str, bad[:5]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "FileStore.delete unlinks current, then .prev, then fsyncs the directory: a crash (even a "
-        "SIGKILL) between the two unlinks leaves .prev alone, and load returns that OLDER generation "
-        "without a warning: a run deleted on completion (cleanup='delete') resumes from it and redoes work"
-    ),
-)
 def test_file_store_delete_never_resurrects_an_older_generation(tmp_path, monkeypatch):
     _, bad = run_file_case(tmp_path, monkeypatch, "file delete", [acquire, save(1), save(2), delete], start_after=3)
     assert not bad, f"{len(bad)} crash states; first: " + "\n".join(map(str, bad[:5]))

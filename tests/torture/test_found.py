@@ -168,11 +168,6 @@ def test_a_commit_answer_lost_while_the_server_commits_writes_no_row_twice(postg
             admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(s))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a running WorkQueue takes a Redis that lost its keys (a restart without "
-    "persistence) for a drained queue: claims() ends, the worker exits 0, tasks never done",
-)
 def test_a_redis_queue_that_lost_its_data_is_not_taken_for_drained(torture_private_redis: Any) -> None:
     """Found by the queue cells (redis / queue / restart, on a Redis without persistence).
 

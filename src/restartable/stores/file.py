@@ -565,7 +565,14 @@ class FileStore(Store):
             # Raised (durably) before the files go: whoever creates the run again, under the
             # run's flock we hold, seeds its epoch above this one.
             self._raise_floor(p.job_dir, max(self._header_epochs(p), default=0))
-            for path in (p.current, p.prev, *self._marker_files(p)):
+            # Current over .prev first: one atomic rename, so a crash leaves the newest
+            # generation or none, never .prev alone (an older one that load would return
+            # without a warning). Found by tests/stores/test_crash_states.py.
+            try:
+                os.replace(p.current, p.prev)
+            except FileNotFoundError:
+                pass
+            for path in (p.prev, *self._marker_files(p)):
                 _unlink(path)
             self._remove_temps(p)
             # Last, while we hold its flock: a waiter then sees the inode gone and reopens.

@@ -1,0 +1,1 @@
+"""Everything about Redis: the store, its Lua compare-and-set scripts and the queue backend."""

@@ -1,0 +1,1 @@
+"""Everything about SQLite: the store, the keyset source ``SQLiteTable`` and the transactional save."""
