@@ -75,7 +75,7 @@ def main() -> None:
     def job_amap(n: int, **policy: Any) -> None:
         async def run() -> None:
             with Job(f"b{uuid.uuid4().hex[:8]}", store=store, progress=False) as job:
-                async for _ in job.amap(awork, range(n), concurrency=WORKERS, **policy):
+                async for _ in job.amap(awork, range(n), workers=WORKERS, **policy):
                     pass
 
         asyncio.run(run())

@@ -52,7 +52,7 @@ def _work(i: int) -> None:
 
 def _queue_worker(url: str, name: str, cpu: bool, barrier: Any, out: Any) -> None:
     items = ops = 0
-    with WorkQueue(url, name, handle_signals=False, poll=0.02) as queue:
+    with WorkQueue(name, store=url, handle_signals=False, poll=0.02) as queue:
         barrier.wait()
         for claim in queue.claims():
             with claim:
@@ -100,12 +100,12 @@ def _timed(n: int, target: Callable[..., None], args_for: Callable[[int], tuple[
 def _queue_case(url: str, total: int, size: int, cpu: bool) -> Callable[[int], tuple[float, int, int]]:
     def run(n: int) -> tuple[float, int, int]:
         name = f"bench-{uuid.uuid4().hex[:8]}"
-        with WorkQueue(url, name, handle_signals=False) as queue:
+        with WorkQueue(name, store=url, handle_signals=False) as queue:
             queue.fill(ranges(total, size))
         try:
             return _timed(n, _queue_worker, lambda i: (url, name, cpu))
         finally:
-            with WorkQueue(url, name, handle_signals=False) as queue:
+            with WorkQueue(name, store=url, handle_signals=False) as queue:
                 queue.drop()
 
     return run

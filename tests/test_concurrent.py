@@ -105,8 +105,8 @@ def test_amap_orders_like_map(url: str) -> None:
 
     async def main() -> tuple[list[int], list[int]]:
         with job(url) as j:
-            a = [r async for r in j.amap(slow, range(30), concurrency=4)]
-            b = [r async for r in j.amap(slow, range(30), concurrency=4, ordered=True)]
+            a = [r async for r in j.amap(slow, range(30), workers=4)]
+            b = [r async for r in j.amap(slow, range(30), workers=4, ordered=True)]
         return a, b
 
     a, b = asyncio.run(main())
@@ -249,7 +249,7 @@ def test_amap_over_an_async_iterable_resumes(url: str) -> None:
     async def run(stop_after: int | None) -> list[int]:
         out: list[int] = []
         with job(url) as j:
-            async with contextlib.aclosing(j.amap(fn, agen(), concurrency=5)) as it:
+            async with contextlib.aclosing(j.amap(fn, agen(), workers=5)) as it:
                 async for r in it:
                     if len(out) == stop_after:
                         break
@@ -375,7 +375,7 @@ def test_retry_dead_reads_dead_letters_back_from_iterators(url: str, kind: str) 
 
         async def main() -> list[int]:
             with job(url) as j:
-                return [r async for r in j.amap(async_fn, agen(), concurrency=3, on_error="skip", **options)]
+                return [r async for r in j.amap(async_fn, agen(), workers=3, on_error="skip", **options)]
 
         return asyncio.run(main())
 
@@ -441,7 +441,7 @@ def test_rate_limit_and_retries_in_amap(url: str) -> None:
 
     async def main() -> list[int]:
         with job(url) as j:
-            return [r async for r in j.amap(fn, range(8), concurrency=3, rate=200, attempts=3, backoff=0.001)]
+            return [r async for r in j.amap(fn, range(8), workers=3, rate=200, attempts=3, backoff=0.001)]
 
     assert sorted(asyncio.run(main())) == list(range(8)) and tries[2] == 3
 

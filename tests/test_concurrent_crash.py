@@ -80,7 +80,7 @@ def main():
                 return i
 
             async def amain():
-                async for i in job.amap(afn, range(n), concurrency=width, **opts):
+                async for i in job.amap(afn, range(n), workers=width, **opts):
                     log(f"b {i}")
 
             asyncio.run(amain())

@@ -27,7 +27,7 @@ def queue_url(request: pytest.FixtureRequest) -> str:
 
 def _queue(url: str, name: str = "q", **kw: Any) -> WorkQueue:
     kw.setdefault("handle_signals", False)
-    return WorkQueue(url, name, **kw)
+    return WorkQueue(name, store=url, **kw)
 
 
 # -- the API, in one process -----------------------------------------------------------------
@@ -96,7 +96,7 @@ def test_an_expired_lease_is_claimed_again_and_the_old_claim_is_fenced(queue_url
 
 def test_only_shared_stores_and_a_clear_error_for_a_never_filled_queue(tmp_path: Path, postgres_url: str) -> None:
     with pytest.raises(ConfigError, match="postgresql:// or redis://"):
-        WorkQueue(f"sqlite:///{tmp_path}/x.db", "q")
+        WorkQueue("q", store=f"sqlite:///{tmp_path}/x.db")
     with _queue(postgres_url, fill_wait=0.3) as q, pytest.raises(UsageError, match="never filled"):
         next(iter(q.claims()))
 
@@ -146,7 +146,7 @@ WORKER = """
 
     @restartable.entrypoint
     def main():
-        with WorkQueue(cfg["store"], "work", lease_seconds=cfg["lease"], poll=0.05) as queue:
+        with WorkQueue("work", store=cfg["store"], lease_seconds=cfg["lease"], poll=0.05) as queue:
             queue.fill(ranges(cfg["n"], cfg["size"]))
             for claim in queue.claims():
                 print("claimed", claim.key, claim.epoch, flush=True)
@@ -239,7 +239,7 @@ def test_workers_killed_mid_lease_complete_every_item(tmp_path: Path, queue_url:
         _, err = p.communicate()
         assert p.returncode in (0, -9), err
     assert kills >= 4 and sum(p.returncode == 0 for p in procs) >= 3
-    with WorkQueue(queue_url, "work", handle_signals=False) as q:
+    with WorkQueue("work", store=queue_url, handle_signals=False) as q:
         counts = q.counts()
     assert counts.total == counts.done == n // workers.cfg["size"]
     ids = [row[0] for row in workers.output()]

@@ -32,7 +32,7 @@ def _kwargs(q: WorkQueue) -> dict:
     [("", 60.0), ("&read_timeout=2.5", 2.5), ("&read_timeout=500ms", 0.5), ("&read_timeout=0", None)],
 )
 def test_a_redis_queue_takes_read_timeout_as_its_own(redis_url: str, query: str, expected: float | None) -> None:
-    with WorkQueue(redis_url + query, "rt-q", handle_signals=False) as q:
+    with WorkQueue("rt-q", store=redis_url + query, handle_signals=False) as q:
         kwargs = _kwargs(q)
         assert kwargs["socket_timeout"] == expected
         assert "read_timeout" not in kwargs
@@ -51,17 +51,17 @@ def test_a_redis_queue_takes_read_timeout_as_its_own(redis_url: str, query: str,
 )
 def test_a_redis_queue_refuses_a_bad_read_timeout(redis_url: str, query: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        WorkQueue(redis_url + query, "rt-q", handle_signals=False)
+        WorkQueue("rt-q", store=redis_url + query, handle_signals=False)
 
 
 def test_a_redis_queue_refuses_a_path_that_is_not_a_database(redis_server: str) -> None:
     base = redis_server.rsplit("/", 1)[0]
     with pytest.raises(ConfigError, match="database number"):
-        WorkQueue(f"{base}/notadb", "rt-q", handle_signals=False)
+        WorkQueue("rt-q", store=f"{base}/notadb", handle_signals=False)
 
 
 def test_a_redis_queue_on_a_frozen_server_fails_within_the_budget(private_redis: redisserver.RedisServer) -> None:
-    with WorkQueue(f"{private_redis.url}?read_timeout=1&retry=2", "rt-q", handle_signals=False) as q:
+    with WorkQueue("rt-q", store=f"{private_redis.url}?read_timeout=1&retry=2", handle_signals=False) as q:
         q.fill(["a"])
         private_redis.freeze()
         out: dict[str, object] = {}
@@ -88,8 +88,8 @@ def test_a_redis_queue_on_a_frozen_server_fails_within_the_budget(private_redis:
 
 
 def test_a_postgres_queue_takes_read_timeout_as_its_own(postgres_url: str) -> None:
-    with WorkQueue(postgres_url + "&read_timeout=7", "rt-q", handle_signals=False) as q:
+    with WorkQueue("rt-q", store=postgres_url + "&read_timeout=7", handle_signals=False) as q:
         assert q._backend._read_timeout == 7.0 and q._backend._conn.read_timeout == 7.0
         q.drop()
     with pytest.raises(ConfigError, match="read_timeout"):
-        WorkQueue(postgres_url + "&read_timeout=soon", "rt-q", handle_signals=False)
+        WorkQueue("rt-q", store=postgres_url + "&read_timeout=soon", handle_signals=False)

@@ -660,7 +660,7 @@ def test_amap_stragglers_are_cancelled_and_unwound_before_the_release(tmp_path: 
     async def main() -> None:
         with Job("astragglers", run="r", store=f"sqlite:///{tmp_path}/c.db", handle_signals=False) as job:
             asyncio.get_running_loop().call_later(0.2, run_context(job).on_signal, signal.SIGTERM)
-            async for _ in job.amap(fn, range(4), concurrency=2, grace=0.2):
+            async for _ in job.amap(fn, range(4), workers=2, grace=0.2):
                 pytest.fail("no item can finish")
 
     with pytest.raises(Interrupted):

@@ -14,7 +14,7 @@ losing no finished work and never corrupting its checkpoint::
 from __future__ import annotations
 
 from ._job import Job
-from ._pipeline import Pipeline, StagesChanged
+from ._pipeline import Pipeline
 from ._postgres.table import PostgresTable
 from ._sqlite.table import SQLiteTable
 from .checkpoint import Checkpoint, HistoryEntry, Owner
@@ -22,6 +22,7 @@ from .entry import entrypoint, exit_code_for, run_main
 from .errors import (
     CheckpointCorrupt,
     CheckpointLost,
+    CommandFailed,
     ConfigError,
     ControlSignal,
     DataError,
@@ -33,6 +34,7 @@ from .errors import (
     RestartableError,
     RunLocked,
     SkipBudgetExceeded,
+    StagesChanged,
     StateNotSerializable,
     StoreUnavailable,
     TemporaryError,
@@ -66,6 +68,7 @@ __all__ = [
     "CheckpointCorrupt",
     "StateNotSerializable",
     "SkipBudgetExceeded",
+    "CommandFailed",
     "TemporaryError",
     "RunLocked",
     "StoreUnavailable",

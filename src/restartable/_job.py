@@ -30,18 +30,21 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any, Literal
 
 from . import _lease, _shard, _watchdog
-from ._concurrency.engines import aiterate, amap, map_threads
+from ._concurrency.engines import DEFAULT_GRACE, DEFAULT_WINDOW, aiterate, amap, map_threads
 from ._cursor import Source, run_chunks
 from ._names import check_name
 from ._proc import current_owner
-from ._run import DEFAULT_SECONDS, OnChange, RunContext
+from ._retry import DEFAULT_BACKOFF_SECONDS
+from ._run import DEFAULT_SECONDS, OnChange, RunContext, check_every
 from ._signals import SignalGuard
-from ._sources.batches import iterate_batches
-from ._sources.files import atomic_output, iterate_files
+from ._sources.batches import BatchSource, iterate_batches
+from ._sources.files import FileItem, atomic_output, iterate_files
 from ._sources.transaction import transaction
 from ._url import parse_duration
 from .checkpoint import COMPLETED, FAILED, INTERRUPTED, RUNNING, Checkpoint
@@ -431,8 +434,7 @@ class Job:
         ctx = self._ctx
         if ctx.record is None:
             raise UsageError(f"{self.label} is not started: call iterate inside `with Job(...) as job:`")
-        if every is not None and (not isinstance(every, int) or every < 1):
-            raise UsageError(f"every must be a positive int, not {every!r}")
+        check_every(every)
         if seconds is not None and seconds <= 0:
             raise UsageError(f"seconds must be positive, not {seconds!r}")
         if every is None and seconds is None:
@@ -466,33 +468,189 @@ class Job:
 
     # -- sources and engines: each gets the run context, never the Job -----------------
 
-    def batches(self, source: Any, **options: Any) -> Iterator[Any]:
-        """Yield batches from a source that resumes by key (``PostgresTable``); see restartable._sources."""
-        return iterate_batches(self._ctx, source, **options)
+    def batches(
+        self,
+        source: BatchSource,
+        *,
+        every: int | None = None,
+        seconds: float | None = None,
+        name: str | None = None,
+        progress: bool | None = None,
+    ) -> Iterator[list[Any]]:
+        """Yield batches from a source that resumes by key (``PostgresTable``, ``SQLiteTable``).
 
-    def transaction(self, **options: Any) -> Any:
-        """One transaction for the caller's output and the checkpoint's advance (exactly-once)."""
-        return transaction(self._ctx, **options)
+        ``every``/``seconds``/``name``/``progress`` are as for :meth:`iterate`; each
+        batch is done when the loop asks for the next. See :mod:`restartable._sources.batches`.
+        """
+        return iterate_batches(self._ctx, source, every=every, seconds=seconds, name=name, progress=progress)
 
-    def files(self, pattern: Any, **options: Any) -> Iterator[Any]:
-        """Yield the files of a glob or directory not yet done, marking each when the loop moves on."""
-        return iterate_files(self._ctx, pattern, **options)
+    def transaction(self) -> Any:
+        """One transaction for the caller's output and the checkpoint's advance (exactly-once).
 
-    def output(self, path: Any, **options: Any) -> Any:
+        Yields the store's own connection (``psycopg.Connection``, ``sqlite3.Connection``)
+        inside a ``job.batches`` loop; see :mod:`restartable._sources.transaction`.
+        """
+        return transaction(self._ctx)
+
+    def files(
+        self,
+        pattern: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        recheck: bool = True,
+        attempts: int = 1,
+        backoff: float = DEFAULT_BACKOFF_SECONDS,
+        on_error: Literal["stop", "skip"] = "stop",
+        skip_budget: int | None = None,
+        marker_dir: str | os.PathLike[str] | None = None,
+        allow_empty: bool = False,
+        every: int | None = None,
+        seconds: float | None = None,
+        progress: bool | None = None,
+    ) -> Iterator[FileItem]:
+        """Yield the files of a glob or directory not yet done, marking each when the loop moves on.
+
+        See :mod:`restartable._sources.files` for the contract of each option.
+        """
+        return iterate_files(
+            self._ctx,
+            pattern,
+            name=name,
+            recheck=recheck,
+            attempts=attempts,
+            backoff=backoff,
+            on_error=on_error,
+            skip_budget=skip_budget,
+            marker_dir=marker_dir,
+            allow_empty=allow_empty,
+            every=every,
+            seconds=seconds,
+            progress=progress,
+        )
+
+    def output(self, path: str | os.PathLike[str], *, makedirs: bool = True) -> AbstractContextManager[Path]:
         """A temp path beside ``path``, renamed into place only when the block succeeds."""
-        return atomic_output(self._ctx, path, **options)
+        return atomic_output(self._ctx, path, makedirs=makedirs)
 
-    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], **options: Any) -> Iterator[Any]:
-        """Run ``fn(item)`` on worker threads, resumable with out-of-order completion."""
-        return map_threads(self._ctx, fn, items, **options)
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        items: Iterable[Any],
+        *,
+        workers: int = 8,
+        ordered: bool = False,
+        window: int = DEFAULT_WINDOW,
+        attempts: int = 1,
+        backoff: float = DEFAULT_BACKOFF_SECONDS,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        on_error: Literal["stop", "skip"] = "stop",
+        skip_budget: int | None = None,
+        retry_dead: bool = False,
+        rate: float | None = None,
+        grace: float = DEFAULT_GRACE,
+        name: str | None = None,
+        every: int | None = None,
+        seconds: float | None = None,
+        key: Callable[[Any], Any] | None = None,
+        on_change: str | None = None,
+        progress: bool | None = None,
+    ) -> Iterator[Any]:
+        """Run ``fn(item)`` on ``workers`` threads, resumable with out-of-order completion.
 
-    def aiterate(self, items: Any, **options: Any) -> Any:
-        """``async for item in job.aiterate(items)``: ``iterate`` for asyncio."""
-        return aiterate(self._ctx, items, **options)
+        See :mod:`restartable._concurrency.engines` for the done rule, the window,
+        retries, ``on_error``, ``rate`` and ``grace``; ``every``, ``seconds``, ``name``,
+        ``key``, ``on_change`` and ``progress`` are as for :meth:`iterate`.
+        """
+        return map_threads(
+            self._ctx,
+            fn,
+            items,
+            workers=workers,
+            ordered=ordered,
+            window=window,
+            attempts=attempts,
+            backoff=backoff,
+            retry_on=retry_on,
+            on_error=on_error,
+            skip_budget=skip_budget,
+            retry_dead=retry_dead,
+            rate=rate,
+            grace=grace,
+            name=name,
+            every=every,
+            seconds=seconds,
+            key=key,
+            on_change=on_change,
+            progress=progress,
+        )
 
-    def amap(self, fn: Callable[[Any], Any], items: Any, **options: Any) -> Any:
-        """``async for result in job.amap(coro_fn, items, concurrency=N)``."""
-        return amap(self._ctx, fn, items, **options)
+    def aiterate(
+        self,
+        items: Any,
+        *,
+        name: str | None = None,
+        every: int | None = None,
+        seconds: float | None = None,
+        key: Callable[[Any], Any] | None = None,
+        on_change: str | None = None,
+        progress: bool | None = None,
+    ) -> AsyncIterator[Any]:
+        """``async for item in job.aiterate(items)``: ``iterate`` for asyncio (sync or async ``items``)."""
+        return aiterate(
+            self._ctx, items, name=name, every=every, seconds=seconds, key=key, on_change=on_change, progress=progress
+        )
+
+    def amap(
+        self,
+        fn: Callable[[Any], Awaitable[Any]],
+        items: Any,
+        *,
+        workers: int = 8,
+        ordered: bool = False,
+        window: int = DEFAULT_WINDOW,
+        attempts: int = 1,
+        backoff: float = DEFAULT_BACKOFF_SECONDS,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        on_error: Literal["stop", "skip"] = "stop",
+        skip_budget: int | None = None,
+        retry_dead: bool = False,
+        rate: float | None = None,
+        grace: float = DEFAULT_GRACE,
+        name: str | None = None,
+        every: int | None = None,
+        seconds: float | None = None,
+        key: Callable[[Any], Any] | None = None,
+        on_change: str | None = None,
+        progress: bool | None = None,
+        concurrency: int | None = None,
+    ) -> AsyncIterator[Any]:
+        """``async for result in job.amap(coro_fn, items, workers=N)``: :meth:`map` for asyncio.
+
+        ``concurrency`` is the deprecated spelling of ``workers`` (DeprecationWarning).
+        """
+        return amap(
+            self._ctx,
+            fn,
+            items,
+            workers=workers,
+            ordered=ordered,
+            window=window,
+            attempts=attempts,
+            backoff=backoff,
+            retry_on=retry_on,
+            on_error=on_error,
+            skip_budget=skip_budget,
+            retry_dead=retry_dead,
+            rate=rate,
+            grace=grace,
+            name=name,
+            every=every,
+            seconds=seconds,
+            key=key,
+            on_change=on_change,
+            progress=progress,
+            concurrency=concurrency,
+        )
 
 
 def run_context(job: Job) -> RunContext:

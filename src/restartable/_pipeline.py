@@ -50,7 +50,7 @@ from typing import Any, TypeVar, overload
 from ._job import Job, run_context
 from ._names import check_name
 from .checkpoint import RUNNING, Checkpoint, dumps
-from .errors import DataError, UsageError
+from .errors import StagesChanged, UsageError  # StagesChanged re-exported here for compatibility
 
 __all__ = ["PIPELINE_CURSOR", "Pipeline", "StageJob", "StagesChanged", "describe_stages"]
 
@@ -62,10 +62,6 @@ PIPELINE_CURSOR = "pipeline"
 LARGE_RESULT = 64 * 1024
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class StagesChanged(DataError):
-    """The stage list of a run in flight differs from the one it was started with."""
 
 
 class _Stage:

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from . import _watchdog
     from .stores import Store
 
-__all__ = ["DEFAULT_SECONDS", "LoopHooks", "OnChange", "RunContext"]
+__all__ = ["DEFAULT_SECONDS", "LoopHooks", "OnChange", "RunContext", "check_every"]
 
 log = logging.getLogger("restartable")
 
@@ -48,6 +48,17 @@ log = logging.getLogger("restartable")
 DEFAULT_SECONDS = 5.0
 
 OnChange = Literal["refuse", "restart", "force"]
+
+
+def check_every(every: object) -> None:
+    """Refuse an ``every`` that is not None or a positive int, with one message for every loop.
+
+    ``iterate``, ``batches``, ``files``, ``map``, ``amap`` and ``aiterate`` all call this, so the
+    same value is accepted or refused everywhere. A bool is refused although it is an ``int``:
+    ``every=True`` is not a count, and silently meaning ``every=1`` would checkpoint on every item.
+    """
+    if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
+        raise UsageError(f"every must be a positive int (a count of done items) or None, not {every!r}")
 
 
 class RunContext:

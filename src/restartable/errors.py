@@ -5,12 +5,14 @@ the exit code that the CLI and :func:`restartable.entrypoint` turn it into::
 
     Exception
      └── RestartableError                  exit 1
+          ├── CommandFailed                exit 1   each-file: a command failed on every attempt
           ├── UsageError                   exit 2   bad name, bad argument
           ├── DataError                    exit 65  not worth retrying: the data is wrong
           │    ├── InputChanged                      the input changed under a checkpoint
           │    ├── CheckpointCorrupt                 no readable checkpoint generation
           │    ├── StateNotSerializable              job.state holds a non-JSON value
-          │    └── SkipBudgetExceeded                too many items or files skipped
+          │    ├── SkipBudgetExceeded                too many items or files skipped
+          │    └── StagesChanged                     a Pipeline's stages changed under a run in flight
           ├── TemporaryError               exit 75  worth retrying later
           │    ├── RunLocked                         another live runner holds the lease
           │    ├── StoreUnavailable                  the store cannot be reached or written
@@ -53,6 +55,8 @@ __all__ = [
     "CheckpointCorrupt",
     "StateNotSerializable",
     "SkipBudgetExceeded",
+    "StagesChanged",
+    "CommandFailed",
     "TemporaryError",
     "RunLocked",
     "StoreUnavailable",
@@ -140,6 +144,22 @@ class StateNotSerializable(DataError):
 
 class SkipBudgetExceeded(DataError):
     """More items or files were skipped than the skip budget allows."""
+
+
+class StagesChanged(DataError):
+    """The stage list of a run in flight differs from the one it was started with.
+
+    A :class:`restartable.Pipeline` whose stages were added, removed, renamed or reordered
+    while a run is in flight: finish it with the old code, or start a new run (``run=``).
+    """
+
+
+class CommandFailed(RestartableError):
+    """A file's command failed on every attempt and ``--on-error stop`` is in force (exit 1).
+
+    Raised by ``restartable each-file`` (and its runner); ``--on-error skip`` with a
+    ``--skip-budget`` skips the file instead.
+    """
 
 
 class TemporaryError(RestartableError):

@@ -4,7 +4,7 @@
 
     from restartable.queue import WorkQueue, ranges
 
-    with WorkQueue("postgresql://db/app?schema=ckpt", "reindex") as queue:
+    with WorkQueue("reindex", store="postgresql://db/app?schema=ckpt") as queue:
         queue.fill(ranges(10_000_000, 50_000))         # every worker may call it: the first one fills
         for claim in queue.claims():                   # until every task is done
             with claim:                                # completed (fenced) when the block succeeds
@@ -53,6 +53,7 @@ import json
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Self
@@ -144,28 +145,66 @@ class Claim:
             yield conn
 
 
+def _looks_like_store_url(value: object) -> bool:
+    """True for what can only be a store URL, never a queue name (names have no ``:`` or ``/``)."""
+    return isinstance(value, str) and ("://" in value or ":" in value or "/" in value)
+
+
+def _name_and_store(first: str | None, second: str | None, store: str | None) -> tuple[str, str | None]:
+    """Sort out ``WorkQueue``'s arguments: ``(name, store=url)``, or the deprecated ``(store_url, name)``.
+
+    Two positional arguments are the old order (the first is a store URL or None). A single
+    positional argument that looks like a store URL is refused rather than guessed: it
+    is either the old order with the name forgotten, or a URL given where the name goes.
+    """
+    if second is not None:
+        if store is not None:
+            raise UsageError(
+                f"WorkQueue got a store twice ({first!r} and store={store!r}): write WorkQueue(name, store=url)"
+            )
+        warnings.warn(
+            "WorkQueue(store_url, name) is deprecated: write WorkQueue(name, store=store_url), as for Job",
+            DeprecationWarning,
+            stacklevel=3,  # the caller of WorkQueue(...)
+        )
+        return second, first
+    if first is None:
+        raise UsageError("WorkQueue needs the queue's name: WorkQueue(name, store=url)")
+    if _looks_like_store_url(first):
+        raise UsageError(
+            "WorkQueue's first argument is the queue's name, not a store URL: write WorkQueue(name, store=url)"
+        )
+    return first, store
+
+
 class WorkQueue:
     """A named queue of tasks in a PostgreSQL or Redis store. See the module docstring.
 
-    :param store: the store URL (default ``$RESTARTABLE_STORE``); ``postgresql://`` or ``redis://``.
     :param name: the queue's name (``[A-Za-z0-9][A-Za-z0-9._-]{0,127}``).
+    :param store: the store URL (default ``$RESTARTABLE_STORE``); ``postgresql://`` or ``redis://``.
     :param lease_seconds: how long a claim holds its task without a heartbeat (default 30).
     :param poll: seconds between looks while other workers hold the remaining tasks.
     :param fill_wait: how long ``claims()`` waits for some worker to fill the queue.
     :param handle_signals: stop at the next claim on SIGTERM/SIGINT (main thread only).
+
+    ``WorkQueue(name, store=url)`` is the order of ``Job(name, store=url)``. The old order
+    ``WorkQueue(store_url, name)`` (two positional arguments) is still accepted, with a
+    DeprecationWarning, until 0.3; ``_legacy_name`` exists only for it.
     """
 
     def __init__(
         self,
-        store: str | None,
-        name: str,
+        name: str | None = None,
+        _legacy_name: str | None = None,
         *,
+        store: str | None = None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         poll: float | None = None,
         fill_wait: float = 60.0,
         handle_signals: bool = True,
     ) -> None:
         install_excepthook()  # as Job does: an escaping library error ends the script with its code
+        name, store = _name_and_store(name, _legacy_name, store)
         self.name = check_name(name, "queue name")
         if lease_seconds <= 0:
             raise UsageError(f"lease_seconds must be positive, not {lease_seconds}")

@@ -310,7 +310,7 @@ def test_a_queue_transaction_whose_slow_commit_loses_its_answer_says_what_happen
         _no_orphan_ending(monkeypatch)
     store = pg.proxy.url_for(pg.store) + "&retry=10"
     insert = f'INSERT INTO "{pg.schema}".out VALUES (1, 1)'
-    with WorkQueue(store, "q", handle_signals=False) as queue:
+    with WorkQueue("q", store=store, handle_signals=False) as queue:
         queue.fill(["only"])
         claim = queue.claim()
         assert claim is not None

@@ -305,7 +305,7 @@ def test_a_work_queue_connection_carries_the_deadline(postgres_url: str) -> None
     from restartable.queue import WorkQueue
 
     url = postgres_url + "&read_timeout=7"  # not passed on to libpq, which would refuse it
-    with WorkQueue(url, "deadline-q", handle_signals=False) as q:
+    with WorkQueue("deadline-q", store=url, handle_signals=False) as q:
         q.fill(["a"])
         assert q.counts().total == 1
         conn = q._backend._conn

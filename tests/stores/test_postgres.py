@@ -114,7 +114,7 @@ def test_a_queue_made_before_its_tables_were_migrations_upgrades_cleanly(postgre
     completions are all still there and go on."""
     from restartable import WorkQueue
 
-    with WorkQueue(postgres_url, "q", handle_signals=False) as queue:
+    with WorkQueue("q", store=postgres_url, handle_signals=False) as queue:
         queue.fill(["a", "b", "c"])
         for claim in queue.claims():
             with claim:
@@ -122,7 +122,7 @@ def test_a_queue_made_before_its_tables_were_migrations_upgrades_cleanly(postgre
             break
     _sql(postgres_url, "DELETE FROM {s}.schema_migrations WHERE version = 4")  # what the older release left
     assert [v for (v,) in _sql(postgres_url, "SELECT version FROM {s}.schema_migrations ORDER BY 1")] == [1, 2, 3]
-    with WorkQueue(postgres_url, "q", handle_signals=False) as queue:  # migrates: 4 finds the tables there
+    with WorkQueue("q", store=postgres_url, handle_signals=False) as queue:  # migrates: 4 finds the tables there
         assert [v for (v,) in _sql(postgres_url, "SELECT version FROM {s}.schema_migrations ORDER BY 1")] == [
             1,
             2,

@@ -168,7 +168,7 @@ def main():
         os.write(fd, (line + "\n").encode())
 
     sink = pg_sink() if cfg["kind"] == "postgresql" else redis_sink()
-    with WorkQueue(cfg["store"], cfg["queue"], lease_seconds=cfg["lease"], fill_wait=30) as q:
+    with WorkQueue(cfg["queue"], store=cfg["store"], lease_seconds=cfg["lease"], fill_wait=30) as q:
         added = q.fill([str(i) for i in range(cfg["n"])])
         say(f"started pid={os.getpid()} added={added}")
         for claim in q.claims():

@@ -184,7 +184,7 @@ def test_a_redis_queue_that_lost_its_data_is_not_taken_for_drained(torture_priva
     from restartable.queue import WorkQueue
 
     url = f"{torture_private_redis.url}?prefix=found-qlost:&retry=5s&read_timeout=2"
-    with WorkQueue(url, "lost", handle_signals=False, lease_seconds=30) as q:
+    with WorkQueue("lost", store=url, handle_signals=False, lease_seconds=30) as q:
         q.fill([str(i) for i in range(10)])
         done: list[str] = []
         with pytest.raises(RestartableError):

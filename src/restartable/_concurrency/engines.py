@@ -8,7 +8,7 @@
 
     async def main() -> None:                                 # asyncio
         with Job("thumbnails") as job:
-            async for result in job.amap(fetch_async, urls, concurrency=32):
+            async for result in job.amap(fetch_async, urls, workers=32):
                 save(result)
             async for item in job.aiterate(items):            # iterate's async twin
                 ...
@@ -17,7 +17,7 @@ The contract:
 
 * ``job.map(fn, items)`` runs ``fn(item)`` on ``workers`` threads and yields the
   results **in completion order** by default; ``ordered=True`` yields them in input
-  order. ``job.amap(coro_fn, items, concurrency=N)`` is the same for coroutines and
+  order. ``job.amap(coro_fn, items, workers=N)`` is the same for coroutines and
   ``job.aiterate(items)`` is ``iterate`` for ``async for`` (sync or async iterables).
 * As with ``iterate``, an item counts as done when the loop asks for the next result
   after its own: a result the caller is still handling when the process dies is
@@ -77,6 +77,7 @@ import logging
 import queue
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, Literal
@@ -329,7 +330,7 @@ def amap(
     fn: Callable[[Any], Awaitable[Any]],
     items: Any,
     *,
-    concurrency: int = 8,
+    workers: int = 8,
     ordered: bool = False,
     window: int = DEFAULT_WINDOW,
     attempts: int = 1,
@@ -346,15 +347,27 @@ def amap(
     key: Callable[[Any], Any] | None = None,
     on_change: str | None = None,
     progress: bool | None = None,
+    concurrency: int | None = None,
 ) -> AsyncIterator[Any]:
-    """``job.amap``: ``async for result in job.amap(coro_fn, items, concurrency=N)``.
+    """``job.amap``: ``async for result in job.amap(coro_fn, items, workers=N)``.
 
-    ``map``'s twin: ``await coro_fn(item)`` runs in up to ``concurrency`` tasks on the
+    ``map``'s twin: ``await coro_fn(item)`` runs in up to ``workers`` tasks on the
     running loop; ``items`` may be a sync or an async iterable. Checkpoints are
     written on the loop's thread (a short pause of the loop every ``seconds``).
+    ``concurrency`` is the deprecated spelling of ``workers`` (one name for threads,
+    asyncio and the CLI's ``-j``): accepted with a DeprecationWarning until 0.3.
     """
+    if concurrency is not None:
+        if workers != 8 and workers != concurrency:  # both spellings, two answers: guessing would hide a bug
+            raise UsageError(f"job.amap got workers={workers!r} and concurrency={concurrency!r}: give workers= only")
+        warnings.warn(
+            "job.amap(concurrency=...) is deprecated: use workers=... (the same name as job.map)",
+            DeprecationWarning,
+            stacklevel=3,  # the caller of Job.amap
+        )
+        workers = concurrency
     opts = options(
-        workers=concurrency,
+        workers=workers,
         ordered=ordered,
         window=window,
         attempts=attempts,
@@ -367,7 +380,6 @@ def amap(
         every=every,
         seconds=seconds,
         retry_dead=retry_dead,
-        what="concurrency",
     )
     if not callable(fn):
         raise UsageError(f"job.amap needs a coroutine function, not {fn!r}")

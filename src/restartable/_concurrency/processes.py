@@ -38,11 +38,11 @@ from typing import IO, Any
 from .._retry import Backoff
 from .._run import RunContext
 from .._sources.files import Entry, FileSet, commit_output, stale_temps, temp_path_for
-from ..errors import (
+from ..errors import (  # CommandFailed re-exported here for compatibility
+    CommandFailed,
     ControlSignal,
     Fenced,
     Interrupted,
-    RestartableError,
     SkipBudgetExceeded,
     UsageError,
 )
@@ -56,10 +56,6 @@ DEFAULT_GRACE = 25.0
 USE_REAPER = True
 _PLACEHOLDER = re.compile(r"\{(|name|stem|out)\}")
 _OK, _FAILED, _INTERRUPTED, _ERROR = "ok", "failed", "interrupted", "error"
-
-
-class CommandFailed(RestartableError):
-    """A file's command failed on every attempt and ``--on-error stop`` is in force (exit 1)."""
 
 
 # -- process handling -------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from typing import Any, cast
 
 from .._cursor import Source
 from .._fingerprint import Fingerprinter
-from .._run import DEFAULT_SECONDS, OnChange, RunContext
+from .._run import DEFAULT_SECONDS, OnChange, RunContext, check_every
 from ..checkpoint import INTERRUPTED, encode_value
 from ..errors import CheckpointCorrupt, InputChanged, SkipBudgetExceeded, UsageError
 
@@ -176,8 +176,7 @@ def options(
     positive_int(workers, what)
     positive_int(window, "window")
     positive_int(attempts, "attempts")
-    if every is not None:
-        positive_int(every, "every")
+    check_every(every)
     if skip_budget is not None:
         positive_int(skip_budget, "skip_budget", 0)
     for value, name in ((backoff, "backoff"), (grace, "grace")):

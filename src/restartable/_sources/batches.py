@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .._retry import STORE_BACKOFF
-from .._run import DEFAULT_SECONDS, LoopHooks, RunContext
+from .._run import DEFAULT_SECONDS, LoopHooks, RunContext, check_every
 from ..checkpoint import dumps
 from ..errors import StateNotSerializable, UsageError
 
@@ -193,8 +193,7 @@ def iterate_batches(
             f"job.batches() needs a batch source such as PostgresTable or SQLiteTable, not {type(source).__name__}; "
             "use job.iterate() for sequences and iterators"
         )
-    if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
-        raise UsageError(f"every must be a positive int (batches), not {every!r}")
+    check_every(every)
     if every is None and seconds is None:
         seconds = DEFAULT_SECONDS
     if seconds is not None and seconds <= 0:

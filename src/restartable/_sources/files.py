@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple, Self
 
 from .._retry import DEFAULT_BACKOFF_SECONDS, Backoff
-from .._run import DEFAULT_SECONDS, RunContext
+from .._run import DEFAULT_SECONDS, RunContext, check_every
 from ..errors import DataError, PermissionDenied, SkipBudgetExceeded, UsageError
 from ..stores._localfs import FILE_MODE, fsync_dir
 
@@ -449,8 +449,7 @@ def _check_options(
         raise UsageError(f"on_error must be 'stop' or 'skip', not {on_error!r}")
     if skip_budget is not None and (not isinstance(skip_budget, int) or skip_budget < 0):
         raise UsageError(f"skip_budget must be an int >= 0 or None, not {skip_budget!r}")
-    if every is not None and (not isinstance(every, int) or every < 1):
-        raise UsageError(f"every must be a positive int, not {every!r}")
+    check_every(every)
     if seconds is not None and seconds <= 0:
         raise UsageError(f"seconds must be positive, not {seconds!r}")
 
