@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common
 
-from restartable.checkpoint import Owner, encode_record
+from restartable._checkpoint import Owner, encode_record
 from restartable.stores import open_store
 
 _UPSERT = (

@@ -10,7 +10,7 @@ where fsync costs nothing and every ratio lies); the filesystem type is printed.
 * SQLiteStore.save vs a raw upsert of a record of the same size in one transaction
   (BEGIN IMMEDIATE / INSERT ... ON CONFLICT DO UPDATE / COMMIT, WAL, synchronous=FULL).
   Target <= 1.3x.
-* The same two with the record's JSON encoding (restartable.checkpoint, the same for
+* The same two with the record's JSON encoding (restartable._checkpoint, the same for
   every store) added to the baselines: what the store itself adds.
 * For information: the article's ``json.dump`` overwrite without fsync (not crash-safe),
   and pwrite + fdatasync in place on an open file (not atomic: the floor of any durable
@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import interleaved, parser, report
 
 from restartable._proc import current_owner
-from restartable.checkpoint import Checkpoint, encode_record
+from restartable._checkpoint import Checkpoint, encode_record
 from restartable.stores.file import FileStore
 from restartable._sqlite.store import SQLiteStore
 
@@ -225,7 +225,7 @@ def main() -> None:
             ],
         )
         # Where the time beyond the raw write goes: every store encodes the record (the JSON
-        # codec in restartable.checkpoint); these rows charge the baselines with it too.
+        # codec in restartable._checkpoint); these rows charge the baselines with it too.
         report(
             "the same, with the record's encoding added to the baselines",
             [

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from restartable.checkpoint import Checkpoint, Owner, decode_record, dumps, encode_record, loads
+from restartable._checkpoint import Checkpoint, Owner, decode_record, dumps, encode_record, loads
 from restartable.errors import CheckpointCorrupt, StateNotSerializable
 
 scalars = st.one_of(
@@ -116,6 +116,6 @@ def test_invalid_documents_are_refused(doc, match):
 
 
 def test_never_pickle():
-    import restartable.checkpoint as mod
+    import restartable._checkpoint as mod
 
     assert "pickle" not in open(mod.__file__).read().replace("never pickle", "").replace("nothing in it is pickled", "")

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from restartable import Job, SkipBudgetExceeded, UsageError, exit_code_for
-from restartable._concurrency.window import DoneSet, encoded_bound
-from restartable.checkpoint import COMPLETED, FAILED, INTERRUPTED, encode_record
+from restartable._checkpoint import COMPLETED, FAILED, INTERRUPTED, encode_record
 from restartable._concurrency.engines import DEFAULT_WINDOW
+from restartable._concurrency.window import DoneSet, encoded_bound
 from restartable.stores import open_store
 
 

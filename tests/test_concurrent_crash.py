@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from procs import Spawner, Worker, local_store_url, mark_segment, read_log, wait_items
 
+from procs import Spawner, Worker, local_store_url, mark_segment, read_log, wait_items
+from restartable._checkpoint import COMPLETED, INTERRUPTED, RUNNING
 from restartable._concurrency.window import DoneSet
-from restartable.checkpoint import COMPLETED, INTERRUPTED, RUNNING
 from restartable.stores import open_store
 
 SCRIPT = r"""

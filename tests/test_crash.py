@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from procs import Segment, Spawner, Worker, local_store_url, mark_segment, read_log, write_worker
 
-from restartable.checkpoint import COMPLETED, RUNNING
+from procs import Segment, Spawner, Worker, local_store_url, mark_segment, read_log, write_worker
+from restartable._checkpoint import COMPLETED, RUNNING
 from restartable.stores import open_store
 
 KILLS = int(os.environ.get("RESTARTABLE_TORTURE_KILLS", "0"))

@@ -103,7 +103,7 @@ def test_site_exit_code_table_is_the_source():
 
 def test_exit_code_table_agrees_with_the_code():
     """Every EXIT_* constant has one row; 'retry? no' is exactly the set the manifests FailJob on."""
-    from restartable.entry import PERMANENT_CODES
+    from restartable._entry import PERMANENT_CODES
 
     codes = [c for row in EXIT_CODE_TABLE for c in row.codes]
     constants = {getattr(errors, n) for n in errors.__all__ if n.startswith("EXIT_") and n != "EXIT_CODE_TABLE"}
@@ -157,7 +157,7 @@ def test_site_maps_each_error_to_its_code():
 
 
 def test_entry_docstring_refers_to_the_table_instead_of_repeating_it():
-    from restartable import entry
+    from restartable import _entry as entry
 
     doc = entry.__doc__ or ""
     assert "EXIT_CODE_TABLE" in doc

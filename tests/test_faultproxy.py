@@ -15,9 +15,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from faultproxy import PG_COMMIT, PG_SAVE, REDIS_CAS, FaultProxy, _PgFramer, _RespFramer
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from faultproxy import PG_COMMIT, PG_SAVE, REDIS_CAS, FaultProxy, _PgFramer, _RespFramer
 
 
 @pytest.fixture
@@ -224,8 +225,9 @@ def test_a_prepared_statement_is_recognised_by_its_bind(postgres_server: str) ->
 
 
 def test_a_compare_and_set_whose_answer_is_lost_ran_on_redis(redis_server: str) -> None:
-    import redis
     from urllib.parse import urlsplit
+
+    import redis
 
     u = urlsplit(redis_server)
     key = f"rt_fp_{time.time_ns()}"

@@ -18,9 +18,9 @@ import time
 import pytest
 
 from restartable import Job, _lease
-from restartable.checkpoint import Owner
-from restartable.errors import CheckpointLost, Fenced, StoreUnavailable
+from restartable._checkpoint import Owner
 from restartable._job import run_context
+from restartable.errors import CheckpointLost, Fenced, StoreUnavailable
 from restartable.stores.memory import MemoryStore
 
 OWNER = Owner(host="h", pid=1)

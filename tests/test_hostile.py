@@ -30,8 +30,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from restartable import Job
+from restartable._checkpoint import MAX_DEPTH
 from restartable._names import _NAME
-from restartable.checkpoint import MAX_DEPTH
 from restartable.errors import ConfigError, RestartableError, StateNotSerializable, UsageError
 from restartable.stores import open_store
 

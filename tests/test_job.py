@@ -14,7 +14,7 @@ from restartable import (
     StateNotSerializable,
     UsageError,
 )
-from restartable.checkpoint import COMPLETED, FAILED, INTERRUPTED
+from restartable._checkpoint import COMPLETED, FAILED, INTERRUPTED
 from restartable.stores import open_store
 
 

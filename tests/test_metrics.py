@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pgserver import _unavailable as unavailable  # tests/conftest.py's, loaded by path (two conftest.py files)
 
+from pgserver import _unavailable as unavailable  # tests/conftest.py's, loaded by path (two conftest.py files)
 from restartable import Job
 from restartable.errors import UsageError
 from restartable.metrics import Pusher, attach

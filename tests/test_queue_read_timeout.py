@@ -14,8 +14,8 @@ import threading
 import time
 
 import pytest
-import redisserver
 
+import redisserver
 from restartable.errors import ConfigError, StoreUnavailable
 from restartable.queue import WorkQueue
 

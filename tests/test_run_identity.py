@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from procs import Spawner, clean_env, local_store_url, mark_segment, read_log, wait_items, write_worker
 
-from restartable.checkpoint import COMPLETED, INTERRUPTED
+from procs import Spawner, clean_env, local_store_url, mark_segment, read_log, wait_items, write_worker
+from restartable._checkpoint import COMPLETED, INTERRUPTED
 from restartable.cli import main as cli_main
 from restartable.stores import open_store
 

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from procs import Spawner, Worker, local_store_url, read_log, wait_items, write_worker
 
-from restartable.checkpoint import COMPLETED, RUNNING
+from procs import Spawner, Worker, local_store_url, read_log, wait_items, write_worker
+from restartable._checkpoint import COMPLETED, RUNNING
 from restartable.stores import open_store
 
 JOB = "runners"

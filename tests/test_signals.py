@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from procs import Spawner, local_store_url, mark_segment, read_log, wait_items, write_worker
 
-from restartable.checkpoint import INTERRUPTED, RUNNING
+from procs import Spawner, local_store_url, mark_segment, read_log, wait_items, write_worker
+from restartable._checkpoint import INTERRUPTED, RUNNING
 from restartable.stores import open_store
 
 JOB = "sig"

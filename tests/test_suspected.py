@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 
 from restartable import _lease, _proc, _signals
+from restartable._checkpoint import Owner
 from restartable._job import run_context
-from restartable.checkpoint import Owner
 from restartable.stores import open_store
 from restartable.stores._localfs import make_private_dirs
 
@@ -120,7 +120,7 @@ def test_hidepid_for_real(sleeper: subprocess.Popen[bytes], tmp_path: Path) -> N
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import os\n"
         "from restartable import _proc\n"
-        "from restartable.checkpoint import Owner\n"
+        "from restartable._checkpoint import Owner\n"
         f"live = Owner(**{owner.to_dict()!r}); dead = Owner(**{dead.to_dict()!r})\n"
         "print(os.path.exists(f'/proc/{live.pid}'), _proc.owner_is_dead(live), _proc.owner_is_dead(dead))\n"
     )

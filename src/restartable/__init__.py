@@ -13,12 +13,12 @@ losing no finished work and never corrupting its checkpoint::
 
 from __future__ import annotations
 
+from ._checkpoint import Checkpoint, HistoryEntry, Owner
+from ._entry import entrypoint, exit_code_for, run_main
 from ._job import Job
 from ._pipeline import Pipeline
 from ._postgres.table import PostgresTable
 from ._sqlite.table import SQLiteTable
-from .checkpoint import Checkpoint, HistoryEntry, Owner
-from .entry import entrypoint, exit_code_for, run_main
 from .errors import (
     CheckpointCorrupt,
     CheckpointLost,

@@ -18,7 +18,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from .checkpoint import encode_value
+from ._checkpoint import encode_value
 from .errors import InputChanged
 
 SAMPLES: tuple[int, ...] = tuple(sorted(set(range(8)) | {1 << k for k in range(3, 62)}))

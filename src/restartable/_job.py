@@ -36,8 +36,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import _lease, _shard, _watchdog
+from ._checkpoint import COMPLETED, FAILED, INTERRUPTED, RUNNING, Checkpoint
 from ._concurrency.engines import DEFAULT_GRACE, DEFAULT_WINDOW, aiterate, amap, map_threads
 from ._cursor import Source, run_chunks
+from ._entry import install_excepthook
 from ._names import check_name
 from ._proc import current_owner
 from ._retry import DEFAULT_BACKOFF_SECONDS
@@ -47,8 +49,6 @@ from ._sources.batches import BatchSource, iterate_batches
 from ._sources.files import FileItem, atomic_output, iterate_files
 from ._sources.transaction import transaction
 from ._url import parse_duration
-from .checkpoint import COMPLETED, FAILED, INTERRUPTED, RUNNING, Checkpoint
-from .entry import install_excepthook
 from .errors import (
     CheckpointLost,
     Fenced,

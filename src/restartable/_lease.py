@@ -7,8 +7,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from ._checkpoint import Checkpoint, Owner
 from ._proc import owner_is_dead
-from .checkpoint import Checkpoint, Owner
 from .errors import CheckpointLost, Fenced, RunLocked
 from .stores.base import Store
 

@@ -47,9 +47,9 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, overload
 
+from ._checkpoint import RUNNING, Checkpoint, dumps
 from ._job import Job, run_context
 from ._names import check_name
-from .checkpoint import RUNNING, Checkpoint, dumps
 from .errors import StagesChanged, UsageError  # StagesChanged re-exported here for compatibility
 
 __all__ = ["PIPELINE_CURSOR", "Pipeline", "StageJob", "StagesChanged", "describe_stages"]

@@ -7,7 +7,7 @@ import socket
 import uuid
 from functools import lru_cache
 
-from .checkpoint import Owner
+from ._checkpoint import Owner
 
 
 def _read(path: str) -> str:

@@ -30,10 +30,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
+from ._checkpoint import INTERRUPTED, RUNNING, Checkpoint
 from ._cursor import Cursor, Source, skip
 from ._fingerprint import Fingerprinter, sample_indices
 from ._progress import Progress
-from .checkpoint import INTERRUPTED, RUNNING, Checkpoint
 from .errors import CheckpointLost, Fenced, InputChanged, Interrupted, UsageError
 
 if TYPE_CHECKING:

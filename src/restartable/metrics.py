@@ -46,7 +46,7 @@ import threading
 import time
 from typing import Any
 
-from .checkpoint import COMPLETED
+from ._checkpoint import COMPLETED
 from .errors import MissingDriver, UsageError
 
 __all__ = ["DEFAULT_INTERVAL", "ENV_GATEWAY", "ENV_INTERVAL", "Pusher", "attach"]

@@ -58,12 +58,12 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Self
 
+from ._entry import install_excepthook
 from ._names import check_name
 from ._proc import current_owner
 from ._queue_types import Counts, QueueBackend, Row
 from ._signals import SignalGuard
 from ._url import parse_duration, parse_store_url
-from .entry import install_excepthook
 from .errors import CheckpointLost, Fenced, Interrupted, StoreUnavailable, UsageError
 from .stores import resolve_store_url
 from .stores._registry import queue_backend

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from procs import clean_env
 
+from procs import clean_env
 from restartable.cli.each_file import default_job_name
 from restartable.stores import open_store
 

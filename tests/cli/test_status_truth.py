@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
-from procs import Spawner, clean_env, wait_items, write_worker
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from procs import Spawner, clean_env, wait_items, write_worker
 from restartable import Checkpoint, HistoryEntry, Owner
 from restartable.cli import main
 from restartable.cli._report import group_shards, state_text, summarize

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from restartable import Job, RunLocked
-from restartable.entry import PERMANENT_CODES
+from restartable._entry import PERMANENT_CODES
 from restartable.stores import open_store
 
 POD_ENV = {

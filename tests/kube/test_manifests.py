@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import unavailable
 
+from conftest import unavailable
+from restartable._entry import PERMANENT_CODES
 from restartable.cli import main as cli_main
-from restartable.entry import PERMANENT_CODES
 from restartable.errors import UsageError
 from restartable.kube import WorkloadSpec, build, check, dump_yaml, enforce
 

@@ -28,9 +28,9 @@ from types import SimpleNamespace
 import pytest
 
 from restartable import Job
-from restartable.checkpoint import COMPLETED, Owner
-from restartable.errors import Fenced, UsageError
+from restartable._checkpoint import COMPLETED, Owner
 from restartable._sqlite.table import SQLiteTable
+from restartable.errors import Fenced, UsageError
 from restartable.stores import open_store
 
 WORKER = r"""

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from procs import clean_env, local_store_url
 
+from procs import clean_env, local_store_url
 from restartable import DataError, Job, SkipBudgetExceeded, UsageError
 from restartable._job import run_context
 from restartable._sources.files import FileItem, resolve

@@ -23,11 +23,10 @@ import pytest
 psycopg = pytest.importorskip("psycopg")
 
 from faultproxy import PG_COMMIT, FaultProxy  # noqa: E402
-
 from restartable import Job  # noqa: E402
 from restartable._postgres import xact as _xact  # noqa: E402
-from restartable.errors import StoreUnavailable, TemporaryError  # noqa: E402
 from restartable._postgres.table import PostgresTable  # noqa: E402
+from restartable.errors import StoreUnavailable, TemporaryError  # noqa: E402
 from restartable.stores import open_store  # noqa: E402
 
 RETRIED = "nothing of it was committed: job.state is restored and the batch handed out again"

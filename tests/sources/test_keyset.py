@@ -16,10 +16,10 @@ from types import SimpleNamespace
 import pytest
 
 from restartable import Job
-from restartable.errors import UsageError
 from restartable._job import run_context
 from restartable._sources.batches import iterate_batches
 from restartable._sqlite.table import SQLiteTable
+from restartable.errors import UsageError
 
 psycopg = pytest.importorskip("psycopg")
 from psycopg import sql

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from restartable.errors import UsageError
 from restartable._sqlite.table import SQLiteTable
+from restartable.errors import UsageError
 
 psycopg = pytest.importorskip("psycopg")
 from psycopg import sql

@@ -14,14 +14,14 @@ import pytest
 
 pytest.importorskip("psycopg")
 
-import pgserver
 import psycopg
-from pgserver import PgServer
 
+import pgserver
+from pgserver import PgServer
 from restartable import Job
-from restartable.checkpoint import COMPLETED
-from restartable.errors import StoreUnavailable, TemporaryError
+from restartable._checkpoint import COMPLETED
 from restartable._postgres.table import PostgresTable
+from restartable.errors import StoreUnavailable, TemporaryError
 from restartable.stores import open_store
 
 private_postgres = pgserver.private_postgres  # a fixture: a private server of the test's own

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from procs import clean_env, local_store_url
 
+from procs import clean_env, local_store_url
 from restartable import StateNotSerializable, UsageError
 from restartable._pipeline import Pipeline, StagesChanged, describe_stages
 from restartable.stores import open_store

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from procs import store_url_for
 
 STORES = ["memory", "sqlite", "file", "postgresql", "redis"]

@@ -27,10 +27,10 @@ import time
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from procs import store_url_for
 
+from procs import store_url_for
 from restartable import _lease
-from restartable.checkpoint import COMPLETED, Owner
+from restartable._checkpoint import COMPLETED, Owner
 from restartable.errors import Fenced, RunLocked, StoreUnavailable
 from restartable.stores import Store, open_store
 from restartable.stores.base import first_epoch

@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import pytest
 
-from restartable.checkpoint import COMPLETED, FAILED, INTERRUPTED, RUNNING, Owner
+from restartable._checkpoint import COMPLETED, FAILED, INTERRUPTED, RUNNING, Owner
 from restartable.errors import Fenced, RunLocked
 from restartable.stores import open_store
 from restartable.stores.base import HISTORY_LIMIT

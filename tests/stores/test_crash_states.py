@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 
 from crashfs import STRACE_CALLS, Mark, Recorder, Stats, crash_states, materialize, parse_strace
-from restartable.checkpoint import Checkpoint, Owner
+from restartable._checkpoint import Checkpoint, Owner
 from restartable.errors import CheckpointCorrupt, RestartableError
 from restartable.stores import open_store
 
@@ -319,7 +319,7 @@ def test_negative_control_naive_json_overwrite_fails(tmp_path, monkeypatch):
 _SQLITE_CHILD = textwrap.dedent(
     """
     import json, os, sys
-    from restartable.checkpoint import Owner
+    from restartable._checkpoint import Owner
     from restartable.stores import open_store
 
     db, plan, start_after = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])

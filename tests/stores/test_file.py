@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from restartable.checkpoint import Owner
+from restartable._checkpoint import Owner
 from restartable.errors import (
     CheckpointCorrupt,
     ConfigError,
@@ -319,7 +319,7 @@ def test_bad_urls_are_config_errors(url):
 _AS_NOBODY = textwrap.dedent(
     """
     import os, sys
-    from restartable.checkpoint import Owner
+    from restartable._checkpoint import Owner
     from restartable.stores import open_store
     from restartable.stores import file  # import while we can still read the code
     if os.geteuid() == 0:
@@ -494,7 +494,7 @@ def test_processes_stealing_and_saving_never_write_with_a_stale_epoch(root, capl
 _SAVER = textwrap.dedent(
     """
     import sys
-    from restartable.checkpoint import Owner
+    from restartable._checkpoint import Owner
     from restartable.stores import open_store
     s = open_store(sys.argv[1])
     rec = s.acquire("job", "k", owner=Owner(host="h", pid=1), lease_seconds=60)
@@ -596,7 +596,7 @@ def test_saves_recycle_the_rotated_out_file_but_never_a_hard_linked_one(store, r
 _WRITER = textwrap.dedent(
     """
     import sys, time
-    from restartable.checkpoint import Owner
+    from restartable._checkpoint import Owner
     from restartable.stores import open_store
     s = open_store(sys.argv[1])
     rec = s.load("job", "k")

@@ -20,11 +20,11 @@ import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
-import faultproxy
 import pytest
-from faultproxy import FaultProxy
 
-from restartable.checkpoint import Owner
+import faultproxy
+from faultproxy import FaultProxy
+from restartable._checkpoint import Owner
 from restartable.stores import open_store
 
 ME = Owner(host="late-test", pid=1)

@@ -45,7 +45,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from restartable.checkpoint import COMPLETED, RUNNING, STATUSES, Checkpoint, Owner
+from restartable._checkpoint import COMPLETED, RUNNING, STATUSES, Checkpoint, Owner
 from restartable.errors import Fenced, RunLocked
 from restartable.stores import Store, open_store
 

@@ -22,8 +22,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from restartable._checkpoint import COMPLETED, Owner
 from restartable._names import check_name
-from restartable.checkpoint import COMPLETED, Owner
 from restartable.stores import open_store
 
 ME = Owner(host="host-a", pid=111)

@@ -19,15 +19,16 @@ import uuid
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
-import faultproxy
 import pytest
+
+import faultproxy
 from faultproxy import FaultProxy
 
 psycopg = pytest.importorskip("psycopg")
 
-from restartable._postgres import xact as _xact  # noqa: E402
-from restartable.checkpoint import Owner  # noqa: E402
+from restartable._checkpoint import Owner  # noqa: E402
 from restartable._postgres import conn as _pgconn  # noqa: E402
+from restartable._postgres import xact as _xact  # noqa: E402
 from restartable.stores import open_store  # noqa: E402
 
 OWNER = Owner(host="abandoned-test", pid=1)

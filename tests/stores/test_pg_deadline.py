@@ -27,15 +27,15 @@ from hypothesis import strategies as st
 
 pytest.importorskip("psycopg")
 
-import pgserver
 import psycopg
-from pgserver import PgServer
 
+import pgserver
+from pgserver import PgServer
 from restartable import Job
-from restartable.checkpoint import Owner
-from restartable.errors import ConfigError, StoreUnavailable
-from restartable._postgres.table import PostgresTable
+from restartable._checkpoint import Owner
 from restartable._postgres import conn as _pgconn
+from restartable._postgres.table import PostgresTable
+from restartable.errors import ConfigError, StoreUnavailable
 from restartable.stores import open_store
 
 private_postgres = pgserver.private_postgres  # a fixture: a private server of the test's own

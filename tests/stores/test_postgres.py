@@ -15,12 +15,14 @@ import time
 import traceback
 from urllib.parse import parse_qs, quote, urlsplit
 
-import pgserver
 import pytest
-from pgserver import PgServer, new_server
 
+import pgserver
+from pgserver import PgServer, new_server
+from restartable._checkpoint import COMPLETED, RUNNING, Owner
 from restartable._names import check_name
-from restartable.checkpoint import COMPLETED, RUNNING, Owner
+from restartable._postgres import schema as _pgschema
+from restartable._postgres.store import PostgresStore, _Stale
 from restartable.errors import (
     CheckpointCorrupt,
     ConfigError,
@@ -31,9 +33,7 @@ from restartable.errors import (
     StoreUnavailable,
     UsageError,
 )
-from restartable._postgres import schema as _pgschema
 from restartable.stores import open_store
-from restartable._postgres.store import PostgresStore, _Stale
 
 psycopg = pytest.importorskip("psycopg")
 sql = psycopg.sql

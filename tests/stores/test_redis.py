@@ -18,8 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redisserver
 from redisserver import RedisServer
-
-from restartable.checkpoint import COMPLETED, FAILED, Owner
+from restartable._checkpoint import COMPLETED, FAILED, Owner
 from restartable.errors import (
     EXIT_TEMPORARY,
     CheckpointLost,

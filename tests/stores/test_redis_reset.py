@@ -30,12 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import procs
 import redisserver
 from redisserver import RedisServer
-
-from restartable.checkpoint import Checkpoint, Owner, encode_record
+from restartable._checkpoint import Checkpoint, Owner, encode_record
+from restartable._redis.store import RedisStore, _owner_json
 from restartable.errors import EXIT_TEMPORARY, EXIT_USAGE, CheckpointLost, Fenced, RunLocked
 from restartable.stores import open_store
 from restartable.stores.base import first_epoch
-from restartable._redis.store import RedisStore, _owner_json
 
 redis_server_factory = redisserver.redis_server_factory
 

@@ -15,7 +15,8 @@ import textwrap
 
 import pytest
 
-from restartable.checkpoint import Owner
+from restartable._checkpoint import Owner
+from restartable._sqlite.store import _PRUNE_EVERY, SCHEMA_VERSION, SQLiteStore
 from restartable.errors import (
     CheckpointCorrupt,
     ConfigError,
@@ -24,7 +25,6 @@ from restartable.errors import (
 )
 from restartable.stores import open_store
 from restartable.stores.base import HISTORY_LIMIT
-from restartable._sqlite.store import _PRUNE_EVERY, SCHEMA_VERSION, SQLiteStore
 
 ME = Owner(host="host-a", pid=111)
 OTHER = Owner(host="host-b", pid=222)
@@ -265,7 +265,7 @@ _AS_NOBODY = textwrap.dedent(
     try:
         with open_store(sys.argv[1]) as s:
             s.load("job", "r1")
-            from restartable.checkpoint import Owner
+            from restartable._checkpoint import Owner
             s.acquire("job", "r1", owner=Owner(host="h", pid=1), lease_seconds=30)
     except BaseException as exc:
         print(type(exc).__name__)

@@ -53,13 +53,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faultproxy import PG_COMMIT, PG_SAVE, REDIS_CAS
 from faults import NET, fill, read_only, unlink
-from procs import Spawner, Worker, clean_env, fields, read_log
 from report import Row
 from workloads import JOB, Workload, claimed
 
-from restartable.checkpoint import COMPLETED, INTERRUPTED
+from faultproxy import PG_COMMIT, PG_SAVE, REDIS_CAS
+from procs import Spawner, Worker, clean_env, fields, read_log
+from restartable._checkpoint import COMPLETED, INTERRUPTED
 from restartable.errors import CheckpointCorrupt, RestartableError
 from restartable.stores import open_store
 

@@ -48,8 +48,9 @@ from pathlib import Path
 from typing import Any
 
 from faults import NET
-from procs import Spawner, Worker, fields
 from report import Row
+
+from procs import Spawner, Worker, fields
 
 __all__ = ["QUEUE_FAULTS", "QUEUE_SCRIPT", "QUEUE_TARGETS", "QueueCampaign", "write_queue_script"]
 

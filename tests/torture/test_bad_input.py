@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from procs import store_url_for
 
+from procs import store_url_for
 from restartable import Job
-from restartable.checkpoint import Checkpoint, Owner, decode_record, dumps, encode_record, loads
+from restartable._checkpoint import Checkpoint, Owner, decode_record, dumps, encode_record, loads
 from restartable.errors import CheckpointCorrupt, ConfigError, RestartableError, StateNotSerializable, UsageError
 from restartable.stores import open_store
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faultproxy import PG_COMMIT, FaultProxy
 
+from faultproxy import PG_COMMIT, FaultProxy
 from restartable import Job
 from restartable._concurrency.window import DoneSet
 from restartable.errors import Interrupted, TemporaryError
@@ -102,9 +102,10 @@ def test_a_commit_answer_lost_while_the_server_commits_writes_no_row_twice(postg
     committed yet", raised StoreUnavailable, and ``Job._finish`` saved ``failed`` with the
     position from before the batch at the same epoch: that UPDATE waited on the commit's row lock
     and then moved the checkpoint backwards, so the rerun wrote rows 3, 4 and 5 a second time."""
+    from urllib.parse import urlsplit
+
     import psycopg
     from psycopg import sql
-    from urllib.parse import urlsplit
 
     from restartable._postgres.table import PostgresTable
 

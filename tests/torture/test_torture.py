@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 from campaigns import SEED, Cell, CellEnv, run_cell
 from faults import FAULTS, LOCAL_ONLY, NET, SERVER_ONLY
-from procs import Spawner
 from queue_cells import QUEUE_FAULTS
 from report import Report, Row
 from workloads import MODES, write_script
+
+from procs import Spawner
 
 STORES = ("sqlite", "file", "postgresql", "redis")
 

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from restartable._checkpoint import Checkpoint
 from restartable._concurrency.window import DoneSet
-from restartable.checkpoint import Checkpoint
 
 __all__ = ["JOB", "MODES", "SCRIPT", "Workload", "claimed", "write_script"]
 

@@ -10,7 +10,8 @@ import warnings
 from typing import Any
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("starlette", reason="pip install 'restartable[web]'")
 pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx (pip install -e '.[dev]')")

@@ -35,10 +35,10 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
+from .._checkpoint import INTERRUPTED, encode_value
 from .._cursor import Source
 from .._fingerprint import Fingerprinter
 from .._run import DEFAULT_SECONDS, OnChange, RunContext, check_every
-from ..checkpoint import INTERRUPTED, encode_value
 from ..errors import CheckpointCorrupt, InputChanged, SkipBudgetExceeded, UsageError
 
 __all__ = ["ABANDONED", "FAIL", "OK", "DoneSet", "Engine", "Options", "encoded_bound", "options"]

@@ -33,9 +33,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
-from .._retry import DEFAULT_RETRY_SECONDS, call_with_retry, one_line
-from .._url import StoreURL, parse_duration
-from ..checkpoint import (
+from .._checkpoint import (
     STATUSES,
     Checkpoint,
     HistoryEntry,
@@ -45,6 +43,8 @@ from ..checkpoint import (
     encode_record,
     loads,
 )
+from .._retry import DEFAULT_RETRY_SECONDS, call_with_retry, one_line
+from .._url import StoreURL, parse_duration
 from ..errors import (
     CheckpointCorrupt,
     ConfigError,

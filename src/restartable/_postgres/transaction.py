@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
+from .._checkpoint import Checkpoint
 from .._run import RunContext
 from .._sources.batches import BatchRun, retry_budget
 from .._sources.transaction import adopt, error_text, give_back, in_doubt, key_text, record_after_batch, same_position
-from ..checkpoint import Checkpoint
 from ..errors import Fenced, StoreUnavailable
 from . import xact as _xact
 

@@ -21,7 +21,7 @@ primary (the store does not support Redis Cluster).
 
 The run hash's fields::
 
-    body      the record as canonical JSON (restartable.checkpoint.encode_record)
+    body      the record as canonical JSON (restartable._checkpoint.encode_record)
     epoch     the fencing token, decimal
     status    owner (canonical JSON of Owner.to_dict(), "" for none)
     started   updated   heartbeat   lease (ms on the server clock; lease "" when released)

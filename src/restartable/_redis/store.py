@@ -60,9 +60,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from .._retry import DEFAULT_RETRY_SECONDS, call_with_retry
-from .._url import StoreURL, parse_duration
-from ..checkpoint import (
+from .._checkpoint import (
     COMPLETED,
     STATUSES,
     Checkpoint,
@@ -73,6 +71,8 @@ from ..checkpoint import (
     encode_record,
     loads,
 )
+from .._retry import DEFAULT_RETRY_SECONDS, call_with_retry
+from .._url import StoreURL, parse_duration
 from ..errors import (
     CheckpointCorrupt,
     CheckpointLost,

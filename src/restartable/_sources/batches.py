@@ -52,9 +52,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from .._checkpoint import dumps
 from .._retry import STORE_BACKOFF
 from .._run import DEFAULT_SECONDS, LoopHooks, RunContext, check_every
-from ..checkpoint import dumps
 from ..errors import StateNotSerializable, UsageError
 
 if TYPE_CHECKING:

@@ -63,8 +63,8 @@ import time
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
+from .._checkpoint import RUNNING, Checkpoint
 from .._run import RunContext
-from ..checkpoint import RUNNING, Checkpoint
 from ..errors import Fenced, StoreUnavailable, UsageError
 from .batches import BatchRun, active_batch, retry_budget
 

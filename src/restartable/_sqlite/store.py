@@ -38,8 +38,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn, Self
 
+from .._checkpoint import Checkpoint, HistoryEntry, Owner, decode_record, dumps, encode_record, loads
 from .._url import StoreURL
-from ..checkpoint import Checkpoint, HistoryEntry, Owner, decode_record, dumps, encode_record, loads
 from ..errors import CheckpointCorrupt, ConfigError, PermissionDenied, RestartableError, StoreUnavailable
 from ..stores._localfs import create_private_file, flock_exclusive, make_private_dirs, os_errors
 from ..stores.base import HISTORY_LIMIT, Store, Unreadable

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
+from .._checkpoint import Checkpoint
 from .._run import RunContext
 from .._sources.batches import BatchRun
 from .._sources.transaction import adopt, in_doubt, key_text, record_after_batch, same_position
-from ..checkpoint import Checkpoint
 from ..errors import Fenced, StoreUnavailable
 
 

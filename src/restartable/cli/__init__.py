@@ -13,10 +13,10 @@ from typing import Any
 import click
 
 from .. import __version__
+from .._entry import report_error
 from .._names import check_name
 from .._progress import human_duration
 from .._url import parse_duration
-from ..entry import report_error
 from ..errors import CheckpointCorrupt, ConfigError, RunLocked, UsageError
 from ..stores import open_store
 from ..stores.base import Store, Unreadable
@@ -252,7 +252,7 @@ def show(store_url: str | None, job: str, run: str | None, as_json: bool, limit:
 
 
 def _short(value: Any, width: int = 160) -> str:
-    from ..checkpoint import encode_value
+    from .._checkpoint import encode_value
 
     text = json.dumps(encode_value(value), ensure_ascii=False)
     return text if len(text) <= width else text[: width - 3] + "..."
@@ -354,8 +354,8 @@ def reopen(store_url: str | None, job: str, run: str | None) -> None:
     For reprocessing what a completed run skipped: rerun it with ``retry_dead=True``
     (``job.map``/``job.amap`` dead letters); skipped files are retried by any rerun.
     """
+    from .._checkpoint import COMPLETED, INTERRUPTED
     from .._proc import current_owner
-    from ..checkpoint import COMPLETED, INTERRUPTED
 
     check_name(job, "job name")
     with _open(store_url) as store:

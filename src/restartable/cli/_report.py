@@ -21,9 +21,9 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .._checkpoint import RUNNING, Checkpoint, HistoryEntry, encode_value
 from .._proc import owner_is_dead
 from .._progress import human_duration
-from ..checkpoint import RUNNING, Checkpoint, HistoryEntry, encode_value
 
 if TYPE_CHECKING:
     from ..stores.base import Store, Unreadable

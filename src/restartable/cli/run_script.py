@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ..entry import run_script
+from .._entry import run_script
 
 __all__ = ["run"]
 

@@ -32,7 +32,7 @@ import threading
 import time
 from types import FrameType
 
-from ..entry import PERMANENT_CODES
+from .._entry import PERMANENT_CODES
 
 __all__ = ["main", "write_marker"]
 

@@ -69,7 +69,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..entry import PERMANENT_CODES
+from .._entry import PERMANENT_CODES
 from ..errors import MissingDriver, UsageError
 from .cron import check_schedule, check_time_zone
 from .limits import max_name_length, name_limit_reason, parse_quantity

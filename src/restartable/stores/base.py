@@ -1,6 +1,6 @@
 """The Store contract: what every checkpoint store must do, and conveniences built on it.
 
-A store keeps one record (:class:`~restartable.checkpoint.Checkpoint`) per run
+A store keeps one record (:class:`~restartable._checkpoint.Checkpoint`) per run
 ``(job, run)``, a short history of its saves, and for each run's cursors a set of
 per-item markers. Six operations make a store; everything else here is built on them:
 
@@ -43,8 +43,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Self, TypeVar
 
+from .._checkpoint import COMPLETED, RUNNING, Checkpoint, HistoryEntry, Owner
 from .._url import StoreURL
-from ..checkpoint import COMPLETED, RUNNING, Checkpoint, HistoryEntry, Owner
 from ..errors import CheckpointCorrupt, Fenced, RunLocked
 
 __all__ = ["Store", "HISTORY_LIMIT", "Unreadable", "first_epoch"]

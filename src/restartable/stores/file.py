@@ -60,9 +60,9 @@ from dataclasses import dataclass
 from typing import Any, Self
 from urllib.parse import unquote, urlsplit
 
+from .._checkpoint import Checkpoint, HistoryEntry, Owner, decode_record, dumps, encode_record, loads
 from .._names import check_name
 from .._url import StoreURL
-from ..checkpoint import Checkpoint, HistoryEntry, Owner, decode_record, dumps, encode_record, loads
 from ..errors import CheckpointCorrupt, ConfigError, StoreUnavailable, UsageError
 from ._localfs import FILE_MODE, atomic_write, flock_exclusive, make_private_dirs, os_errors, write_temp
 from .base import HISTORY_LIMIT, Store, Unreadable

@@ -10,8 +10,8 @@ import threading
 from collections import deque
 from typing import Any, Self
 
+from .._checkpoint import Checkpoint, HistoryEntry, Owner, decode_record, encode_record
 from .._url import StoreURL
-from ..checkpoint import Checkpoint, HistoryEntry, Owner, decode_record, encode_record
 from .base import HISTORY_LIMIT, Store, Unreadable
 
 _SHARED: dict[str, _Data] = {}
