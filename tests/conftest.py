@@ -7,16 +7,18 @@ it fails instead, so CI can never pass by skipping.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
+from ci_env import unavailable
+
 PG_URL = os.environ.get("RESTARTABLE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("RESTARTABLE_TEST_REDIS", "redis://127.0.0.1:6379/0")
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
 
 #: Environment variables that change what the library does: cleared for every test, so a
 #: developer's shell (or a CI runner inside Kubernetes) cannot change what a test asserts.
@@ -40,11 +42,25 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name, raising=False)
 
 
-def unavailable(reason: str) -> None:
-    """Skip outside CI, fail in CI: a server that CI must provide is missing."""
-    if IN_CI:
-        pytest.fail(f"CI=true but {reason}")
-    pytest.skip(reason)
+def _reset_library_logger() -> None:
+    logger = logging.getLogger("restartable")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_logging() -> Iterator[None]:
+    """Every test starts with the ``restartable`` logger as the import leaves it.
+
+    A Job made where the root logger has no handler (outside a test's phases: at
+    collection, or on a thread that outlived its test) installs its own stderr handler and
+    stops propagation, after which ``caplog`` would see nothing for the rest of the session.
+    """
+    _reset_library_logger()
+    yield
+    _reset_library_logger()
 
 
 def _port_open(host: str, port: int) -> bool:

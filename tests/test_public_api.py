@@ -39,6 +39,7 @@ NOT_EXPORTED = {
     "BatchSource": "the protocol a custom keyset source implements",
     "FileItem": "yielded by job.files()",
     "StageJob": "the job a Pipeline stage receives",
+    "raw_record": "the file store's record reader behind `show --raw`; it belongs to restartable.stores.file",
     # Internal: the engines behind Job's methods, reached through Job.
     "map_threads": "Job.map",
     "amap": "Job.amap",

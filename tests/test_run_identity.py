@@ -145,7 +145,7 @@ def test_completed_run_does_nothing_until_reset(
     # The CLI's reset (in-process, it returns the exit code) lets the run start over.
     argv = ["reset", JOB, "--store", url] + ([] if run is None else ["--run", run])
     assert cli_main(argv) == 0
-    assert f"reset job {JOB} run {run_id} (was completed, {N} done)" in capsys.readouterr().out
+    assert f"reset job {JOB} run {run_id} (was completed, {N} saved)" in capsys.readouterr().out
     assert _runs(url) == {}
     info, items = _run(spawn, cfg, log)
     assert info["completed"] == "False" and info["resumed"] == "False" and info["done"] == "0", info

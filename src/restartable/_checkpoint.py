@@ -19,14 +19,20 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import json
-import reprlib
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any
 
+from ._text import short_repr
 from .errors import CheckpointCorrupt, StateNotSerializable
+
+try:  # the fast JSON encoder and decoder: pip install restartable[speed]
+    import msgspec as _msgspec
+except ImportError:  # the standard library's json, with the same results
+    _msgspec = None  # type: ignore[assignment]
 
 __all__ = [
     "FORMAT_VERSION",
@@ -43,7 +49,13 @@ __all__ = [
     "decode_record",
 ]
 
-FORMAT_VERSION = 1
+#: The record's format. 2 (this release): Redis keeps every stored time in Unix seconds
+#: under field names that end in their unit (``updated_at_s``, history ``at_s``), as the
+#: SQL stores do; the record's JSON is unchanged. A reader accepts every version from
+#: :data:`OLDEST_FORMAT_VERSION` up, and refuses a newer one with "upgrade restartable".
+FORMAT_VERSION = 2
+#: The oldest format still read (version 1: every store up to format 2, Redis times in ms).
+OLDEST_FORMAT_VERSION = 1
 
 RUNNING, INTERRUPTED, FAILED, COMPLETED = "running", "interrupted", "failed", "completed"
 STATUSES = (RUNNING, INTERRUPTED, FAILED, COMPLETED)
@@ -75,6 +87,42 @@ _MAX_INT_BITS = 14_284
 _DEEP = f"nested deeper than {MAX_DEPTH} lists, tuples and dicts (or contains itself)"
 _LONG_INT = "an int of more than 4300 digits, which JSON text cannot carry back (store it as a str)"
 
+# The fast path: msgspec's JSON encoder and decoder when it is installed (tests set these to
+# None to run the standard library's path). msgspec rather than orjson: orjson refuses ints
+# wider than 64 bits when writing, and parses them back as floats without a word when
+# reading, where msgspec carries them exactly both ways. Whatever msgspec refuses (a lone
+# surrogate, an int past the digit limit, "1e400" when reading) goes the standard library's
+# way, which gives today's text, value or error message: the fast path changes speed only.
+if _msgspec is not None:
+    _fast_encode: Callable[[Any], bytes] | None = _msgspec.json.Encoder().encode
+    _fast_decode: Callable[[str | bytes], Any] | None = _msgspec.json.Decoder().decode
+    _FAST_ERRORS: tuple[type[BaseException], ...] = (
+        ValueError,
+        TypeError,
+        OverflowError,
+        RecursionError,
+        _msgspec.MsgspecError,
+    )
+else:
+    _fast_encode = _fast_decode = None
+    _FAST_ERRORS = ()
+
+
+def _parse(text: str | bytes, **options: Any) -> Any:
+    """``json.loads(text, **options)``, through msgspec when it is installed.
+
+    msgspec is stricter than ``json`` (never NaN, lone surrogates or out-of-range
+    floats), so what it refuses is handed to ``json``, which accepts or refuses it as
+    it always did. ``options`` are json.loads's (``parse_constant``).
+    """
+    decode = _fast_decode
+    if decode is not None:
+        try:
+            return decode(text)
+        except _FAST_ERRORS:
+            pass  # json says what it makes of it, with its own message
+    return json.loads(text, **options)
+
 
 def _enc(value: Any, depth: int = 0) -> Any:
     """encode_value without path bookkeeping: the hot path of every checkpoint."""
@@ -95,12 +143,16 @@ def _enc(value: Any, depth: int = 0) -> Any:
                 raise _Unencodable("$", k)
             if k[:1] == "$":
                 dollar = True
-            out[k] = v if type(v) in _PLAIN else _enc(v, depth + 1)
+            # Plain values and finite floats inline (x - x is NaN for NaN and infinities):
+            # a call per value would cost more than the copy.
+            out[k] = v if (tv := type(v)) in _PLAIN or (tv is float and v - v == 0.0) else _enc(v, depth + 1)
         return {"$dict": out} if dollar else out
     if t is list or t is tuple:
         if depth >= MAX_DEPTH:
             raise _Unencodable("$", value, _DEEP)
-        items = [v if type(v) in _PLAIN else _enc(v, depth + 1) for v in value]
+        items = [
+            v if (tv := type(v)) in _PLAIN or (tv is float and v - v == 0.0) else _enc(v, depth + 1) for v in value
+        ]
         return items if t is list else {"$tuple": items}
     if t is _dt.datetime:
         return {"$datetime": value.isoformat()}
@@ -163,11 +215,8 @@ def encode_value(value: Any, path: str = "$") -> Any:
 
 
 def _short(value: object) -> str:
-    """A repr for a message: bounded in length and depth, never raising."""
-    try:
-        return reprlib.repr(value)
-    except (ValueError, RecursionError):  # an int too long for text, a pathological __repr__
-        return f"<{type(value).__name__}>"
+    """A repr for a message: bounded in length and depth, cut with an ellipsis, never raising."""
+    return short_repr(value)
 
 
 def _json_text(data: Any, value: Any, path: str, **options: Any) -> str:
@@ -205,25 +254,35 @@ _TAGS: dict[str, Any] = {
 }
 
 
+#: What parsed JSON holds besides lists and dicts: returned as they are, without a call.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def decode_value(data: Any) -> Any:
-    """The inverse of :func:`encode_value`, on parsed JSON data. Raises ValueError on a bad tag."""
+    """The inverse of :func:`encode_value`, on parsed JSON data. Raises ValueError on a bad tag.
+
+    ``data`` is not changed: the result is built anew.
+    """
     t = type(data)
+    # Scalars are taken inline rather than through a call each: a state's lists of numbers
+    # are most of what a typical record holds.
     if t is list:
-        return [decode_value(v) for v in data]
+        return [v if type(v) in _SCALARS else decode_value(v) for v in data]
     if t is not dict:
         return data
     if len(data) == 1:
         ((tag, v),) = data.items()
         if tag == "$dict" and type(v) is dict:
-            return {k: decode_value(x) for k, x in v.items()}
+            return {k: x if type(x) in _SCALARS else decode_value(x) for k, x in v.items()}
         if tag == "$tuple" and type(v) is list:
-            return tuple(decode_value(x) for x in v)
+            return tuple([x if type(x) in _SCALARS else decode_value(x) for x in v])
         conv = _TAGS.get(tag)
         if conv is not None and type(v) is str:
             return conv(v)
-    if any(k.startswith("$") for k in data):
-        raise ValueError(f"unknown tag in {sorted(data)!r}")
-    return {k: decode_value(x) for k, x in data.items()}
+    for k in data:
+        if k[:1] == "$":
+            raise ValueError(f"unknown tag in {sorted(data)!r}")
+    return {k: x if type(x) in _SCALARS else decode_value(x) for k, x in data.items()}
 
 
 def dumps(value: Any, *, what: str = "value") -> str:
@@ -243,7 +302,7 @@ def dumps(value: Any, *, what: str = "value") -> str:
 
 def loads(text: str | bytes) -> Any:
     """Parse canonical JSON text written by :func:`dumps`. Raises ``ValueError`` when malformed."""
-    return decode_value(json.loads(text))
+    return decode_value(_parse(text))
 
 
 @dataclass(frozen=True)
@@ -363,19 +422,53 @@ def _record_data(rec: Checkpoint) -> dict[str, Any]:
         "done": rec.done,
         "failed": rec.failed,
         "owner": rec.owner.to_dict() if rec.owner else None,
-        "started": rec.started,
-        "updated": rec.updated,
-        "heartbeat": rec.heartbeat,
-        "lease_expires": rec.lease_expires,
+        # Unix seconds; the names say so (format 2), as every store's own time fields do.
+        "started_at_s": rec.started,
+        "updated_at_s": rec.updated,
+        "heartbeat_at_s": rec.heartbeat,
+        "lease_expires_at_s": rec.lease_expires,
         "fingerprints": rec.fingerprints,
     }
     return data
 
 
+#: Format 1's time keys (no unit in the name) -> format 2's.
+_TIME_KEYS = {
+    "started": "started_at_s",
+    "updated": "updated_at_s",
+    "heartbeat": "heartbeat_at_s",
+    "lease_expires": "lease_expires_at_s",
+}
+
+
+def _finite(x: float | None) -> bool:
+    return x is None or x - x == 0  # inf - inf and NaN - NaN are NaN
+
+
 def encode_record(rec: Checkpoint) -> str:
-    """The record as canonical JSON text. Raises :class:`StateNotSerializable`."""
+    """The record as JSON text. Raises :class:`StateNotSerializable`.
+
+    The text is not canonical (keys in the record's order, and its bytes depend on
+    whether msgspec is installed): a record is compared by value, never as text.
+    """
     try:
         encoded = _record_data(rec)
+        encode = _fast_encode
+        # msgspec writes NaN and infinities as null where json refuses them (the user's values
+        # were checked by encode_value; the record's own times are checked here), and it takes
+        # no notice of a raised int digit limit, which the standard library's path enforces.
+        if (
+            encode is not None
+            and 0 < sys.get_int_max_str_digits() <= 4300
+            and _finite(rec.updated)
+            and _finite(rec.heartbeat)
+            and _finite(rec.started)
+            and _finite(rec.lease_expires)
+        ):
+            try:
+                return encode(encoded).decode()
+            except _FAST_ERRORS:
+                pass  # a lone surrogate, an int past the digit limit: the path below escapes or names it
         # Not sorted, ASCII-escaped: the C encoder's fastest path (a record is not compared as text).
         return _json_text(encoded, {"positions": rec.positions, "state": rec.state}, "$", separators=(",", ":"))
     except _Unencodable as exc:
@@ -413,19 +506,25 @@ def decode_record(text: str | bytes, *, where: str = "checkpoint", expect: tuple
     another run is refused too (it was copied or planted in the wrong place).
     """
     try:
-        data = decode_value(json.loads(text, parse_constant=_no_constant))
+        data = decode_value(_parse(text, parse_constant=_no_constant))
     except (ValueError, UnicodeDecodeError, TypeError, ArithmeticError, RecursionError) as exc:
         raise CheckpointCorrupt(f"{where} is not valid checkpoint JSON ({str(exc)[:200]})") from None
     if not isinstance(data, dict):
         raise CheckpointCorrupt(f"{where} is not a JSON object")
     version = data.get("version")
-    if version != FORMAT_VERSION:
-        if isinstance(version, int) and version > FORMAT_VERSION:
+    if type(version) is not int or not OLDEST_FORMAT_VERSION <= version <= FORMAT_VERSION:
+        if type(version) is int and version > FORMAT_VERSION:
             raise CheckpointCorrupt(
                 f"{where} has format version {version}, newer than this restartable understands "
                 f"({FORMAT_VERSION}): upgrade restartable"
             )
         raise CheckpointCorrupt(f"{where} has an unknown format version {version!r}")
+    if version >= 2:  # the time keys name their unit; read under format 1's names below
+        for old_key, new_key in _TIME_KEYS.items():
+            if new_key in data:
+                data[old_key] = data.pop(new_key)
+            else:
+                data.pop(old_key, None)  # format 2 never writes the old name: do not trust one
     for key, types in _TYPES.items():
         value = data.get(key)
         if not isinstance(value, types) or isinstance(value, bool):

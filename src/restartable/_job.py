@@ -31,9 +31,10 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from concurrent.futures import Executor
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import _lease, _shard, _watchdog
 from ._checkpoint import COMPLETED, FAILED, INTERRUPTED, RUNNING, Checkpoint
@@ -58,6 +59,9 @@ from .errors import (
     UsageError,
 )
 from .stores import Store, open_store
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 __all__ = ["Job", "DEFAULT_SECONDS", "run_context"]
 
@@ -269,7 +273,7 @@ class Job:
             return
         self.resumed = rec.done > 0 or bool(rec.positions) or bool(rec.state)
         if self.resumed:
-            log.info("%s: resuming after %s done items (it was %s)", self.label, f"{rec.done:,}", previous)
+            log.info("%s: resuming after %s saved items (it was %s)", self.label, f"{rec.done:,}", previous)
         else:
             log.info("%s: starting", self.label)
         self._heartbeat = _lease.Heartbeat(
@@ -554,12 +558,26 @@ class Job:
         key: Callable[[Any], Any] | None = None,
         on_change: str | None = None,
         progress: bool | None = None,
+        executor: Literal["threads", "processes"] | Executor | Client | None = None,
+        timeout: float | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
     ) -> Iterator[Any]:
-        """Run ``fn(item)`` on ``workers`` threads, resumable with out-of-order completion.
+        """Run ``fn(item)`` on ``workers`` threads (or processes, or an executor), resumable with
+        out-of-order completion.
 
         See :mod:`restartable._concurrency.engines` for the done rule, the window,
         retries, ``on_error``, ``rate`` and ``grace``; ``every``, ``seconds``, ``name``,
         ``key``, ``on_change`` and ``progress`` are as for :meth:`iterate`.
+
+        ``executor``: None or ``"threads"`` (``workers`` daemon threads), ``"processes"``
+        (a process pool of ``workers`` processes that restartable creates, replaces when
+        a worker dies, and shuts down), a ``concurrent.futures.Executor`` (used as given,
+        never shut down by us) or a ``distributed.Client`` (its ``get_executor()``); at
+        most ``workers`` items are in flight whatever runs them. ``timeout``: seconds an
+        attempt may take before it counts as failed (``ItemTimeout``; a process of ours
+        running it is killed). ``initializer(*initargs)`` runs first in each worker thread
+        or process restartable creates. See :mod:`restartable._concurrency.executors`.
         """
         return map_threads(
             self._ctx,
@@ -582,6 +600,10 @@ class Job:
             key=key,
             on_change=on_change,
             progress=progress,
+            executor=executor,
+            timeout=timeout,
+            initializer=initializer,
+            initargs=initargs,
         )
 
     def aiterate(
@@ -623,10 +645,16 @@ class Job:
         on_change: str | None = None,
         progress: bool | None = None,
         concurrency: int | None = None,
+        executor: Literal["threads", "processes"] | Executor | Client | None = None,
+        timeout: float | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
     ) -> AsyncIterator[Any]:
         """``async for result in job.amap(coro_fn, items, workers=N)``: :meth:`map` for asyncio.
 
         ``concurrency`` is the deprecated spelling of ``workers`` (DeprecationWarning).
+        With ``executor=`` (as for :meth:`map`) ``fn`` is a plain function run by
+        ``loop.run_in_executor``; ``timeout`` and ``initializer`` are as for :meth:`map`.
         """
         return amap(
             self._ctx,
@@ -650,6 +678,10 @@ class Job:
             on_change=on_change,
             progress=progress,
             concurrency=concurrency,
+            executor=executor,
+            timeout=timeout,
+            initializer=initializer,
+            initargs=initargs,
         )
 
 

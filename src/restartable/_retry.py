@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
@@ -131,22 +132,43 @@ def call_with_retry(
     display: str,
     what: str,
     before_retry: Callable[[BaseException], None] | None = None,
+    quick: bool = False,
 ) -> T:
     """Call ``fn()``; on a ``transient`` error retry with backoff for up to ``seconds``.
 
     ``before_retry`` runs before each new attempt (for example to reconnect, or to
     reload a record whose commit may have succeeded before the connection dropped).
+
+    ``quick`` is for a read a person waits for (``status``, ``show``, a status page
+    refresh, see ``open_store(retry=)``): the budget counts from the first attempt, not
+    from its failure, so the call ends within ``seconds`` plus the attempt in flight;
+    and the retries are logged at DEBUG, not as warnings, so the StoreUnavailable that
+    ends the wait is the one line a terminal shows. A job's retries stay warnings: its
+    log must say why it paused.
     """
+    started = time.monotonic()
     try:  # the common case costs one call: tenacity is set up only after a failure
         return fn()
     except transient as exc:
         first = exc
     import tenacity
 
+    level = logging.DEBUG if quick else logging.WARNING
+    budget = seconds
+    if quick:
+        budget = seconds - (time.monotonic() - started)
+        if budget <= 0:  # one attempt (a connect or read deadline) took the whole budget
+            raise _gave_up(what, display, seconds, first, quick=True) from first
+
     def _log(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        log.warning(
-            "%s on %s failed (%s); retrying (attempt %d)", what, display, one_line(exc or ""), state.attempt_number
+        log.log(
+            level,
+            "%s on %s failed (%s); retrying (attempt %d)",
+            what,
+            display,
+            one_line(exc or ""),
+            state.attempt_number,
         )
         if before_retry is not None and exc is not None:
             try:
@@ -154,14 +176,22 @@ def call_with_retry(
             except transient:
                 pass
 
+    backoff = STORE_BACKOFF.wait()
+
+    def _wait(state: tenacity.RetryCallState) -> float:
+        delay = backoff(state)
+        if quick:  # never sleep past the budget: the last attempt comes at its end, not seconds after
+            delay = max(0.0, min(delay, started + seconds - time.monotonic()))
+        return delay
+
     retrying = tenacity.Retrying(
-        stop=tenacity.stop_after_delay(seconds),
-        wait=STORE_BACKOFF.wait(),
+        stop=tenacity.stop_after_delay(budget),
+        wait=_wait,
         retry=tenacity.retry_if_exception_type(transient),
         before_sleep=_log,
         reraise=True,
     )
-    log.warning("%s on %s failed (%s); retrying for up to %gs", what, display, one_line(first), seconds)
+    log.log(level, "%s on %s failed (%s); retrying for up to %gs", what, display, one_line(first), seconds)
     if before_retry is not None:
         try:
             before_retry(first)
@@ -170,7 +200,13 @@ def call_with_retry(
     try:
         return retrying(fn)
     except transient as exc:
-        raise StoreUnavailable(
-            f"{what} failed: {display} stayed unreachable for {seconds:g}s ({one_line(exc)}); check that the "
-            "server is up, or raise the budget with the URL option ?retry=SECONDS"
-        ) from exc
+        raise _gave_up(what, display, seconds, exc, quick=quick) from exc
+
+
+def _gave_up(what: str, display: str, seconds: float, exc: BaseException, *, quick: bool = False) -> StoreUnavailable:
+    """The StoreUnavailable that ends a retry budget, naming how to raise it."""
+    how = "the command's --retry SECONDS (open_store's retry=)" if quick else "the URL option ?retry=SECONDS"
+    return StoreUnavailable(
+        f"{what} failed: {display} stayed unreachable for {seconds:g}s ({one_line(exc)}); check that the "
+        f"server is up, or raise the budget with {how}"
+    )

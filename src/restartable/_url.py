@@ -29,6 +29,9 @@ class StoreURL:
     raw: str
     driver_url: str
     options: dict[str, str] = field(default_factory=dict)
+    #: A quick read (``open_store(..., retry=SECONDS)``): the store logs its retries at
+    #: DEBUG and counts its ``retry`` budget from the first attempt (see ``_retry``).
+    quick: bool = False
 
     @property
     def display(self) -> str:

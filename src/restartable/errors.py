@@ -6,6 +6,7 @@ the exit code that the CLI and :func:`restartable.entrypoint` turn it into::
     Exception
      └── RestartableError                  exit 1
           ├── CommandFailed                exit 1   each-file: a command failed on every attempt
+          ├── InitializerFailed            exit 1   job.map's initializer raised in a worker
           ├── UsageError                   exit 2   bad name, bad argument
           ├── DataError                    exit 65  not worth retrying: the data is wrong
           │    ├── InputChanged                      the input changed under a checkpoint
@@ -19,13 +20,17 @@ the exit code that the CLI and :func:`restartable.entrypoint` turn it into::
           │    └── CheckpointLost                    the server lost the record (restart without persistence)
           ├── PermissionDenied             exit 77
           └── ConfigError                  exit 78  bad store URL or option
-               └── MissingDriver                     the store's pip extra is not installed
+               ├── MissingDriver                     the store's pip extra is not installed
+               └── StoreNotFound                     a read-only open found no store at the URL
 
     BaseException
      └── SystemExit
           └── ControlSignal                control flow, never an error
                ├── Interrupted             exit 130 (SIGINT) / 143 (SIGTERM), after its checkpoint
-               └── Fenced                  exit 75  a newer runner owns the run
+               └── Fenced                  exit 75  a newer runner owns the run, or the run was reset
+
+    TimeoutError
+     └── ItemTimeout                       one attempt of a job.map item ran past timeout=
 
 Control signals derive from :class:`SystemExit`, so a user's ``except Exception``
 cannot swallow them, and uncaught they end the process with their exit code and
@@ -57,6 +62,8 @@ __all__ = [
     "SkipBudgetExceeded",
     "StagesChanged",
     "CommandFailed",
+    "InitializerFailed",
+    "ItemTimeout",
     "TemporaryError",
     "RunLocked",
     "StoreUnavailable",
@@ -64,6 +71,7 @@ __all__ = [
     "PermissionDenied",
     "ConfigError",
     "MissingDriver",
+    "StoreNotFound",
     "ControlSignal",
     "Interrupted",
     "Fenced",
@@ -107,7 +115,7 @@ EXIT_CODE_TABLE: tuple[ExitCode, ...] = (
         True,
     ),
     ExitCode((EXIT_PERMISSION,), "permission denied", False),
-    ExitCode((EXIT_CONFIG,), "configuration: bad store URL or option, missing driver extra", False),
+    ExitCode((EXIT_CONFIG,), "configuration: bad store URL or option, store not found, missing driver extra", False),
     ExitCode((EXIT_SIGINT, EXIT_SIGTERM), "interrupted by SIGINT / SIGTERM, after its checkpoint", True),
 )
 
@@ -162,6 +170,21 @@ class CommandFailed(RestartableError):
     """
 
 
+class InitializerFailed(RestartableError):
+    """The ``initializer`` given to ``job.map`` raised in a worker: the run stops, whatever ``on_error`` says.
+
+    No item is to blame, so none becomes a dead letter.
+    """
+
+
+class ItemTimeout(TimeoutError):
+    """An attempt of a ``job.map`` item ran longer than ``timeout=``: a failed attempt, retried within ``attempts``.
+
+    Not a :class:`RestartableError`: it is one attempt's failure, handed to the retry and
+    dead-letter policy like any exception ``fn`` raises.
+    """
+
+
 class TemporaryError(RestartableError):
     """Worth retrying later: the run is busy or the store is unreachable."""
 
@@ -208,6 +231,17 @@ class ConfigError(RestartableError):
 
 class MissingDriver(ConfigError):
     """The store's driver is not installed; the message names the pip extra."""
+
+
+class StoreNotFound(ConfigError):
+    """A store opened read-only does not exist: no SQLite file, no file-store directory, no
+    PostgreSQL schema (exit 78).
+
+    A read-only open (``open_store(url, read_only=True)``, the ``status`` and ``show``
+    commands) never creates a store, so it reports the missing one instead: the message
+    names the path or URL (redacted) and what would create it, a job's first run. A
+    Redis store with no keys is not missing, only empty.
+    """
 
 
 class ControlSignal(SystemExit):

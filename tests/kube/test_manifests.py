@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import unavailable
+from ci_env import unavailable
 from restartable._entry import PERMANENT_CODES
 from restartable.cli import main as cli_main
 from restartable.errors import UsageError

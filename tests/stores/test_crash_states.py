@@ -25,6 +25,7 @@ states recovered.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -101,6 +102,44 @@ def save(n: int, size: int = 64) -> Step:
 def delete(store: Any, cur: Checkpoint | None) -> None:
     store.delete(JOB, RUN)
     return None
+
+
+def renew(store: Any, cur: Checkpoint | None) -> Checkpoint:
+    assert cur is not None
+    store.renew(JOB, RUN, epoch=cur.epoch, lease_seconds=LEASE)
+    got = store.load(JOB, RUN)
+    assert got is not None
+    return got
+
+
+def _v1_bytes(rec: Checkpoint) -> bytes:
+    """A generation as main at 145aab9 wrote it (layout version 1): a header line, then the body."""
+    from restartable._checkpoint import encode_record
+    from restartable.stores.file import _entry_json
+
+    body = ('{"history":[' + _entry_json(rec) + '],"record":' + encode_record(rec) + "}\n").encode()
+    sha = hashlib.sha256(body).hexdigest()
+    return f'{{"format":"restartable-file","version":1,"epoch":{rec.epoch},"sha256":"{sha}"}}\n'.encode() + body
+
+
+def to_version_1(store: Any, cur: Checkpoint | None) -> Checkpoint:
+    """Rewrite the run, durably, in the version-1 layout: the record in ``<run>.ckpt`` and an
+    older one (which was never acknowledged: recovering it is a violation) in ``.ckpt.prev``."""
+    rec = store.load(JOB, RUN)
+    assert rec is not None
+    base = os.path.join(store.root, JOB, f"{RUN}.ckpt")
+    older = rec.replace(done=rec.done + 1000, state={"n": "never acknowledged"})
+    for path, r in ((base + ".prev", older), (base, rec)):
+        tmp = path + ".v1tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, _v1_bytes(r))
+        os.fsync(fd)
+        os.close(fd)
+        os.replace(tmp, path)
+    dfd = os.open(os.path.dirname(base), os.O_RDONLY | os.O_DIRECTORY)
+    os.fsync(dfd)
+    os.close(dfd)
+    return rec
 
 
 # -- recording and checking --------------------------------------------------------------------
@@ -228,13 +267,22 @@ def run_file_case(
 # -- the file store ------------------------------------------------------------------------------
 
 FILE_CASES = {
-    # The store directory, the job directory, the lock file and the first generation are all created here.
+    # The store directory, the job directory, the lock file and the first file (both slots,
+    # temp + fsync + rename + directory fsync) are all created here; save 1 is a pwrite.
     "first-save": ([acquire, save(1)], 0),
-    # .prev exists: saves 3 and 4 recycle the old .prev inode as their temp file (FileStore._recycle),
-    # one growing it (its new size unsynced) and one shrinking it (an unsynced ftruncate).
+    # The steady state: each save one pwrite into the older slot and one fdatasync, the
+    # file's size and directory untouched; save 4 shrinks (the slot's stale tail is blanked).
     "steady-state": ([acquire, save(1), save(2, 400), save(3, 600), save(4, 64)], 3),
+    # A renewal is the same in-place write; a save follows it.
+    "renew": ([acquire, save(1), renew, save(2), renew], 2),
     # A record of ~10 KB spans 20+ sectors and several pages: torn writes are sampled.
     "larger-than-a-page": ([acquire, save(1, 10_000), save(2, 10_000), save(3, 10_000)], 2),
+    # Save 2 outgrows the slot: a new, larger file renamed over the old one (the slow path),
+    # then in-place writes into its bigger slots, growing and shrinking.
+    "outgrows-its-slot": ([acquire, save(1), save(2, 10_000), save(3, 12_000), save(4, 64)], 2),
+    # A run in the layout of main at 145aab9 (current + .prev documents): its first save
+    # writes a two-slot file (the old record in the other slot) and removes .prev.
+    "upgrade-from-version-1": ([acquire, save(1), to_version_1, save(2), save(3)], 3),
     # After an acknowledged delete the run is created again (a new lock file, a fresh first generation).
     "save-after-delete": ([acquire, save(1), save(2), delete, acquire, save(3), save(4)], 4),
 }
@@ -257,7 +305,8 @@ def test_file_store_delete_never_resurrects_an_older_generation(tmp_path, monkey
 
 @pytest.mark.parametrize("drop", ["dir", "file"])
 def test_negative_control_file_store_without_its_fsyncs_fails(tmp_path, monkeypatch, drop):
-    steps, start_after = FILE_CASES["steady-state"]
+    # Directory fsyncs matter where the directory changes: the slow path's rename.
+    steps, start_after = FILE_CASES["outgrows-its-slot" if drop == "dir" else "steady-state"]
     _, bad = run_file_case(
         tmp_path,
         monkeypatch,

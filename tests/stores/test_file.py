@@ -7,7 +7,6 @@ that drops to uid/gid 65534 (root ignores file modes).
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import multiprocessing
 import os
@@ -35,7 +34,7 @@ from restartable.errors import (
 from restartable.stores import open_store
 from restartable.stores._localfs import atomic_write, os_errors, translate_oserror
 from restartable.stores.base import HISTORY_LIMIT
-from restartable.stores.file import FileStore
+from restartable.stores.file import FileStore, raw_record
 
 ME = Owner(host="host-a", pid=111)
 OTHER = Owner(host="host-b", pid=222)
@@ -69,80 +68,8 @@ def _warnings(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "restartable" and r.levelno >= logging.WARNING]
 
 
-def _with_header(data: bytes, **changes) -> bytes:
-    nl = data.index(b"\n")
-    head = json.loads(data[:nl])
-    head.update(changes)
-    return json.dumps(head).encode() + data[nl:]
-
-
-def _flip(data: bytes, at: int) -> bytes:
-    return data[:at] + bytes([data[at] ^ 0x5A]) + data[at + 1 :]
-
-
-# name -> (mutation of the current file's bytes, what the warning must say)
-_DAMAGE = {
-    "empty": (lambda d: b"", "empty"),
-    "torn in header": (lambda d: d[:10], "truncated"),
-    "header only": (lambda d: d[: d.index(b"\n") + 1], "checksum"),
-    "torn in body": (lambda d: d[: d.index(b"\n") + 40], "checksum"),
-    "last byte missing": (lambda d: d[:-1], "checksum"),
-    "flipped body byte": (lambda d: _flip(d, (d.index(b"\n") + len(d)) // 2), "checksum"),
-    "flipped last byte": (lambda d: _flip(d, len(d) - 2), "checksum"),
-    "bad header": (lambda d: b"#garbage!\n" + d[d.index(b"\n") + 1 :], "header"),
-    "wrong format": (lambda d: _with_header(d, format="something-else"), "format"),
-    "wrong version": (lambda d: _with_header(d, version=0), "unknown file format version"),
-    "version not int": (lambda d: _with_header(d, version="1"), "unknown file format version"),
-    "newer version": (lambda d: _with_header(d, version=99), "upgrade restartable"),
-    "epoch disagrees": (lambda d: _with_header(d, epoch=1), "disagree"),
-}
-
-
-@pytest.mark.parametrize("damage", list(_DAMAGE))
-def test_a_damaged_current_generation_falls_back_to_prev_with_a_warning(store, root, caplog, damage):
-    _two_generations(store)
-    current = root / "job" / "r1.ckpt"
-    mutate, why = _DAMAGE[damage]
-    current.write_bytes(mutate(current.read_bytes()))
-    caplog.set_level(logging.WARNING, logger="restartable")
-    loaded = store.load("job", "r1")
-    assert loaded.done == 1 and loaded.state == {"n": 1}
-    (msg,) = _warnings(caplog)
-    assert str(current) in msg and str(root / "job" / "r1.ckpt.prev") in msg and why in msg
-
-
-def test_a_save_after_a_fallback_keeps_the_good_prev(store, root, caplog):
-    rec = _two_generations(store)
-    current, prev = root / "job" / "r1.ckpt", root / "job" / "r1.ckpt.prev"
-    current.write_bytes(current.read_bytes()[:-5])
-    caplog.set_level(logging.WARNING, logger="restartable")
-    store.save(rec.replace(done=3), lease_seconds=30)
-    assert store.load("job", "r1").done == 3
-    # The damaged generation was replaced, not rotated over the last good one.
-    other = FileStore(root)
-    current.unlink()
-    assert other.load("job", "r1").done == 1
-    assert prev.exists()
-
-
-@pytest.mark.parametrize("newer", [False, True])
-def test_both_generations_damaged_is_checkpoint_corrupt(store, root, newer):
-    _two_generations(store)
-    current, prev = root / "job" / "r1.ckpt", root / "job" / "r1.ckpt.prev"
-    for path in (current, prev):
-        data = path.read_bytes()
-        path.write_bytes(_with_header(data, version=7) if newer else data[: len(data) // 2])
-    with pytest.raises(CheckpointCorrupt) as info:
-        store.load("job", "r1")
-    msg = str(info.value)
-    assert str(current) in msg and str(prev) in msg
-    assert info.value.exit_code == 65
-    assert ("upgrade restartable" in msg) if newer else ("restartable reset job --run r1" in msg)
-    with pytest.raises(CheckpointCorrupt):
-        store.acquire("job", "r1", owner=ME, lease_seconds=30)
-    # reset (delete without an epoch) must still work on a damaged run.
-    assert store.delete("job", "r1")
-    assert store.load("job", "r1") is None
+# The damage table (a damaged generation falls back to the other one with a warning), the
+# two layouts' own tests and the upgrade from version 1 are in tests/stores/test_file_slots.py.
 
 
 def test_damaged_current_without_prev_is_checkpoint_corrupt(store, root):
@@ -205,32 +132,16 @@ def test_layout_and_permissions(tmp_path):
     for d in (tmp_path / "a", tmp_path / "a" / "b", root, root / "job"):
         assert _mode(d) == 0o700, d
     names = sorted(os.listdir(root / "job"))
-    assert names == ["r1.ckpt", "r1.ckpt.prev", "r1.lock", f"r1.markers.{b'files'.hex()}.jsonl"]
+    assert names == ["r1.ckpt", "r1.lock", f"r1.markers.{b'files'.hex()}.jsonl"]
     for name in names:
         assert _mode(root / "job" / name) == 0o600, name
-
-
-def test_document_format(store, root):
-    rec = _two_generations(store)
-    store.renew("job", "r1", epoch=rec.epoch, lease_seconds=60)
-    data = (root / "job" / "r1.ckpt").read_bytes()
-    head_line, body = data.split(b"\n", 1)
-    head = json.loads(head_line)
-    assert head["format"] == "restartable-file" and head["version"] == 1 and head["epoch"] == rec.epoch
-    import hashlib
-
-    assert head["sha256"] == hashlib.sha256(body).hexdigest()
-    doc = json.loads(body)
-    assert doc["record"]["done"] == 2 and doc["record"]["epoch"] == rec.epoch
-    assert [h["done"] for h in doc["history"]] == [2, 1, 0]  # renew adds no history entry
 
 
 def test_history_is_capped_in_the_document(store, root):
     rec = store.acquire("job", "r1", owner=ME, lease_seconds=30)
     for i in range(HISTORY_LIMIT + 10):
         rec = store.save(rec.replace(done=i), lease_seconds=30)
-    doc = json.loads((root / "job" / "r1.ckpt").read_bytes().split(b"\n", 1)[1])
-    assert len(doc["history"]) == HISTORY_LIMIT
+    assert len(raw_record(str(root / "job" / "r1.ckpt"))["history"]) == HISTORY_LIMIT
     assert store.history("job", "r1", limit=3)[0].done == HISTORY_LIMIT + 9
 
 
@@ -573,24 +484,6 @@ def test_a_regular_file_is_not_a_store_directory(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(ConfigError, match="not a directory"):
         open_store(f"file://{tmp_path}/f")
-
-
-def test_saves_recycle_the_rotated_out_file_but_never_a_hard_linked_one(store, root):
-    rec = _two_generations(store)
-    current, prev = root / "job" / "r1.ckpt", root / "job" / "r1.ckpt.prev"
-    inodes = {current.stat().st_ino, prev.stat().st_ino}
-    for i in range(4):
-        rec = store.save(rec.replace(done=10 + i), lease_seconds=30)
-    assert {current.stat().st_ino, prev.stat().st_ino} == inodes  # no file created or freed
-    # A backup made with hard links (cp -al, rsnapshot) must never change under it.
-    backup = root / "backup.prev"
-    os.link(prev, backup)
-    before = backup.read_bytes()
-    rec = store.save(rec.replace(done=20), lease_seconds=30)
-    assert backup.read_bytes() == before
-    assert store.load("job", "r1").done == 20
-    rec = store.save(rec.replace(done=21), lease_seconds=30)
-    assert backup.read_bytes() == before and store.load("job", "r1").done == 21
 
 
 _WRITER = textwrap.dedent(

@@ -270,7 +270,7 @@ def test_reset_is_fenced_not_lost(redis_url):
             lambda: s.save(rec, lease_seconds=30),
             lambda: s.renew("job", "r1", epoch=rec.epoch, lease_seconds=30),
         ):
-            with pytest.raises(Fenced, match="gone"):
+            with pytest.raises(Fenced, match="was reset"):
                 op()
 
 

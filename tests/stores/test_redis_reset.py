@@ -100,7 +100,7 @@ def test_reset_after_a_restart_that_kept_the_data_fences_the_runner(durable_redi
         assert _run_id(durable_redis) != before  # what the old rule took for a loss
         assert operator.load("job", "r1").done == 40  # the data survived
         assert operator.delete("job", "r1")  # restartable reset --force
-        with pytest.raises(Fenced, match="gone"):
+        with pytest.raises(Fenced, match="was reset"):
             WRITES[write](runner, rec)
         # The write-back the job would attempt is refused too, in the same script as the check.
         with pytest.raises(Fenced):

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from procs import store_url_for
 from restartable import Job
-from restartable._checkpoint import Checkpoint, Owner, decode_record, dumps, encode_record, loads
+from restartable._checkpoint import FORMAT_VERSION, Checkpoint, Owner, decode_record, dumps, encode_record, loads
 from restartable.errors import CheckpointCorrupt, ConfigError, RestartableError, StateNotSerializable, UsageError
 from restartable.stores import open_store
 
@@ -101,7 +101,7 @@ CORPUS: list[tuple[str, str | bytes, str, str | None]] = [
     ("state-text", _doc(state="x"), "state", None),
     ("status-missing", _doc(status=_DROP), "status", None),
     ("status-unknown", _doc(status="weird"), "status", None),
-    ("version-newer", _doc(version=2), "upgrade restartable", None),
+    ("version-newer", _doc(version=FORMAT_VERSION + 1), "upgrade restartable", None),
     ("version-text", _doc(version="1"), "version", None),
     ("version-missing", _doc(version=_DROP), "version", None),
     ("unknown-tag", _doc(state={"$evil": 1}), "tag", None),
@@ -294,7 +294,7 @@ def test_one_unreadable_run_hides_no_other(store_url: str) -> None:
     shown = _cli("status", "--store", store_url)
     line = _one_clear_line(shown, 65)
     assert RUN in line or "ckpt" in line, line
-    assert "good" in shown.stdout and "UNREADABLE" in shown.stdout, shown.stdout
+    assert "good" in shown.stdout and "unreadable" in shown.stdout.lower(), shown.stdout
     as_json = _cli("status", "--json", "--store", store_url)
     assert as_json.returncode == 65
     doc = json.loads(as_json.stdout)
@@ -332,13 +332,19 @@ def test_file_store_wrong_checksum_falls_back_or_refuses(tmp_path: Path) -> None
     url = f"file://{tmp_path}/ckpt"
     _make_run(url)
     path = tmp_path / "ckpt" / JOB / f"{RUN}.ckpt"
+    from restartable.stores.file import raw_record
+
     data = bytearray(path.read_bytes())
-    data[-5] ^= 0x01  # one flipped bit in the body: the checksum no longer matches
+    size, newest = len(data) // 2, raw_record(str(path))["newest"]  # the two-slot layout
+    body_end = newest * size + len(data[newest * size : (newest + 1) * size].rstrip(b"\n"))
+    data[body_end - 5] ^= 0x01  # one flipped bit in the newest body: the checksum no longer matches
     path.write_bytes(bytes(data))
     with open_store(url) as store:
-        rec = store.load(JOB, RUN)  # the previous generation, with a warning
+        rec = store.load(JOB, RUN)  # the other slot: the previous generation
     assert rec is not None and rec.done >= 2
-    Path(f"{path}.prev").unlink()
+    other = (1 - newest) * size
+    data[other : other + 10] = bytes(10)  # and no other generation to fall back on
+    path.write_bytes(bytes(data))
     with open_store(url) as store, pytest.raises(CheckpointCorrupt, match="checksum"):
         store.load(JOB, RUN)
     _one_clear_line(_cli("show", JOB, "--run", RUN, "--store", url), 65)

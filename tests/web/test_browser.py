@@ -55,7 +55,7 @@ TIMING = {
 
 
 def _unavailable(reason: str) -> None:
-    from conftest import unavailable
+    from ci_env import unavailable
 
     unavailable(reason)
 

@@ -15,8 +15,9 @@
 
 The contract:
 
-* ``job.map(fn, items)`` runs ``fn(item)`` on ``workers`` threads and yields the
-  results **in completion order** by default; ``ordered=True`` yields them in input
+* ``job.map(fn, items)`` runs ``fn(item)`` on ``workers`` threads (``executor=``:
+  worker processes, a Dask cluster or any ``concurrent.futures`` executor, see
+  :mod:`restartable._concurrency.executors`) and yields the results **in completion order** by default; ``ordered=True`` yields them in input
   order. ``job.amap(coro_fn, items, workers=N)`` is the same for coroutines and
   ``job.aiterate(items)`` is ``iterate`` for ``async for`` (sync or async iterables).
 * As with ``iterate``, an item counts as done when the loop asks for the next result
@@ -72,6 +73,7 @@ run until the generator is garbage-collected.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import functools
 import logging
 import queue
@@ -80,12 +82,16 @@ import time
 import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .._retry import DEFAULT_BACKOFF_SECONDS, Backoff
 from .._run import RunContext
-from ..errors import UsageError
-from .window import ABANDONED, FAIL, OK, Engine, Options, options
+from ..errors import InitializerFailed, ItemTimeout, UsageError
+from .executors import ExecutorPool, Target, infrastructure, resolve
+from .window import ABANDONED, FAIL, OK, Bucket, Engine, Options, options
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 __all__ = ["DEFAULT_GRACE", "DEFAULT_WINDOW", "aiterate", "amap", "map_threads"]
 
@@ -99,21 +105,14 @@ _POLL = 0.1
 _CANCEL_WAIT = 2.0
 
 
-class _Bucket:
-    """A token bucket of capacity one (GCRA): calls start ``1/rate`` seconds apart."""
-
-    def __init__(self, rate: float) -> None:
-        self.interval = 1.0 / rate
-        self.next = 0.0
-        self.lock = threading.Lock()
-
-    def reserve(self) -> float:
-        """Take the next slot; return how long to wait for it."""
-        with self.lock:
-            now = time.monotonic()
-            at = max(self.next, now)
-            self.next = at + self.interval
-            return at - now
+def _engine(job: RunContext, items: Any, opts: Options, target: Target | None, **engine: Any) -> Engine:
+    """The map's :class:`Engine`; an executor already made for it is closed if the Engine refuses."""
+    try:
+        return Engine(job, items, opts, **engine)
+    except BaseException:
+        if target is not None:
+            target.close(busy=False)
+        raise
 
 
 def _backoff(opts: Options, attempt: int) -> float:
@@ -121,11 +120,38 @@ def _backoff(opts: Options, attempt: int) -> float:
 
 
 def _retryable(opts: Options, exc: BaseException, attempt: int) -> bool:
-    return attempt < opts.attempts and isinstance(exc, opts.retry_on)
+    return attempt < opts.attempts and (isinstance(exc, opts.retry_on) or infrastructure(exc))
+
+
+def _run_for(fn: Callable[[Any], Any], item: Any, timeout: float) -> Any:
+    """``fn(item)`` on a daemon thread of its own, given ``timeout`` seconds: a thread cannot be
+    killed, so a call past its time runs on in the background and its result is ignored."""
+    box: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            box.append((True, fn(item)))
+        except BaseException as exc:  # noqa: BLE001 - handed to the worker thread, which decides
+            box.append((False, exc))
+
+    thread = threading.Thread(target=run, name="restartable-map-call", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not box:
+        raise ItemTimeout(f"the call ran longer than timeout={timeout:g}s")
+    ok, value = box[0]
+    if ok:
+        return value
+    raise value
 
 
 def _call_sync(
-    fn: Callable[[Any], Any], item: Any, opts: Options, bucket: _Bucket | None, stop: threading.Event
+    fn: Callable[[Any], Any],
+    item: Any,
+    opts: Options,
+    bucket: Bucket | None,
+    stop: threading.Event,
+    timeout: float | None = None,
 ) -> tuple[str, Any, int]:
     """Run ``fn(item)`` with retries in a worker thread: ``(outcome, value or exception, attempts)``."""
     attempt = 0
@@ -136,7 +162,7 @@ def _call_sync(
                 return ABANDONED, None, attempt
         attempt += 1
         try:
-            return OK, fn(item), attempt
+            return OK, (fn(item) if timeout is None else _run_for(fn, item, timeout)), attempt
         except BaseException as exc:  # noqa: BLE001 - reported to the consuming thread, which decides
             if not _retryable(opts, exc, attempt):
                 return FAIL, exc, attempt
@@ -145,7 +171,7 @@ def _call_sync(
 
 
 async def _call_async(
-    fn: Callable[[Any], Awaitable[Any]], item: Any, opts: Options, bucket: _Bucket | None, stop: asyncio.Event
+    fn: Callable[[Any], Awaitable[Any]], item: Any, opts: Options, bucket: Bucket | None, stop: asyncio.Event
 ) -> tuple[str, Any, int]:
     """The coroutine twin of :func:`_call_sync` (cancellation propagates)."""
 
@@ -178,12 +204,27 @@ async def _call_async(
 
 
 class _Pool:
-    """Daemon worker threads fed by a queue: never joined, so a hung ``fn`` cannot hold the process."""
+    """Daemon worker threads fed by a queue: never joined, so a hung ``fn`` cannot hold the process.
 
-    def __init__(self, fn: Callable[[Any], Any], opts: Options) -> None:
+    The face :func:`_run_threads` drives, shared with :class:`~.executors.ExecutorPool`:
+    ``submit``, ``report``, ``stop``, ``abandon``, ``shutdown``.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Any], Any],
+        opts: Options,
+        *,
+        timeout: float | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> None:
         self.fn = fn
         self.opts = opts
-        self.bucket = _Bucket(opts.rate) if opts.rate else None
+        self.timeout = timeout
+        self.initializer = initializer
+        self.initargs = initargs
+        self.bucket = Bucket(opts.rate) if opts.rate else None
         self.tasks: queue.SimpleQueue[tuple[int, Any] | None] = queue.SimpleQueue()
         self.results: queue.SimpleQueue[tuple[int, str, Any, int]] = queue.SimpleQueue()
         self.stop = threading.Event()
@@ -197,6 +238,15 @@ class _Pool:
         self.tasks.put((index, item))
 
     def _work(self) -> None:
+        failed: InitializerFailed | None = None
+        if self.initializer is not None:  # as ThreadPoolExecutor: once per worker thread, before its first item
+            try:
+                self.initializer(*self.initargs)
+            except BaseException as exc:  # noqa: BLE001 - reported by each item this thread takes
+                failed = InitializerFailed(
+                    f"job.map's initializer failed in a worker thread: {type(exc).__name__}: {exc}"
+                )
+                failed.__cause__ = exc
         while True:
             task = self.tasks.get()
             if task is None:
@@ -204,8 +254,24 @@ class _Pool:
             index, item = task
             if self.stop.is_set():
                 self.results.put((index, ABANDONED, None, 0))
-                continue
-            self.results.put((index, *_call_sync(self.fn, item, self.opts, self.bucket, self.stop)))
+            elif failed is not None:
+                self.results.put((index, FAIL, failed, 0))
+            else:
+                self.results.put((index, *_call_sync(self.fn, item, self.opts, self.bucket, self.stop, self.timeout)))
+
+    def report(self, wait: float) -> tuple[int, str, Any, int] | None:
+        """The next outcome, waiting at most ``wait`` seconds; raises when the initializer failed."""
+        try:
+            report = self.results.get(timeout=wait)
+        except queue.Empty:
+            return None
+        if report[1] == FAIL and isinstance(report[2], InitializerFailed):
+            raise report[2]  # no item is to blame: the run stops, whatever on_error says
+        return report
+
+    def abandon(self) -> list[int]:
+        """After the grace: a thread cannot be stopped, so every running item keeps running."""
+        return []
 
     def shutdown(self) -> None:
         self.stop.set()
@@ -235,12 +301,19 @@ def map_threads(
     key: Callable[[Any], Any] | None = None,
     on_change: str | None = None,
     progress: bool | None = None,
+    executor: Literal["threads", "processes"] | cf.Executor | Client | None = None,
+    timeout: float | None = None,
+    initializer: Callable[..., object] | None = None,
+    initargs: tuple[Any, ...] = (),
 ) -> Iterator[Any]:
-    """``job.map``: yield ``fn(item)`` for the items not done, run on ``workers`` daemon threads.
+    """``job.map``: yield ``fn(item)`` for the items not done, run on ``workers`` threads or an executor.
 
     Results come in completion order (``ordered=True``: input order). See the module
     docstring for the done rule, the window, failures, rate and signals; ``every``,
     ``seconds``, ``name``, ``key``, ``on_change`` and ``progress`` are as for ``iterate``.
+    ``executor``, ``timeout``, ``initializer`` and ``initargs``: see
+    :mod:`restartable._concurrency.executors` (threads: ``timeout`` abandons a call that
+    runs on in the background; ``initializer`` runs once in each worker thread).
     """
     opts = options(
         workers=workers,
@@ -259,13 +332,37 @@ def map_threads(
     )
     if not callable(fn):
         raise UsageError(f"job.map needs a callable, not {fn!r}")
-    eng = Engine(job, items, opts, name=name, key=key, on_change=on_change, progress=progress, allow_async=False)
+    _check_timeout(timeout)
+    target: Target | None = None
+    if executor is not None and executor != "threads":
+        # Before the Engine: a fn that cannot reach the workers is refused before anything is saved.
+        what = f"job.map(executor={executor if isinstance(executor, str) else type(executor).__name__})"
+        target = resolve(executor, fn, workers=workers, initializer=initializer, initargs=initargs, what=what)
+    elif not isinstance(initargs, tuple) or (initializer is not None and not callable(initializer)):
+        raise UsageError(
+            f"job.map: initializer must be callable and initargs a tuple, not {initializer!r}, {initargs!r}"
+        )
+    eng = _engine(
+        job, items, opts, target, name=name, key=key, on_change=on_change, progress=progress, allow_async=False
+    )
+    pool: _Pool | ExecutorPool
+    if target is None:
+        pool = _Pool(fn, opts, timeout=timeout, initializer=initializer, initargs=initargs)
+    else:
+        budget = job.store.retry_seconds if job.has_store else 0.0
+        pool = ExecutorPool(target, opts, timeout=timeout, unavailable_budget=budget)
     if eng.empty:
+        pool.shutdown()
         return iter(())
-    return _run_threads(eng, _Pool(fn, opts))
+    return _run_threads(eng, pool)
 
 
-def _run_threads(eng: Engine, pool: _Pool) -> Iterator[Any]:
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0):
+        raise UsageError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
+
+
+def _run_threads(eng: Engine, pool: _Pool | ExecutorPool) -> Iterator[Any]:
     job, cursor, hooks = eng.job, eng.cursor, eng.hooks
     deadline: float | None = None
     try:
@@ -287,13 +384,13 @@ def _run_threads(eng: Engine, pool: _Pool) -> Iterator[Any]:
                 break
             if job.fenced is not None:
                 raise job.fenced
-            try:
-                report = pool.results.get(timeout=_POLL)
-            except queue.Empty:
-                continue
-            eng.outcome(*report)
+            report = pool.report(_POLL)
+            if report is not None:
+                eng.outcome(*report)
         if job.signal is not None:
             _stopping(eng)
+            for index in pool.abandon():  # killed or cancelled: not running any more, not done
+                eng.outcome(index, ABANDONED, None, 0)
             eng.interrupt()  # checkpoints, releases the lease (if nothing runs) and raises Interrupted
         _check_finished(eng)
         eng.end()
@@ -348,6 +445,10 @@ def amap(
     on_change: str | None = None,
     progress: bool | None = None,
     concurrency: int | None = None,
+    executor: Literal["threads", "processes"] | cf.Executor | Client | None = None,
+    timeout: float | None = None,
+    initializer: Callable[..., object] | None = None,
+    initargs: tuple[Any, ...] = (),
 ) -> AsyncIterator[Any]:
     """``job.amap``: ``async for result in job.amap(coro_fn, items, workers=N)``.
 
@@ -356,6 +457,14 @@ def amap(
     written on the loop's thread (a short pause of the loop every ``seconds``).
     ``concurrency`` is the deprecated spelling of ``workers`` (one name for threads,
     asyncio and the CLI's ``-j``): accepted with a DeprecationWarning until 0.3.
+
+    With ``executor=`` (as for ``job.map``: ``"threads"``, ``"processes"``, an Executor or
+    a Dask Client) ``fn`` is a plain function, run by ``loop.run_in_executor``; at most
+    ``workers`` calls are in flight. A worker process that dies fails the item it ran
+    (one attempt; our pool is replaced) without ``job.map``'s isolation of the culprit.
+    ``timeout``: an attempt that takes longer fails (:class:`~restartable.errors.ItemTimeout`);
+    the call is cancelled, which cannot stop one already running in a thread or a
+    process: it runs on, its result ignored (``job.map`` kills the worker instead).
     """
     if concurrency is not None:
         if workers != 8 and workers != concurrency:  # both spellings, two answers: guessing would hide a bug
@@ -383,14 +492,74 @@ def amap(
     )
     if not callable(fn):
         raise UsageError(f"job.amap needs a coroutine function, not {fn!r}")
-    eng = Engine(job, items, opts, name=name, key=key, on_change=on_change, progress=progress, allow_async=True)
-    return _nothing() if eng.empty else _run_async(eng, fn)
+    _check_timeout(timeout)
+    target: Target | None = None
+    what = f"job.amap(executor={executor if isinstance(executor, str) else type(executor).__name__})"
+    if executor == "threads":
+        pool = cf.ThreadPoolExecutor(workers, "restartable-amap", initializer, initargs)
+        target = Target("other", pool, fn, workers=workers, initializer=None, initargs=(), what=what)
+        target.owned = True
+    elif executor is not None:
+        target = resolve(executor, fn, workers=workers, initializer=initializer, initargs=initargs, what=what)
+    elif initializer is not None or initargs:
+        raise UsageError("job.amap: initializer= needs executor= (the workers it initializes)")
+    eng = _engine(
+        job, items, opts, target, name=name, key=key, on_change=on_change, progress=progress, allow_async=True
+    )
+    if eng.empty:
+        if target is not None:
+            target.close(busy=False)
+        return _nothing()
+    if target is None:
+        return _run_async(eng, fn if timeout is None else _with_timeout(fn, timeout))
+    return _run_async(eng, _in_executor(target, timeout), prepare=target.prepare, target=target)
 
 
-async def _run_async(eng: Engine, fn: Callable[[Any], Awaitable[Any]]) -> AsyncIterator[Any]:
+def _with_timeout(fn: Callable[[Any], Awaitable[Any]], timeout: float) -> Callable[[Any], Awaitable[Any]]:
+    async def call(item: Any) -> Any:
+        try:
+            return await asyncio.wait_for(fn(item), timeout)
+        except TimeoutError:
+            raise ItemTimeout(f"the call ran longer than timeout={timeout:g}s") from None
+
+    return call
+
+
+def _in_executor(target: Target, timeout: float | None) -> Callable[[Any], Awaitable[Any]]:
+    """``amap``'s ``fn`` with an executor: a coroutine that runs one attempt there."""
+
+    async def call(prepared: Any) -> Any:
+        generation = target.generation
+        func, args = target.call(prepared)
+        try:
+            running = asyncio.get_running_loop().run_in_executor(target.executor, func, *args)
+            if timeout is None:
+                return await running
+            try:
+                return await asyncio.wait_for(running, timeout)
+            except TimeoutError:
+                raise ItemTimeout(f"the call ran longer than timeout={timeout:g}s") from None
+        except cf.process.BrokenProcessPool:
+            if target.kind != "own":
+                raise
+            if generation == target.generation:  # the first to see the break replaces the pool
+                log.warning("%s: a worker process died; the process pool is replaced", target.what)
+                target.replace()
+            raise
+
+    return call
+
+
+async def _run_async(
+    eng: Engine,
+    fn: Callable[[Any], Awaitable[Any]],
+    *,
+    prepare: Callable[[int, Any], Any] | None = None,
+    target: Target | None = None,
+) -> AsyncIterator[Any]:
     job, cursor, hooks, opts = eng.job, eng.cursor, eng.hooks, eng.opts
     loop = asyncio.get_running_loop()
-    bucket = _Bucket(opts.rate) if opts.rate else None
+    bucket = Bucket(opts.rate) if opts.rate else None
     stop = asyncio.Event()
     tasks: dict[int, asyncio.Task[tuple[str, Any, int]]] = {}
     reports: deque[tuple[int, str, Any, int]] = deque()
@@ -411,6 +580,8 @@ async def _run_async(eng: Engine, fn: Callable[[Any], Awaitable[Any]]) -> AsyncI
         wake(waiter[0])
 
     def submit(index: int, item: Any) -> None:
+        if prepare is not None:  # pickled here: an item that cannot be stops the loop (UsageError)
+            item = prepare(index, item)
         task = loop.create_task(_call_async(fn, item, opts, bucket, stop))
         tasks[index] = task
         task.add_done_callback(functools.partial(on_done, index))
@@ -450,6 +621,8 @@ async def _run_async(eng: Engine, fn: Callable[[Any], Awaitable[Any]]) -> AsyncI
                 stop.set()
                 for task in list(tasks.values()):
                     task.cancel()
+                if target is not None and target.kind == "own":
+                    target.kill()  # a process, unlike a thread, can be stopped: nothing runs once the lease goes
                 await asyncio.wait(list(tasks.values()), timeout=_CANCEL_WAIT)
                 while reports:  # whatever they did while unwinding, their items are not done
                     eng.outcome(reports.popleft()[0], ABANDONED, None, 0)
@@ -458,8 +631,11 @@ async def _run_async(eng: Engine, fn: Callable[[Any], Awaitable[Any]]) -> AsyncI
         eng.end()
     finally:
         stop.set()
+        busy = bool(tasks)
         for task in list(tasks.values()):
             task.cancel()  # abandoned: not done
+        if target is not None:
+            target.close(busy=busy)
         eng.close()
 
 

@@ -30,6 +30,8 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -39,9 +41,10 @@ from .._checkpoint import INTERRUPTED, encode_value
 from .._cursor import Source
 from .._fingerprint import Fingerprinter
 from .._run import DEFAULT_SECONDS, OnChange, RunContext, check_every
+from .._text import clip
 from ..errors import CheckpointCorrupt, InputChanged, SkipBudgetExceeded, UsageError
 
-__all__ = ["ABANDONED", "FAIL", "OK", "DoneSet", "Engine", "Options", "encoded_bound", "options"]
+__all__ = ["ABANDONED", "FAIL", "OK", "Bucket", "DoneSet", "Engine", "Options", "encoded_bound", "options"]
 
 log = logging.getLogger("restartable")
 
@@ -112,7 +115,7 @@ class DoneSet:
         if runs is None:
             return cls(low)
         if not isinstance(runs, list) or not all(type(x) is int and x >= 0 for x in runs):
-            raise CheckpointCorrupt(f"{where}: the done set {str(runs)[:80]!r} is not a list of run lengths")
+            raise CheckpointCorrupt(f"{where}: the done set {clip(str(runs), 80)} is not a list of run lengths")
         done = cls(low)
         pos = low
         for k, length in enumerate(runs):
@@ -583,3 +586,20 @@ class Engine:
         except ValueError:
             pass
         self.hooks.close(self.cursor)
+
+
+class Bucket:
+    """A token bucket of capacity one (GCRA): calls start ``1/rate`` seconds apart."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate
+        self.next = 0.0
+        self.lock = threading.Lock()
+
+    def reserve(self) -> float:
+        """Take the next slot; return how long to wait for it."""
+        with self.lock:
+            now = time.monotonic()
+            at = max(self.next, now)
+            self.next = at + self.interval
+            return at - now

@@ -130,8 +130,24 @@ _V4 = [
     "CREATE TABLE IF NOT EXISTS {s}.queues (queue text PRIMARY KEY, filled_at timestamptz)",
 ]
 
+# Version 5: ``checkpoints_json``, a view for people with psql: each run's key columns
+# and its record cast to jsonb, so ``SELECT record->'state' FROM <schema>.checkpoints_json
+# WHERE job = 'x'`` needs no cast. A view, not a column: nothing more is written per save,
+# and the record keeps its exact text in ``runs.record`` (see the notes on version 1:
+# jsonb would rewrite numbers). The times are the table's timestamptz columns, which psql
+# prints as dates; the record's own ``started``/``updated``/``heartbeat``/``lease_expires``
+# are Unix seconds (float) and the columns are the authority over them. The code never
+# reads the view. OR REPLACE: a schema whose migration rows were removed by hand
+# (as a test does to stand for an older release) migrates again without an error.
+_V5 = [
+    """CREATE OR REPLACE VIEW {s}.checkpoints_json AS
+    SELECT job, run, status, epoch, owner, started, updated, heartbeat, lease_expires, saves,
+        record::jsonb AS record
+    FROM {s}.runs""",
+]
+
 #: Ordered ``(version, statements)``; append only.
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4)]
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5)]
 LATEST = MIGRATIONS[-1][0]
 
 

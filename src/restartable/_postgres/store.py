@@ -5,7 +5,10 @@ parameters such as ``sslmode``, ``connect_timeout`` or ``application_name`` pass
 through); restartable's own options are taken out of it first:
 
 ``schema``   the schema holding the tables (default ``restartable``), created and
-             migrated on first use (see :mod:`restartable._postgres.schema`).
+             migrated on first use (see :mod:`restartable._postgres.schema`); a
+             read-only open (``status``, ``show``, ``serve``) creates and migrates
+             nothing, raises StoreNotFound when the schema or its tables are missing,
+             and runs its session with ``default_transaction_read_only``.
 ``retry``    how long to ride out a lost connection or a server restart (``30s``,
              ``2m``; default 60 s). After that an operation raises StoreUnavailable.
 ``history``  how many saves to keep in each run's history (default 50, 0 for none).
@@ -28,6 +31,7 @@ nothing a user names becomes SQL text.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -50,6 +54,7 @@ from ..errors import (
     ConfigError,
     MissingDriver,
     PermissionDenied,
+    StoreNotFound,
     StoreUnavailable,
 )
 from ..stores.base import HISTORY_LIMIT, Store, Unreadable
@@ -232,8 +237,15 @@ class PostgresStore(Store):
         history_limit: int = HISTORY_LIMIT,
         read_timeout: float | None = None,
         secrets: tuple[str, ...] = (),
+        read_only: bool = False,
+        quick: bool = False,
     ) -> None:
         """Open (and if needed create and migrate) the store. Prefer :meth:`from_url`.
+
+        ``read_only``: create and migrate nothing (see the module docstring). ``quick``:
+        a read a person waits for (``open_store(retry=)``): the connect is bounded by the
+        retry budget too, and retries are counted and logged as
+        :func:`~restartable._retry.call_with_retry` describes.
 
         ``conninfo`` is the libpq URL without restartable's options; ``secrets`` are
         strings (the password) scrubbed from any driver message before it is shown.
@@ -263,10 +275,17 @@ class PostgresStore(Store):
         self._seq_lock = threading.Lock()
         self._last_seq = 0
         self._conn: psycopg.Connection | None = None
-        self._call("open", lambda conn: _pgschema.migrate(conn, self._schema))
+        self._quick = quick
+        # libpq's connect_timeout is whole seconds, at least 2; a quick read waits no longer than its budget.
+        self._connect_timeout = max(2, min(10, math.ceil(retry_seconds))) if quick else 10
+        if read_only:
+            self._make_read_only()
+            self._call("open", self._check_schema)
+        else:
+            self._call("open", lambda conn: _pgschema.migrate(conn, self._schema))
 
     @classmethod
-    def from_url(cls, url: StoreURL) -> Self:
+    def from_url(cls, url: StoreURL, *, read_only: bool = False) -> Self:
         display = url.display
         psycopg = _import_psycopg(display)
         secrets = secrets_of(url.raw)
@@ -294,7 +313,43 @@ class PostgresStore(Store):
             history_limit=int(history),
             read_timeout=read_timeout,
             secrets=secrets + ((params["password"],) if params.get("password") else ()),
+            read_only=read_only,
+            quick=url.quick,
         )
+
+    def _check_schema(self, conn: psycopg.Connection) -> None:
+        """Read-only open: the schema must hold a store this restartable reads, as it is."""
+        found = _pgschema.current_version(conn, self._schema)
+        if found == 0:
+            raise StoreNotFound(
+                f"no PostgreSQL store in schema {self._schema!r} of {self.display}: the schema or its tables "
+                "do not exist; a job's first run creates them, so check the database and ?schema= of the URL "
+                "(default restartable) or run the job first"
+            )
+        if found > _pgschema.LATEST:
+            raise ConfigError(
+                f"PostgreSQL schema {self._schema!r} in {self.display} is at version {found}, newer than this "
+                f"restartable understands ({_pgschema.LATEST}): upgrade restartable"
+            )
+        if found < _pgschema.LATEST:
+            # Read as it is, as long as the columns the reads use are there (every version so far).
+            from psycopg import sql
+
+            ident = sql.Identifier(self._schema)
+            probes = [
+                sql.SQL(f"SELECT {_COLS} FROM {{s}}.runs LIMIT 0").format(s=ident),
+                sql.SQL("SELECT seq, at, epoch, status, done, failed FROM {s}.history LIMIT 0").format(s=ident),
+                sql.SQL('SELECT key, value, "cursor" FROM {s}.markers LIMIT 0').format(s=ident),
+            ]
+            try:
+                for probe in probes:
+                    conn.execute(probe)
+            except self._pg.errors.UndefinedColumn as exc:
+                raise ConfigError(
+                    f"PostgreSQL schema {self._schema!r} in {self.display} is at version {found}, older than "
+                    f"this restartable reads without migrating it ({self._scrub(one_line(exc))}); run any job "
+                    "on the store (that migrates it), then retry"
+                ) from None
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self.display} schema={self._schema!r}>"
@@ -578,6 +633,17 @@ class PostgresStore(Store):
                         conn.close()
                     raise self._translate(exc, what)
 
+        if self._quick:
+            # A read a person waits for: the budget counts from this attempt, the retries
+            # are quiet, and each attempt reconnects by itself (no second connect before it).
+            return call_with_retry(
+                attempt,
+                seconds=self._retry_seconds,
+                transient=self._transient,
+                display=self.display,
+                what=f"{what} on the PostgreSQL store",
+                quick=True,
+            )
         # The first attempt runs bare: building tenacity's retry loop costs ~30 µs, a
         # tenth of a checkpoint. Only after a transient failure does the operation enter
         # call_with_retry, whose budget then covers the retries.
@@ -612,14 +678,22 @@ class PostgresStore(Store):
             # A server that stops answering must not hang a job: the connect is bounded
             # (connect_timeout) and so is every later wait for an answer (read_timeout).
             conn: psycopg.Connection = self._pgconn.connect(
-                self._conninfo, autocommit=autocommit, display=self.display, read_timeout=self._read_timeout
+                self._conninfo,
+                autocommit=autocommit,
+                display=self.display,
+                read_timeout=self._read_timeout,
+                connect_timeout=self._connect_timeout,
             )
         except pg.Error as exc:
             raise self._translate(exc, "connect", connecting=True) from None
         try:
-            # The contract wants a returned save to survive a power loss, whatever the
-            # server's default; this session's commits wait for the WAL flush.
-            conn.execute("SET synchronous_commit TO on")
+            if self.read_only:
+                # Defence in depth behind the refused write methods: the server refuses too.
+                conn.execute("SET default_transaction_read_only TO on")
+            else:
+                # The contract wants a returned save to survive a power loss, whatever the
+                # server's default; this session's commits wait for the WAL flush.
+                conn.execute("SET synchronous_commit TO on")
             if not autocommit:
                 conn.commit()
         except BaseException:

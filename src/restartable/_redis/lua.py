@@ -2,18 +2,24 @@
 
 Each script is registered once per client (``register_script``) and runs by EVALSHA;
 redis-py's ``Script`` loads it again when the server answers NOSCRIPT (after a
-restart or SCRIPT FLUSH). Times come from the server (``TIME``) in whole
-milliseconds, so leases expire by one clock whatever the runners' clocks say.
+restart or SCRIPT FLUSH). Times come from the server (``TIME``), so leases expire by
+one clock whatever the runners' clocks say. The scripts compute in whole milliseconds
+(exact in a Lua double) but store every time as Unix seconds with three decimals
+(``"1796406212.756"``) under a name ending in ``_s``, the unit of the SQL stores, so
+``redis-cli HGETALL`` reads like ``sqlite3`` and ``psql``.
 Redis 7 replicates a script's effects, not the script, so TIME and INFO are allowed.
 
 Every write script takes the same four keys and first four arguments::
 
     KEYS[1] run hash       {prefix}run:{job}:{run}
     KEYS[2] history list   {prefix}hist:{job}:{run}
-    KEYS[3] run index      {prefix}runs            (zset "job\\0run" -> expiry in ms, see touch)
+    KEYS[3] run index      {prefix}runs            (zset "job\\0run" -> expiry, Unix seconds, see touch)
     KEYS[4] instance       {prefix}instance        (string: a random id, see below)
     ARGV[1] index member   ARGV[2] marker key base ({prefix}markers:{job}:{run}:)
     ARGV[3] retention ms (0 = never expire)   ARGV[4] history limit
+
+Arguments and answers between the client and the scripts carry times and durations in
+whole milliseconds (an internal protocol); only what is stored is in seconds.
 
 The marker hashes are named from ARGV[2] plus the run hash's ``cursors`` field
 rather than passed as KEYS, which is fine on a standalone server or a replicated
@@ -24,7 +30,9 @@ The run hash's fields::
     body      the record as canonical JSON (restartable._checkpoint.encode_record)
     epoch     the fencing token, decimal
     status    owner (canonical JSON of Owner.to_dict(), "" for none)
-    started   updated   heartbeat   lease (ms on the server clock; lease "" when released)
+    started_at_s   updated_at_s   heartbeat_at_s   lease_until_s
+              (Unix seconds on the server clock, e.g. "1796406212.756"; lease_until_s ""
+              when released)
     done      failed    (copied from the record, for the history entry an acquire appends)
     seq       the sequence number of the last save at this epoch ("0" after an acquire; absent
               in records written before it existed: 0). SAVE writes only a higher one: the
@@ -33,7 +41,19 @@ The run hash's fields::
               since) would otherwise land later and move the checkpoint backwards; a retried
               save that finds its own number was applied already and is answered as done
     cursors   " name1 name2 ": the percent-encoded cursor names that have marker hashes
-    expires   when the run's keys expire (ms), "never" with ttl 0 (see touch)
+    expires_at_s  when the run's keys expire (Unix seconds), "never" with ttl 0 (see touch)
+
+History entries are canonical JSON, ``{"at_s":1796406212.756,"done":..,"epoch":..,
+"failed":..,"status":".."}``, newest first.
+
+Stores written before record format 2 name these fields ``started updated heartbeat
+lease expires`` and history entries ``at``, all in milliseconds, and score the index in
+milliseconds. Every script reads either form (a ``_s`` field wins); ACQUIRE, the one
+write that can meet an old run first (a save needs the epoch an acquire gave),
+rewrites an old run's fields in the new form and deletes the old ones. Old history
+entries stay until they age out of the list; readers accept both. Old index scores
+(above 1e11: no time in seconds is that large before the year 5138) are pruned by
+their own unit.
 
 ACQUIRE, DELETE and RESTORE take a fifth key, ``{prefix}epoch-floor`` (a decimal
 string that never expires): the highest epoch ever given to or deleted from any run
@@ -74,6 +94,34 @@ local member, mbase, ttl, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(
 -- Whole numbers as plain digits: tostring() would print 1.7e+15.
 local function num(n) return string.format('%.0f', n) end
 
+-- A time in ms as stored: Unix seconds with three decimals.
+local function secs(ms) return string.format('%.3f', ms / 1000) end
+
+-- A stored time in ms, nil when absent or "" (a released lease): the *_s field `s` when
+-- the hash has it (false from HMGET when not), else the ms field `legacy` of a run
+-- written before format 2.
+local function ms_of(s, legacy)
+  if s then
+    if s == '' then return nil end
+    return math.floor(tonumber(s) * 1000 + 0.5)
+  end
+  if legacy and legacy ~= '' then return tonumber(legacy) end
+  return nil
+end
+
+-- ms_of as the text of an answer: digits, or "" for none.
+local function ms_text(s, legacy)
+  local ms = ms_of(s, legacy)
+  if ms then return num(ms) end
+  return ''
+end
+
+-- The stored expiry for touch: "never", ms, or nil (none yet: touch pushes it).
+local function expiry(s, legacy)
+  if s == 'never' or (not s and legacy == 'never') then return 'never' end
+  return ms_of(s, legacy)
+end
+
 local function clock()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -111,18 +159,19 @@ local function push_history(entry)
 end
 
 -- Keep every key of the run alive for at least `ttl` after now. The expiry (and the
--- index score, which is the run's expiry) is pushed to now + ttl + step, step a
--- tenth of ttl and at most a minute, and only when the last push (the run hash's
--- `expires`) falls outside [now + ttl, now + ttl + step]: most writes skip it, and a
--- run lives between ttl and ttl + step after its last update. `force` after a new
--- key was made (a new marker hash), which has no expiry yet.
+-- index score, which is the run's expiry in seconds) is pushed to now + ttl + step,
+-- step a tenth of ttl and at most a minute, and only when the last push (`expires`:
+-- the run hash's expires_at_s through expiry()) falls outside [now + ttl, now + ttl +
+-- step]: most writes skip it, and a run lives between ttl and ttl + step after its
+-- last update. `force` after a new key was made (a new marker hash), which has no
+-- expiry yet.
 local function touch(now, cursors, expires, force)
   local keys = {run, hist}
   for c in string.gmatch(cursors or '', '%S+') do keys[#keys + 1] = mbase .. c end
   if ttl == 0 then
     if expires == 'never' and not force then return end
     for _, k in ipairs(keys) do redis.call('PERSIST', k) end
-    redis.call('HSET', run, 'expires', 'never')
+    redis.call('HSET', run, 'expires_at_s', 'never')
     redis.call('ZADD', idx, 'inf', member)
     redis.call('PERSIST', idx)
     return
@@ -130,13 +179,21 @@ local function touch(now, cursors, expires, force)
   local step = math.min(math.floor(ttl / 10), 60000)
   local last = tonumber(expires)
   if not force and last and last >= now + ttl and last <= now + ttl + step then return end
-  local at = num(now + ttl + step)
-  for _, k in ipairs(keys) do redis.call('PEXPIREAT', k, at) end
-  redis.call('HSET', run, 'expires', at)
-  redis.call('ZADD', idx, at, member)
-  redis.call('ZREMRANGEBYSCORE', idx, '-inf', '(' .. num(now))
+  local at = now + ttl + step
+  for _, k in ipairs(keys) do redis.call('PEXPIREAT', k, num(at)) end
+  redis.call('HSET', run, 'expires_at_s', secs(at))
+  redis.call('ZADD', idx, secs(at), member)
+  redis.call('ZREMRANGEBYSCORE', idx, '-inf', '(' .. secs(now))
+  -- Scores of runs indexed before format 2 are ms (above 1e11): pruned by their own unit.
+  redis.call('ZREMRANGEBYSCORE', idx, '1e11', '(' .. num(now))
   local top = redis.call('ZRANGE', idx, -1, -1, 'WITHSCORES')
-  if top[2] == 'inf' then redis.call('PERSIST', idx) else redis.call('PEXPIREAT', idx, top[2]) end
+  if top[2] == 'inf' then
+    redis.call('PERSIST', idx)
+  else
+    local t = tonumber(top[2])
+    if t < 1e11 then t = t * 1000 end
+    redis.call('PEXPIREAT', idx, num(math.ceil(t)))
+  end
 end
 
 -- The epoch floor (KEYS[5] of acquire, delete and restore): raised, never lowered.
@@ -148,10 +205,10 @@ end
 -- The epoch check of mark: (nil, cursors, expires) when the caller may write, else the
 -- refusal to return. (save and renew read more fields in the same HMGET.)
 local function check(epoch)
-  local f = redis.call('HMGET', run, 'epoch', 'cursors', 'expires')
+  local f = redis.call('HMGET', run, 'epoch', 'cursors', 'expires_at_s', 'expires')
   if not f[1] then return missing() end
   if f[1] ~= epoch then return {'fenced', f[1]} end
-  return nil, f[2], f[3]
+  return nil, f[2], expiry(f[3], f[4])
 end
 """
 
@@ -165,12 +222,15 @@ local function applied(f)
 end
 
 local function write(now, cursors, expires)
-  local at, until_ = num(now), ''
-  if ARGV[12] ~= '' then until_ = num(now + tonumber(ARGV[12])) end
+  local at, until_, until_s = secs(now), '', ''
+  if ARGV[12] ~= '' then
+    until_ = num(now + tonumber(ARGV[12]))
+    until_s = secs(now + tonumber(ARGV[12]))
+  end
   redis.call('HSET', run, 'body', ARGV[6], 'epoch', ARGV[5], 'status', ARGV[7], 'owner', ARGV[8],
-    'started', ARGV[9], 'updated', at, 'heartbeat', at, 'lease', until_, 'done', ARGV[10], 'failed', ARGV[11],
-    'seq', ARGV[14])
-  push_history('{"at":' .. at .. ',' .. ARGV[13])
+    'started_at_s', secs(tonumber(ARGV[9])), 'updated_at_s', at, 'heartbeat_at_s', at, 'lease_until_s', until_s,
+    'done', ARGV[10], 'failed', ARGV[11], 'seq', ARGV[14])
+  push_history('{"at_s":' .. at .. ',' .. ARGV[13])
   touch(now, cursors, expires)
   return until_
 end
@@ -184,32 +244,41 @@ ACQUIRE = (
     _PRELUDE
     + r"""
 local now = clock()
-local at, owner, lease = num(now), ARGV[7], tonumber(ARGV[8])
-local f = redis.call('HMGET', run, 'epoch', 'lease', 'owner', 'status', 'heartbeat', 'done', 'failed', 'cursors',
-  'expires')
+local at, owner, lease = secs(now), ARGV[7], tonumber(ARGV[8])
+-- f[10..14]: the fields of a run written before format 2 (ms), false in a newer one.
+local f = redis.call('HMGET', run, 'epoch', 'lease_until_s', 'owner', 'status', 'heartbeat_at_s', 'done', 'failed',
+  'cursors', 'expires_at_s', 'lease', 'heartbeat', 'expires', 'started_at_s', 'started')
 local epoch, status, done, failed = f[1], 'running', '0', '0'
+local expires = expiry(f[9], f[12])
 if not epoch then
   -- Above every epoch handed out or deleted under the prefix, whatever the client's clock says.
   local floor = tonumber(redis.call('GET', KEYS[5]) or '0') or 0
   epoch = num(math.max(tonumber(ARGV[5]), floor + 1))
   redis.call('HSET', run, 'body', ARGV[6], 'epoch', epoch, 'status', status, 'owner', owner,
-    'started', at, 'updated', at, 'heartbeat', at, 'lease', num(now + lease), 'done', done, 'failed', failed,
-    'seq', '0')
+    'started_at_s', at, 'updated_at_s', at, 'heartbeat_at_s', at, 'lease_until_s', secs(now + lease),
+    'done', done, 'failed', failed, 'seq', '0')
 else
-  local held_until = tonumber(f[2])
+  local held_until = ms_of(f[2], f[10])
   -- The rule of Store._take_over: free, stolen from a proven-dead holder, or our own.
   local free = held_until == nil or held_until <= now or ARGV[9] == epoch or f[3] == owner
-  if not free then return {'locked', at, f[3], f[5], f[2]} end
+  if not free then return {'locked', num(now), f[3], ms_text(f[5], f[11]), ms_text(f[2], f[10])} end
   epoch = num(redis.call('HINCRBY', run, 'epoch', 1))
   if f[4] == 'completed' then status = 'completed' end
   done, failed = f[6] or '0', f[7] or '0'
-  redis.call('HSET', run, 'status', status, 'owner', owner, 'updated', at, 'heartbeat', at,
-    'lease', num(now + lease), 'seq', '0')
+  redis.call('HSET', run, 'status', status, 'owner', owner, 'updated_at_s', at, 'heartbeat_at_s', at,
+    'lease_until_s', secs(now + lease), 'seq', '0')
+  if not f[13] and f[14] then
+    -- A run written before format 2: its start in seconds, its ms fields gone (touch
+    -- below writes expires_at_s, as `expires` is then nil).
+    redis.call('HSET', run, 'started_at_s', secs(tonumber(f[14])))
+    redis.call('HDEL', run, 'started', 'updated', 'heartbeat', 'lease', 'expires')
+    expires = nil
+  end
 end
 raise_floor(epoch)
-push_history(string.format('{"at":%s,"done":%s,"epoch":%s,"failed":%s,"status":"%s"}',
+push_history(string.format('{"at_s":%s,"done":%s,"epoch":%s,"failed":%s,"status":"%s"}',
   at, done, epoch, failed, status))
-touch(now, f[8], f[9])
+touch(now, f[8], expires)
 local out = {'ok', instance(ARGV[10]), server_id()}
 for _, v in ipairs(redis.call('HGETALL', run)) do out[#out + 1] = v end
 return out
@@ -223,12 +292,12 @@ SAVE = (
     _PRELUDE
     + _WRITE
     + r"""
-local f = redis.call('HMGET', run, 'epoch', 'cursors', 'expires', 'seq', 'updated', 'lease')
+local f = redis.call('HMGET', run, 'epoch', 'cursors', 'expires_at_s', 'seq', 'updated_at_s', 'lease_until_s')
 if not f[1] then return missing() end
 if f[1] ~= ARGV[5] then return {'fenced', f[1]} end
-if applied(f[4]) then return {'ok', f[5], f[6]} end
+if applied(f[4]) then return {'ok', ms_text(f[5]), ms_text(f[6])} end
 local now = clock()
-return {'ok', num(now), write(now, f[2], f[3])}
+return {'ok', num(now), write(now, f[2], expiry(f[3]))}
 """
 )
 
@@ -247,17 +316,17 @@ RESTORE = (
     _PRELUDE
     + _WRITE
     + r"""
-local f = redis.call('HMGET', run, 'epoch', 'cursors', 'expires', 'seq', 'updated', 'lease')
+local f = redis.call('HMGET', run, 'epoch', 'cursors', 'expires_at_s', 'seq', 'updated_at_s', 'lease_until_s')
 if f[1] then
   if f[1] ~= ARGV[5] then return {'fenced', f[1]} end
-  if applied(f[4]) then return {'ok', f[5], f[6], redis.call('GET', inst) or '', server_id()} end
+  if applied(f[4]) then return {'ok', ms_text(f[5]), ms_text(f[6]), redis.call('GET', inst) or '', server_id()} end
 else
   local id = redis.call('GET', inst)
   if id and (ARGV[15] == '' or id == ARGV[15] or id == ARGV[16]) then return missing() end
 end
 raise_floor(ARGV[5])
 local now = clock()
-return {'ok', num(now), write(now, f[2], f[3]), instance(ARGV[16]), server_id()}
+return {'ok', num(now), write(now, f[2], expiry(f[3])), instance(ARGV[16]), server_id()}
 """
 )
 
@@ -267,16 +336,15 @@ return {'ok', num(now), write(now, f[2], f[3]), instance(ARGV[16]), server_id()}
 RENEW = (
     _PRELUDE
     + r"""
-local f = redis.call('HMGET', run, 'epoch', 'cursors', 'expires', 'lease')
+local f = redis.call('HMGET', run, 'epoch', 'cursors', 'expires_at_s', 'lease_until_s')
 if not f[1] then return missing() end
 if f[1] ~= ARGV[5] then return {'fenced', f[1]} end
 if f[4] == '' then return {'released', f[1]} end
-local cursors, expires = f[2], f[3]
 local now = clock()
-local until_ = num(now + tonumber(ARGV[6]))
-redis.call('HSET', run, 'heartbeat', num(now), 'lease', until_)
-touch(now, cursors, expires)
-return {'ok', until_}
+local until_ = now + tonumber(ARGV[6])
+redis.call('HSET', run, 'heartbeat_at_s', secs(now), 'lease_until_s', secs(until_))
+touch(now, f[2], expiry(f[3]))
+return {'ok', num(until_)}
 """
 )
 

@@ -19,7 +19,7 @@ names may hold anything and are percent-encoded)::
     {prefix}run:{job}:{run}                hash: the record + epoch + lease (see _redis_lua)
     {prefix}hist:{job}:{run}               list: the last HISTORY_LIMIT saves, newest first
     {prefix}markers:{job}:{run}:{cursor}   hash: item key -> JSON value
-    {prefix}runs                           zset: "job\\0run" -> the run's expiry (ms)
+    {prefix}runs                           zset: "job\\0run" -> the run's expiry (Unix seconds)
     {prefix}instance                       string: a random id, made once, never expires
     {prefix}epoch-floor                    string: the highest epoch ever handed out or deleted
                                            under the prefix (never expires; see _redis_lua)
@@ -34,7 +34,12 @@ write; and the write is a compare-and-set on the epoch inside a Lua script, so a
 stale runner can never overwrite a newer checkpoint (a plain SET cannot refuse).
 ``cleanup`` still removes completed runs earlier than their retention.
 
-Lease times are the server's clock (``TIME`` inside the scripts, milliseconds).
+Lease times are the server's clock (``TIME`` inside the scripts). Every stored time is
+Unix seconds with millisecond decimals, in a field whose name ends in ``_s``
+(``updated_at_s``, ``lease_until_s``, history entries' ``at_s``), the unit of the SQL
+stores; runs written before record format 2 kept milliseconds under the bare names
+(``updated``, ``lease``, ``at``) and are still read, and rewritten at their next acquire
+(see _redis_lua).
 A Redis without persistence loses every key when it restarts (so does FLUSHALL).
 The store tells a lost record from a reset one by the ``instance`` key, which a
 loss destroys and a reset does not: a run hash that is missing while the
@@ -114,7 +119,29 @@ def _ms(seconds: float) -> str:
 
 
 def _sec(ms: bytes | str) -> float:
+    # A time in a script's answer (whole ms: the scripts' protocol, not what is stored).
     return int(ms) / 1000
+
+
+def _stored_time(fields: dict[bytes, bytes], name: bytes, legacy: bytes) -> float | None:
+    """A stored time in seconds, None for "" (a released lease).
+
+    ``name`` is the field in Unix seconds (``b"updated_at_s"``); a run written before
+    record format 2 has only ``legacy`` (``b"updated"``), in milliseconds. KeyError when
+    the hash has neither.
+    """
+    value = fields.get(name)
+    if value is not None:
+        return float(value) if value else None
+    value = fields[legacy]
+    return int(value) / 1000 if value else None
+
+
+def _required_time(fields: dict[bytes, bytes], name: bytes, legacy: bytes) -> float:
+    value = _stored_time(fields, name, legacy)
+    if value is None:
+        raise ValueError(f"{name.decode()} is empty")
+    return value
 
 
 @functools.lru_cache(maxsize=64)
@@ -159,6 +186,8 @@ class RedisStore(Store):
         ttl: float = DEFAULT_TTL,
         retry: float = DEFAULT_RETRY_SECONDS,
         read_timeout: float | None = DEFAULT_READ_TIMEOUT,
+        read_only: bool = False,
+        quick: bool = False,
     ) -> None:
         """Open a client on ``driver_url`` (a redis-py URL without restartable's options).
 
@@ -199,9 +228,14 @@ class RedisStore(Store):
         self._seen: dict[tuple[str, str], tuple[str, str]] = {}
         self._seen_lock = threading.Lock()
         self._last_seq = 0
+        # Opening writes nothing (scripts load at their first call, a write): read-only
+        # only refuses the writes. quick: see call_with_retry.
+        self._quick = quick
+        if read_only:
+            self._make_read_only()
 
     @classmethod
-    def from_url(cls, url: StoreURL) -> Self:
+    def from_url(cls, url: StoreURL, *, read_only: bool = False) -> Self:
         opts = url.options
         return cls(
             url.driver_url,
@@ -210,6 +244,8 @@ class RedisStore(Store):
             ttl=parse_duration(opts.get("ttl", DEFAULT_TTL), "ttl (retention) of the Redis store"),
             retry=parse_duration(opts.get("retry", DEFAULT_RETRY_SECONDS), "retry budget of the Redis store"),
             read_timeout=read_timeout_of(url),
+            read_only=read_only,
+            quick=url.quick,
         )
 
     # -- keys ------------------------------------------------------------------
@@ -268,7 +304,9 @@ class RedisStore(Store):
         # call_with_retry makes the first attempt bare (tenacity is set up only after a
         # failure) and logs it; a second bare attempt here would cost one more read_timeout
         # against a silent server and log the failure twice.
-        return call_with_retry(attempt, seconds=self._retry, transient=self._transient, display=self.display, what=what)
+        return call_with_retry(
+            attempt, seconds=self._retry, transient=self._transient, display=self.display, what=what, quick=self._quick
+        )
 
     def _refusal(self, job: str, run: str, epoch: int, res: list[bytes]) -> BaseException:
         """The error for a script's {"fenced", epoch} or {"missing", instance id, run_id} answer.
@@ -312,17 +350,16 @@ class RedisStore(Store):
         try:
             status = fields[b"status"].decode()
             owner = fields[b"owner"]
-            lease = fields[b"lease"]
             if status not in STATUSES or (rec.job, rec.run) != (job, run):
                 raise ValueError("status or name")
             return rec.replace(
                 epoch=int(fields[b"epoch"]),
                 status=status,
                 owner=Owner.from_dict(json.loads(owner)) if owner else None,
-                started=_sec(fields[b"started"]),
-                updated=_sec(fields[b"updated"]),
-                heartbeat=_sec(fields[b"heartbeat"]),
-                lease_expires=_sec(lease) if lease else None,
+                started=_required_time(fields, b"started_at_s", b"started"),
+                updated=_required_time(fields, b"updated_at_s", b"updated"),
+                heartbeat=_required_time(fields, b"heartbeat_at_s", b"heartbeat"),
+                lease_expires=_stored_time(fields, b"lease_until_s", b"lease"),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise CheckpointCorrupt(f"{where} has a missing or malformed field ({exc})") from None
@@ -479,7 +516,12 @@ class RedisStore(Store):
             entries = [json.loads(e) for e in raw]
             return [
                 HistoryEntry(
-                    at=e["at"] / 1000, epoch=e["epoch"], status=e["status"], done=e["done"], failed=e.get("failed", 0)
+                    # at_s in seconds; "at" in ms in entries written before record format 2.
+                    at=float(e["at_s"]) if "at_s" in e else e["at"] / 1000,
+                    epoch=e["epoch"],
+                    status=e["status"],
+                    done=e["done"],
+                    failed=e.get("failed", 0),
                 )
                 for e in entries
             ]

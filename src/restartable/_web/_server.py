@@ -3,44 +3,30 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import ipaddress
 import signal
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from restartable.errors import UsageError
+from restartable.errors import StoreNotFound, StoreUnavailable, UsageError
 from restartable.stores import Store, open_store, resolve_store_url
 
 #: A refresh must not wait a PostgreSQL or Redis store's whole retry budget (60 s by default)
-#: for a down server: the page says so after this many intervals instead. An explicit
-#: ``retry=`` in the URL wins.
+#: for a down server: the page says so after this many intervals instead, and at least
+#: this floor (``open_store(retry=)``: it wins over the URL's ``retry=``).
 _RETRY_INTERVALS = 3
 _RETRY_FLOOR = 5.0
 
 
-def quick_url(url: str, interval: float) -> str:
-    """``url`` with a short ``retry=`` budget for the network stores, unless it names one."""
-    scheme = url.split(":", 1)[0].lower() if "://" in url else ""
-    if scheme not in ("postgresql", "postgres", "redis", "rediss") or "#" in url:
-        return url
-    query = url.split("?", 1)[1] if "?" in url else ""
-    if any(part.split("=", 1)[0] == "retry" for part in query.split("&")):
-        return url
-    seconds = max(_RETRY_FLOOR, _RETRY_INTERVALS * interval)
-    return f"{url}{'&' if '?' in url else '?'}retry={seconds:g}s"
+def serve_retry(interval: float) -> float:
+    """How long one refresh waits for an unreachable server: three intervals, at least 5 s."""
+    return max(_RETRY_FLOOR, _RETRY_INTERVALS * interval)
 
 
-def open_read_only(url: str) -> Store:
-    """Open the store for reading only, where the store can be told so (``read_only=``).
-
-    Where it cannot, the caller's promise stands: only ``now``, ``list_runs`` and
-    ``history`` are ever called.
-    """
-    if "read_only" in inspect.signature(open_store).parameters:
-        return open_store(url, read_only=True)  # type: ignore[call-arg]
-    return open_store(url)
+def open_read_only(url: str, interval: float) -> Store:
+    """The store at ``url``, read-only (nothing is ever created or written), with a refresh's wait."""
+    return open_store(url, read_only=True, retry=serve_retry(interval))
 
 
 def is_loopback(host: str) -> bool:
@@ -90,7 +76,8 @@ def run_server(
 
     The store is opened and read once before the socket is announced, so a wrong URL
     or a missing driver ends the command with its one-line error; a store that is down
-    at that moment is served as such (the page shows why) and read again every interval.
+    or does not exist yet at that moment is served as such (the page shows why) and read
+    again every interval. Nothing is ever created: the store is opened read-only.
     """
     import uvicorn
 
@@ -101,9 +88,11 @@ def run_server(
 
     url = resolve_store_url(store_url)
     display = redact(url)
-    quick = quick_url(url, interval)
-    open_read_only(quick).close()  # fail fast on a bad URL or a missing driver (ConfigError, MissingDriver)
-    refresher = Refresher(lambda: open_read_only(quick), display=display, interval=interval)
+    try:
+        open_read_only(url, interval).close()  # fail fast on a bad URL or a missing driver (ConfigError, MissingDriver)
+    except (StoreNotFound, StoreUnavailable):
+        pass  # not there yet, or down: the first refresh below reports it, and the page shows it
+    refresher = Refresher(lambda: open_read_only(url, interval), display=display, interval=interval)
     first = refresher.refresh()
     if first.error is not None:
         echo(f"restartable serve: {display} cannot be read yet ({first.error}); serving anyway, the page says so")
@@ -155,4 +144,4 @@ def _signals_end(server: Any) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-__all__ = ["run_server", "quick_url", "is_loopback", "bind", "open_read_only"]
+__all__ = ["run_server", "serve_retry", "is_loopback", "bind", "open_read_only"]

@@ -254,27 +254,96 @@ def group_shards(rows: list[RunSummary]) -> list[RunSummary]:
     return sorted(out, key=lambda r: (r.job, r.run))
 
 
-def progress_text(s: RunSummary) -> str:
+def number(n: int, *, plain: bool = False) -> str:
+    """``12,345`` for a person at a terminal; ``12345`` (``plain``) for ``grep``, ``awk`` and ``sort``."""
+    return str(n) if plain else f"{n:,}"
+
+
+def progress_text(s: RunSummary, *, plain: bool = False) -> str:
+    """Items **saved** (what the last checkpoint holds): ``73,958/200,000 (37.0%)``; ``plain``: ``73958/200000``."""
+    if plain:
+        return f"{s.done}/{s.total}" if s.total else str(s.done)
     if s.total:
         return f"{s.done:,}/{s.total:,} ({100.0 * s.done / s.total:.1f}%)"
     return f"{s.done:,}"
 
 
-def state_text(s: RunSummary) -> str:
-    """The status column as plain text: the state, and what else needs a glance."""
-    parts = [s.now_state]
-    if s.now_state == "stalled":
-        parts[0] = f"stalled (last save {human_duration(s.age)} ago)"  # why: the lease column says
+def _notes(s: RunSummary, *, plain: bool) -> list[str]:
+    """What needs a glance besides the state: shards, dead letters, failed files."""
+    parts = []
     if s.shards_total is not None and s.now_state != "completed":
         parts.append(f"{s.shards_done}/{s.shards_total} shards done")
         stalled = sum(x.now_state == "stalled" for x in s.shards)
         if stalled and s.now_state != "stalled":
             parts.append(f"{stalled} stalled")
     if s.dead_letters:
-        parts.append(f"{s.dead_letters:,} dead letter{'s' if s.dead_letters != 1 else ''}")
+        parts.append(f"{number(s.dead_letters, plain=plain)} dead letter{'s' if s.dead_letters != 1 else ''}")
     if s.failed_files:
-        parts.append(f"{s.failed_files:,} failed file{'s' if s.failed_files != 1 else ''}")
-    return " · ".join(parts)
+        parts.append(f"{number(s.failed_files, plain=plain)} failed file{'s' if s.failed_files != 1 else ''}")
+    return parts
+
+
+def state_text(s: RunSummary) -> str:
+    """The status column as plain text: the state, and what else needs a glance."""
+    head = s.now_state
+    if s.now_state == "stalled":
+        head = f"stalled (last save {human_duration(s.age)} ago)"  # why: the lease column says
+    return " · ".join([head, *_notes(s, plain=False)])
+
+
+#: The columns of ``status`` when its output is not a terminal: one run per line, tab-separated.
+PLAIN_COLUMNS = (
+    "job",
+    "run",
+    "state",
+    "saved",
+    "total",
+    "rate_per_second",
+    "eta_seconds",
+    "last_save_age_seconds",
+    "lease",
+    "owner",
+    "notes",
+)
+
+
+def _cell(value: object) -> str:
+    """One field of a tab-separated line: no tab or line break may split it (a name never has one)."""
+    return " ".join(str(value).split()) if value is not None else ""
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else str(round(value))
+
+
+def plain_status(rows: list[RunSummary], unreadable: list[Unreadable]) -> list[str]:
+    """``status`` for pipes: a header, then one tab-separated line per run, whatever its length.
+
+    Numbers are plain integers (no thousands separators, no percentage), times are whole
+    seconds, and a field with nothing to say is empty, so ``grep NAME``, ``awk -F'\t'``
+    and ``sort -t$'\t' -k4n`` work. The columns are :data:`PLAIN_COLUMNS`; ``state`` is
+    one word of :data:`STATES` (or ``unreadable``), ``notes`` the rest of what the table's
+    status column says (``1/3 shards done; 4 dead letters``).
+    """
+    lines = ["\t".join(PLAIN_COLUMNS)]
+    for s in rows:
+        fields = (
+            s.job,
+            s.run,
+            s.now_state,
+            s.done,
+            s.total,
+            "" if s.rate is None else f"{s.rate:.1f}",  # a slow run's 0.4/s must not read 0
+            _seconds(s.eta),
+            _seconds(s.age),
+            s.lease,
+            s.owner if s.lease != "free" else "",
+            "; ".join(_notes(s, plain=True)),
+        )
+        lines.append("\t".join(_cell(f) for f in fields))
+    for job, run, _ in unreadable:
+        lines.append("\t".join(_cell(f) for f in (job, run, "unreadable", *[""] * (len(PLAIN_COLUMNS) - 3))))
+    return lines
 
 
 def lease_text(s: RunSummary) -> str:
@@ -422,8 +491,11 @@ __all__ = [
     "STATUS_HISTORY",
     "summarize",
     "group_shards",
+    "number",
     "progress_text",
     "state_text",
+    "PLAIN_COLUMNS",
+    "plain_status",
     "lease_text",
     "record_json",
     "iso",

@@ -34,10 +34,27 @@ The rules every store keeps (and ``tests/stores/test_contract.py`` checks):
   :class:`~restartable.errors.PermissionDenied`, unreadable records
   :class:`~restartable.errors.CheckpointCorrupt`; messages carry ``display``
   (the URL with its password redacted), never the raw URL.
+
+Read-only stores (``from_url(url, read_only=True)``, ``open_store(..., read_only=True)``),
+for commands that only look (``status``, ``show``, ``serve``):
+
+* Opening one never creates a file, directory, database, schema, table, key or lock
+  file, and runs no migration. A store that does not exist raises
+  :class:`~restartable.errors.StoreNotFound` (exit 78) naming it and what would
+  create it, a job's first run; a Redis store without keys is merely empty. A
+  database at an older schema version is read as it is (every version has the
+  columns the reads use); a newer one is refused with the upgrade to make.
+* ``load``, ``list_runs``, ``history``, ``markers`` and ``now`` work as usual. Every
+  write (``acquire``, ``save``, ``renew``, ``delete``, ``mark``, ``restore``,
+  ``cleanup``, ``transactional``) raises :class:`~restartable.errors.UsageError`
+  before any I/O (see :meth:`Store._make_read_only`). The connection itself is
+  read-only too where the database can say so (SQLite ``mode=ro``, a PostgreSQL
+  session with ``default_transaction_read_only``), so a missed path cannot write.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
@@ -45,7 +62,7 @@ from typing import Any, ClassVar, Self, TypeVar
 
 from .._checkpoint import COMPLETED, RUNNING, Checkpoint, HistoryEntry, Owner
 from .._url import StoreURL
-from ..errors import CheckpointCorrupt, Fenced, RunLocked
+from ..errors import CheckpointCorrupt, Fenced, RunLocked, UsageError
 
 __all__ = ["Store", "HISTORY_LIMIT", "Unreadable", "first_epoch"]
 
@@ -84,11 +101,29 @@ class Store(ABC):
 
     #: The store's URL with its password redacted: the only form that may be printed.
     display: str = ""
+    #: True when the store was opened read-only (see the module docstring): writes raise UsageError.
+    read_only: bool = False
+
+    #: The methods that write, refused by a read-only store.
+    _WRITES: ClassVar[tuple[str, ...]] = (
+        "acquire",
+        "save",
+        "renew",
+        "delete",
+        "mark",
+        "restore",
+        "cleanup",
+        "transactional",
+    )
 
     @classmethod
     @abstractmethod
-    def from_url(cls, url: StoreURL) -> Self:
-        """Open the store a parsed URL names. Raises ConfigError or MissingDriver."""
+    def from_url(cls, url: StoreURL, *, read_only: bool = False) -> Self:
+        """Open the store a parsed URL names. Raises ConfigError or MissingDriver.
+
+        With ``read_only`` the open creates nothing and a missing store raises
+        StoreNotFound; every write then raises UsageError (see the module docstring).
+        """
 
     # -- the core operations -------------------------------------------------
 
@@ -119,7 +154,10 @@ class Store(ABC):
         Sets ``updated`` and ``heartbeat`` to now and ``lease_expires`` to
         ``now + lease_seconds``, or to None when ``lease_seconds`` is None (the lease is
         released). Appends a history entry in the same atomic write and keeps at most
-        :data:`HISTORY_LIMIT`. Returns the record as stored.
+        :data:`HISTORY_LIMIT`; a store may sample its history instead (SQLite's
+        ``history_every``: at most a row a second by default), but always records a run's
+        first save in a process, a new owner, and every save whose status is not
+        ``running``. Returns the record as stored.
 
         The network stores (PostgreSQL, Redis) also order the saves of one runner: each
         carries a sequence number, and a save older than the stored one (its bytes delayed
@@ -235,6 +273,23 @@ class Store(ABC):
 
     # -- helpers for implementations ------------------------------------------
 
+    def _make_read_only(self) -> None:
+        """Refuse every write of this store object: each write method raises UsageError.
+
+        Called by a store's constructor when it is opened read-only. The refusal is
+        installed on the instance, in front of the class's methods, so every store refuses
+        the same way before any I/O, and the write paths themselves carry no check.
+        """
+        self.read_only = True
+        for name in self._WRITES:
+            setattr(self, name, functools.partial(self._refuse_write, name))
+
+    def _refuse_write(self, what: str, *args: Any, **kwargs: Any) -> Any:
+        raise UsageError(
+            f"{self.display} was opened read-only, so {what}() is refused: open the store without "
+            "read_only=True to change it (`status`, `show` and `serve` only read)"
+        )
+
     @staticmethod
     def _readable(
         listed: Iterable[tuple[str, str, _Raw]],
@@ -317,8 +372,17 @@ class Store(ABC):
         return exc
 
     def _fenced(self, job: str, run: str, epoch: int, stored: int | None) -> Fenced:
-        now_holder = "the record is gone (reset?)" if stored is None else f"the store is at epoch {stored}"
-        return Fenced(
-            f"job {job!r} run {run!r}: this runner (epoch {epoch}) was fenced off, {now_holder} in "
-            f"{self.display}; a newer runner owns the run, so this one stops without saving"
-        )
+        """The refusal of a write at ``epoch`` when the store holds ``stored`` (None: no record).
+
+        The message names what happened, and only that: a record gone means the run was
+        reset or deleted (no other runner need exist), and "a newer runner" is said only
+        when the stored epoch is above this runner's.
+        """
+        head = f"job {job!r} run {run!r}: this runner (epoch {epoch}) was fenced off in {self.display}"
+        if stored is None:
+            why = "the run was reset (or deleted) while this runner worked; it stops without saving"
+        elif stored > epoch:
+            why = f"a newer runner (epoch {stored}) owns the run, so this one stops without saving"
+        else:
+            why = f"the record is now at epoch {stored}, not this runner's, so it stops without saving"
+        return Fenced(f"{head}: {why}")

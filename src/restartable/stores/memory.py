@@ -34,14 +34,24 @@ class MemoryStore(Store):
 
     schemes = ("memory",)
 
-    def __init__(self, name: str = "") -> None:
+    def __init__(self, name: str = "", *, read_only: bool = False) -> None:
+        """The store ``name`` (shared in this process; "" for a private one).
+
+        ``read_only``: writes raise UsageError, and a name no store used yet is not
+        registered (it reads as empty).
+        """
         with _SHARED_LOCK:
-            self._d = _SHARED.setdefault(name, _Data()) if name else _Data()
+            if read_only:
+                self._d = _SHARED.get(name) or _Data()
+            else:
+                self._d = _SHARED.setdefault(name, _Data()) if name else _Data()
         self.display = f"memory://{name}"
+        if read_only:
+            self._make_read_only()
 
     @classmethod
-    def from_url(cls, url: StoreURL) -> Self:
-        return cls(url.raw.split("://", 1)[1].strip("/"))
+    def from_url(cls, url: StoreURL, *, read_only: bool = False) -> Self:
+        return cls(url.raw.split("://", 1)[1].strip("/"), read_only=read_only)
 
     def load(self, job: str, run: str) -> Checkpoint | None:
         with self._d.lock:
