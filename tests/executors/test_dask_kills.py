@@ -130,19 +130,25 @@ def test_worker_sigkill_mid_run_completes_and_redoes_only_its_items(
     assert sorted(collected(events)) == list(range(N)), "each item must reach the loop exactly once"
     runs = Counter(e.item for e in events if e.kind == "s")
     redone = sorted(i for i, c in runs.items() if c > 1)
+    # Dask releases a collected result asynchronously (the client drops its future, then tells
+    # the scheduler), so a result the driver took just before the kill may still be held by the
+    # lost worker, and Dask recomputes it for nobody. Only the last few collections qualify:
+    # an item collected earlier and run again would be a resubmission of ours.
+    recent = {e.item for e in [e for e in events if e.kind == "c" and e.seq < kill][-2 * WORKERS :]}
     for i in redone:
         before = [e for e in events if e.item == i and e.seq < kill]
         assert before and all(e.pid == lost.pid for e in before if e.kind in "sd"), (
             f"item {i} was run again but its first run was not on the lost worker: {before}"
         )
-        assert not [e for e in before if e.kind == "c"], f"item {i} was run again after its result was collected"
+        if [e for e in before if e.kind == "c"]:
+            assert i in recent, f"item {i} was run again long after its result was collected (recent: {recent})"
     on_lost = {e.item for e in events if e.kind == "s" and e.pid == lost.pid}
     rec = _record(store, "w")
     assert rec.status == COMPLETED and rec.done == N, rec
     with capsys.disabled():
         print(
             f"\ndask worker kill: {len(on_lost)} items ran on the lost worker, {len(redone)} of them run again "
-            f"(in flight there, or finished and not yet collected): {redone}"
+            f"(in flight there, finished and not yet collected, or collected but not yet released): {redone}"
         )
 
 
