@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import atexit
 import glob
-import importlib.util
 import os
 import pwd
 import shutil
@@ -31,6 +30,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+
+from ci_env import unavailable as _unavailable
 
 __all__ = ["PgServer", "find_bindir", "private_postgres"]
 
@@ -173,16 +174,6 @@ def _template(bindir: Path) -> Path:
             conf.write("".join(f"{k} = '{v}'\n" for k, v in _SETTINGS.items()))
         _template_dir = data
     return _template_dir
-
-
-def _unavailable(reason: str) -> None:
-    """tests/conftest.py's unavailable(): skip outside CI, fail with CI=true."""
-    # Loaded by path: with two conftest.py files, the module name "conftest" is ambiguous.
-    spec = importlib.util.spec_from_file_location("_rt_tests_conftest", Path(__file__).with_name("conftest.py"))
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.unavailable(reason)
 
 
 def new_server(*, hba: Sequence[str] = ()) -> PgServer:

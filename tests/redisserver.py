@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from ci_env import unavailable
+
 __all__ = ["RedisServer", "private_redis", "redis_server_factory", "self_signed_cert"]
 
 
@@ -202,17 +204,6 @@ class RedisServer:
         self.start()
 
 
-def _unavailable(request: pytest.FixtureRequest, reason: str) -> None:
-    """tests/conftest.py's unavailable(): skip outside CI, fail with CI=true."""
-    # Found through pytest's plugin manager: the module name "conftest" is shared by
-    # every conftest.py, so a plain import could pick the wrong one.
-    root = Path(__file__).with_name("conftest.py").resolve()
-    for plugin in request.config.pluginmanager.get_plugins():
-        if Path(getattr(plugin, "__file__", "") or "/").resolve() == root:
-            plugin.unavailable(reason)
-    pytest.fail(f"tests/conftest.py was not loaded ({reason})")
-
-
 @pytest.fixture
 def redis_server_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     """Make started private servers: ``factory(password=None, tls=False, appendonly=False)``; all stopped
@@ -220,14 +211,14 @@ def redis_server_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iter
     try:
         import redis  # noqa: F401
     except ImportError:
-        _unavailable(request, "redis-py is not installed (pip install 'restartable[redis]')")
+        unavailable("redis-py is not installed (pip install 'restartable[redis]')")
     if shutil.which("redis-server") is None:
-        _unavailable(request, "the redis-server binary is not installed")
+        unavailable("the redis-server binary is not installed")
     servers: list[RedisServer] = []
 
     def make(*, password: str | None = None, tls: bool = False, appendonly: bool = False) -> RedisServer:
         if tls and shutil.which("openssl") is None:
-            _unavailable(request, "openssl is not installed (needed for the TLS test certificate)")
+            unavailable("openssl is not installed (needed for the TLS test certificate)")
         workdir = tmp_path / f"redis{len(servers)}"
         workdir.mkdir(mode=0o700)
         server = RedisServer(

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pgserver import _unavailable as unavailable  # tests/conftest.py's, loaded by path (two conftest.py files)
+from ci_env import unavailable
 from restartable import Job
 from restartable.errors import UsageError
 from restartable.metrics import Pusher, attach

@@ -39,6 +39,7 @@ from typing import Any
 
 import pytest
 
+from ci_env import unavailable
 from crashfs import STRACE_CALLS, Mark, Recorder, Stats, crash_states, materialize, parse_strace
 from restartable._checkpoint import Checkpoint, Owner
 from restartable.errors import CheckpointCorrupt, RestartableError
@@ -50,14 +51,6 @@ HEIR = Owner(host="host-b", pid=222)
 LEASE = 600.0
 
 Key = tuple[Any, ...] | None
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def unavailable(reason: str) -> None:
-    """Skip outside CI, fail in CI (tests/conftest.py's rule; that module is shadowed here by tests/stores/conftest.py)."""
-    if IN_CI:
-        pytest.fail(f"CI=true but {reason}")
-    pytest.skip(reason)
 
 
 def key(rec: Checkpoint | None) -> Key:
@@ -193,17 +186,21 @@ class Violation:
         )
 
 
-def _recover_file(root: str) -> Key:
-    store = open_store(f"file://{root}/store")
+def _recover(url: str) -> Key:
+    """What a restart finds at ``url``; the run then goes on from there (a new owner takes it over)."""
+    store = open_store(url)
     try:
         got = store.load(JOB, RUN)
         if got is not None:
-            # The run goes on from here: a new owner takes it over at this very record.
             taken = store.acquire(JOB, RUN, owner=HEIR, lease_seconds=LEASE, steal_epoch=got.epoch)
             assert (taken.done, taken.state) == (got.done, got.state), "the takeover moved the run"
         return key(got)
     finally:
         store.close()
+
+
+def _recover_file(root: str) -> Key:
+    return _recover(f"file://{root}/store")
 
 
 def check(
@@ -411,15 +408,7 @@ _SQLITE_CHILD = textwrap.dedent(
 
 
 def _recover_sqlite(root: str) -> Key:
-    store = open_store(f"sqlite:///{root}/db/checkpoints.db")
-    try:
-        got = store.load(JOB, RUN)
-        if got is not None:
-            taken = store.acquire(JOB, RUN, owner=HEIR, lease_seconds=LEASE, steal_epoch=got.epoch)
-            assert (taken.done, taken.state) == (got.done, got.state), "the takeover moved the run"
-        return key(got)
-    finally:
-        store.close()
+    return _recover(f"sqlite:///{root}/db/checkpoints.db")
 
 
 def record_sqlite(

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pgserver import _unavailable as unavailable  # tests/conftest.py's (two conftest.py files)
+from ci_env import unavailable
 from procs import clean_env
 
 OLD_COMMIT = "145aab9"

@@ -11,7 +11,6 @@ command-line tools when they are installed.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -21,10 +20,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from pgserver import _unavailable as unavailable  # tests/conftest.py's (two conftest.py files)
+from ci_env import IN_CI, unavailable
 from restartable import Owner, open_store
-
-IN_CI = os.environ.get("CI", "").lower() == "true"
 
 ME = Owner(host="h", pid=1, token="me")
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "stores"

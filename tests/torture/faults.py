@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import pytest
+from ci_env import unavailable  # noqa: F401 - the torture modules import it from here
 
 __all__ = ["FAULTS", "LOCAL_ONLY", "NET", "SERVER_ONLY", "Tmpfs", "fill", "read_only", "unavailable"]
 
@@ -47,13 +47,6 @@ LOCAL_ONLY = frozenset({"enospc", "readonly"})
 NET = frozenset({"net-reset", "net-blackhole", "net-commit", "net-delay"})
 #: Faults of a server: postgresql and redis only.
 SERVER_ONLY = frozenset({"restart", "restart-keep"}) | NET
-
-
-def unavailable(reason: str) -> None:
-    """Skip outside CI, fail with CI=true (the rule of tests/conftest.py's ``unavailable``)."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true but {reason}")
-    pytest.skip(reason)
 
 
 class Tmpfs:

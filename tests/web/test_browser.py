@@ -29,6 +29,8 @@ from typing import Any
 
 import pytest
 
+from ci_env import unavailable
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: procs, conftest
 from procs import Spawner, Worker, clean_env, wait_items, write_worker  # noqa: E402
 
@@ -52,12 +54,6 @@ TIMING = {
     "lease_age_seconds",
     "lease_expires_in_seconds",
 }
-
-
-def _unavailable(reason: str) -> None:
-    from ci_env import unavailable
-
-    unavailable(reason)
 
 
 @dataclass
@@ -168,9 +164,9 @@ def browser() -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _unavailable("playwright is not installed (pip install -e '.[dev]')")
+        unavailable("playwright is not installed (pip install -e '.[dev]')")
     if not os.access(CHROMIUM, os.X_OK):
-        _unavailable(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+        unavailable(f"{CHROMIUM} is missing (apt-get install -y chromium)")
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
