@@ -37,6 +37,7 @@ before the crash.
 from __future__ import annotations
 
 import builtins
+import errno
 import hashlib
 import itertools
 import os
@@ -99,13 +100,26 @@ class Sync:
 
 
 @dataclass(frozen=True)
+class FailedSync:
+    """A sync of a file that returned an error (EIO: "fsyncgate").
+
+    Linux then marks the file's dirty pages clean (ext4, XFS) or drops them: the writes
+    since its last good sync may never reach the disk, whatever later syncs return, while
+    a read still sees them in the page cache. The model keeps each of them optional at
+    every later crash point (lost, torn or whole), never durable.
+    """
+
+    ino: int
+
+
+@dataclass(frozen=True)
 class Mark:
     """A label from the test: ``start`` (crash points begin here) or ``ack`` (an operation returned)."""
 
     label: str
 
 
-Op = Create | Rename | Unlink | Write | Truncate | Sync | Mark
+Op = Create | Rename | Unlink | Write | Truncate | Sync | FailedSync | Mark
 _DIRENT = (Create, Rename, Unlink)
 
 
@@ -187,6 +201,8 @@ class Recorder:
         self.ops: list[Op] = []
         self.fds: dict[int, int] = {}
         self._next = 1
+        #: Syncs of files still to fail (see :meth:`fail_file_syncs`).
+        self._failing = 0
 
     # -- events (shared by the os wrappers and the strace parser) --
 
@@ -253,6 +269,19 @@ class Recorder:
         ino = self.fds.get(fd)
         if ino is not None:
             self._truncate(ino, length)
+
+    def fail_file_syncs(self, count: int = 1) -> None:
+        """Make the next ``count`` fsync/fdatasync calls on files under the world raise EIO
+        without syncing, recorded as :class:`FailedSync` (the wrapped ``os`` functions only)."""
+        self._failing = count
+
+    def _sync_fails(self, fd: int) -> bool:
+        ino = self.fds.get(fd)
+        if self._failing <= 0 or ino is None or ino in self.tree.dirs:
+            return False
+        self._failing -= 1
+        self.ops.append(FailedSync(ino))
+        return True
 
     def synced(self, fd: int) -> None:
         ino = self.fds.get(fd)
@@ -345,6 +374,8 @@ class Recorder:
 
         def p_sync(name: str) -> Callable[[int], None]:
             def sync(fd: int) -> None:
+                if self._sync_fails(fd):
+                    raise OSError(errno.EIO, os.strerror(errno.EIO))
                 real[name](fd)
                 self.synced(fd)
 
@@ -677,8 +708,9 @@ def _first_sync(ops: list[Op]) -> list[float]:
     """For each op, the index of the first later sync that makes it durable (inf when none;
     -1 for syncs and marks, which change nothing on disk).
 
-    Data (writes, truncates) is durable after a sync of its file; a directory entry after a
-    sync of its directory (a cross-directory rename after syncs of both: ours stay in one).
+    Data (writes, truncates) is durable after a sync of its file, unless a sync of that
+    file failed first (:class:`FailedSync`: then never); a directory entry after a sync of
+    its directory (a cross-directory rename after syncs of both: ours stay in one).
     """
     inf = float("inf")
     out: list[float] = []
@@ -695,6 +727,8 @@ def _first_sync(ops: list[Op]) -> list[float]:
         found = {t: inf for t in targets}
         for j in range(i + 1, len(ops)):
             o = ops[j]
+            if isinstance(o, FailedSync) and o.ino in found and found[o.ino] == inf:
+                break  # the page was marked clean: no later sync writes it
             if isinstance(o, Sync) and o.ino in found and found[o.ino] == inf:
                 found[o.ino] = j
                 if all(v != inf for v in found.values()):

@@ -42,7 +42,7 @@ import pytest
 from ci_env import unavailable
 from crashfs import STRACE_CALLS, Mark, Recorder, Stats, crash_states, materialize, parse_strace
 from restartable._checkpoint import Checkpoint, Owner
-from restartable.errors import CheckpointCorrupt, RestartableError
+from restartable.errors import CheckpointCorrupt, RestartableError, StoreUnavailable
 from restartable.stores import open_store
 
 JOB, RUN = "crash-job", "run-1"
@@ -90,6 +90,52 @@ def save(n: int, size: int = 64) -> Step:
         )
 
     return step
+
+
+@dataclass(frozen=True)
+class Failed:
+    """What a step returns when its store call failed (a sync that returned EIO): the record it
+    tried to write may or may not be what a crash leaves, and the run goes on from it."""
+
+    attempted: Checkpoint
+
+
+@dataclass(frozen=True)
+class InDoubt:
+    """The outcome of a failed step: any of these records is a correct recovery."""
+
+    keys: tuple[Key, ...]
+
+
+#: The recorder of the case being recorded (a step that injects a fault reaches it here).
+_RECORDING: list[Recorder] = []
+
+
+def failing_save(n: int) -> Step:
+    """A save whose ``fdatasync`` returns EIO ("fsyncgate"): the store must report it, and no
+    later write may then lose the last acknowledged save (see crashfs.FailedSync)."""
+
+    def step(store: Any, cur: Checkpoint | None) -> Failed:
+        assert cur is not None
+        attempted = cur.replace(done=n, positions={"items": {"i": n}}, state={"n": n, "pad": _pad(64, n)})
+        _RECORDING[-1].fail_file_syncs(1)
+        with pytest.raises(StoreUnavailable, match="EIO"):
+            store.save(attempted, lease_seconds=LEASE)
+        got = store.load(JOB, RUN)  # what the page cache now says
+        assert got is not None and got.done in (cur.done, n)
+        return Failed(attempted)
+
+    return step
+
+
+def takeover(store: Any, cur: Checkpoint | None) -> Checkpoint:
+    """Another process (a fresh store object, an empty cache) takes the run over."""
+    assert cur is not None
+    other = open_store(f"file://{store.root}")
+    try:
+        return other.acquire(JOB, RUN, owner=HEIR, lease_seconds=LEASE, steal_epoch=cur.epoch)
+    finally:
+        other.close()
 
 
 def delete(store: Any, cur: Checkpoint | None) -> None:
@@ -154,7 +200,8 @@ def record_file_store(
     """
     os.mkdir(world, 0o700)
     rec = Recorder(world, drop_syncs=drop_syncs)
-    outcomes: list[Key] = [None]
+    outcomes: list[Key | InDoubt] = [None]
+    _RECORDING.append(rec)
     with monkeypatch.context() as m:
         rec.patch(m)
         if start_after == 0:
@@ -162,12 +209,22 @@ def record_file_store(
         store = open_store(f"file://{world}/store")
         cur: Checkpoint | None = None
         for n, step in enumerate(steps, 1):
-            cur = step(store, cur)
-            outcomes.append(key(cur))
+            done = step(store, cur)
+            if isinstance(done, Failed):
+                # Still in doubt after it: whatever was before it (itself in doubt, perhaps), or its record.
+                before = outcomes[-1]
+                outcomes.append(
+                    InDoubt((*(before.keys if isinstance(before, InDoubt) else (before,)), key(done.attempted)))
+                )
+                cur = done.attempted
+            else:
+                cur = done
+                outcomes.append(key(cur))
             rec.mark("ack")
             if n == start_after:
                 rec.mark("start")
         store.close()
+    _RECORDING.remove(rec)
     return rec.ops, outcomes
 
 
@@ -205,7 +262,7 @@ def _recover_file(root: str) -> Key:
 
 def check(
     ops: list[Any],
-    outcomes: list[Key],
+    outcomes: list[Key | InDoubt],
     scratch: str,
     recover: Callable[[str], Key],
     **enum: Any,
@@ -215,7 +272,8 @@ def check(
     bad: list[Violation] = []
     for st in crash_states(ops, stats=stats, **enum):
         materialize(st.files, scratch)
-        valid = outcomes[st.acked : st.acked + 2]
+        # The last acknowledged outcome or the one in flight (either of a failed step's).
+        valid = [k for o in outcomes[st.acked : st.acked + 2] for k in (o.keys if isinstance(o, InDoubt) else (o,))]
         try:
             got: Any = recover(scratch)
         except RestartableError as exc:  # CheckpointCorrupt, or a store that does not even open
@@ -282,6 +340,14 @@ FILE_CASES = {
     "upgrade-from-version-1": ([acquire, save(1), to_version_1, save(2), save(3)], 3),
     # After an acknowledged delete the run is created again (a new lock file, a fresh first generation).
     "save-after-delete": ([acquire, save(1), save(2), delete, acquire, save(3), save(4)], 4),
+    # A sync that fails (EIO) leaves its slot in doubt for good: the page cache shows the new
+    # bytes, the disk may never get them. The next save must not overwrite the other slot,
+    # the last acknowledged save, in place: it writes a whole new file first.
+    "fdatasync-fails": ([acquire, save(1), failing_save(2), save(3), save(4)], 2),
+    # Twice in a row: the disk keeps failing, the last good save must still be there.
+    "fdatasync-fails-twice": ([acquire, save(1), failing_save(2), failing_save(3), save(4)], 2),
+    # The process that saw the EIO dies; the next one reads the page cache's version and takes over.
+    "fdatasync-fails-then-takeover": ([acquire, save(1), failing_save(2), takeover], 2),
 }
 
 

@@ -10,6 +10,7 @@ sequences are enumerated in tests/stores/test_crash_states.py.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -20,8 +21,9 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
+from restartable import Job
 from restartable._checkpoint import Owner, encode_record
-from restartable.errors import CheckpointCorrupt, Fenced, UsageError
+from restartable.errors import CheckpointCorrupt, Fenced, StoreUnavailable, UsageError
 from restartable.stores import open_store
 from restartable.stores.file import FileStore, _entry_json, raw_record
 
@@ -204,6 +206,73 @@ def test_a_steady_state_save_is_one_pwrite_and_one_fdatasync(store, root, monkey
     after = os.stat(path)
     assert (after.st_ino, after.st_size) == (before.st_ino, before.st_size)
     assert FileStore(root).load(JOB, RUN).done == 19
+
+
+def _eio(fd):
+    raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+def test_after_a_failed_fdatasync_the_next_save_writes_a_new_file(store, root, monkeypatch):
+    """fsyncgate: after EIO the page cache shows a slot the disk may never hold, so the next
+    save must not overwrite the other slot (the last good save) in place (the crash states
+    are enumerated in test_crash_states.py, "fdatasync-fails")."""
+    rec = _two_saves(store)
+    path = _path(root)
+    ino = path.stat().st_ino
+    with monkeypatch.context() as m:
+        m.setattr(os, "fdatasync", _eio)
+        with pytest.raises(StoreUnavailable, match="EIO"):
+            store.save(rec.replace(done=3), lease_seconds=30)
+    with monkeypatch.context() as m:
+        calls = _Calls(m)
+        rec = store.save(rec.replace(done=4), lease_seconds=30)
+    # A whole new file, both slots synced before it replaces the old one.
+    assert calls.counts["replace"] == 1 and calls.counts["pwrite"] == 0 and path.stat().st_ino != ino
+    with monkeypatch.context() as m:
+        calls = _Calls(m)
+        store.save(rec.replace(done=5), lease_seconds=30)
+    assert calls.counts["replace"] == 0 and calls.counts["pwrite"] == calls.counts["fdatasync"] == 1
+    assert FileStore(root).load(JOB, RUN).done == 5
+
+
+def test_a_process_first_write_to_a_run_is_a_new_file(store, root, monkeypatch):
+    """What another process left may be a slot whose sync failed: its first write starts anew."""
+    rec = _two_saves(store)
+    heir = FileStore(root)
+    try:
+        with monkeypatch.context() as m:
+            calls = _Calls(m)
+            taken = heir.acquire(JOB, RUN, owner=OTHER, lease_seconds=30, steal_epoch=rec.epoch)
+        assert calls.counts["replace"] == 1 and calls.counts["pwrite"] == 0
+        with monkeypatch.context() as m:
+            calls = _Calls(m)
+            heir.save(taken.replace(done=3), lease_seconds=30)
+        assert calls.counts["replace"] == 0 and calls.counts["pwrite"] == 1
+    finally:
+        heir.close()
+
+
+def test_a_job_whose_fdatasync_fails_stops_and_its_rerun_loses_nothing(root, monkeypatch):
+    url = f"file://{root}"
+    real, syncs, seen = os.fdatasync, [0], []
+
+    def fifth_fails(fd):
+        syncs[0] += 1
+        if syncs[0] == 5:
+            _eio(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fifth_fails)
+    with pytest.raises(StoreUnavailable, match="EIO"):
+        with Job("eio", store=url, progress=False, handle_signals=False) as job:
+            for i in job.iterate(range(10), every=1):
+                seen.append(i)
+    monkeypatch.setattr(os, "fdatasync", real)
+    with Job("eio", store=url, progress=False, handle_signals=False) as job:
+        rest = list(job.iterate(range(10), every=1))
+    # Resumed at the failed save or the one before it (never further back): at most one item again.
+    assert rest and rest == list(range(rest[0], 10)) and rest[0] >= len(seen) - 1, (seen, rest)
+    assert job.record.status == "completed"
 
 
 def test_a_record_larger_than_its_slot_takes_the_slow_path_once(store, root, monkeypatch):

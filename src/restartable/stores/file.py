@@ -43,8 +43,11 @@ time with one ``statx`` that asks for no timestamps that the path still names th
 held open (see ``_load_statx`` for why no plain stat). The newest generation is never overwritten, so a torn write leaves it readable.
 The slow path, a new file through temp + fsync + rename + directory fsync with the
 previous generation in its other slot, is for a new run, a record larger than a slot
-(slots 1.5x the record), a hard-linked file (a backup's copy must not change) and the
-first write to a version-1 run, whose ``.prev`` it then removes.
+(slots 1.5x the record), a hard-linked file (a backup's copy must not change), the
+first write to a version-1 run, whose ``.prev`` it then removes, and any write to a file
+whose two slots this store did not sync itself: a store object's first write to a run,
+and the write after a failed one (an EIO from ``fdatasync`` leaves in the page cache a
+slot the disk may never hold; see ``_write``).
 
 Recovery takes the valid slot with the higher sequence number. A damaged slot beside a
 good one whose whole header names the next sequence number is a save cut short (logged
@@ -461,10 +464,11 @@ class FileStore(Store):
         # (job, run) -> its open lock file (and checkpoint file), least recently used first.
         self._lock_fds: OrderedDict[tuple[str, str], _Open] = OrderedDict()
         self._pid = os.getpid()
-        # Per run, the bytes and generation this store last wrote or read, and how many bytes
-        # of each slot are not padding: the next save compares the file with them instead of
-        # parsing the whole document again.
-        self._cache: dict[tuple[str, str], tuple[bytearray, _Gen, list[int]]] = {}
+        # Per run, the bytes and generation this store last wrote or read, how many bytes of
+        # each slot are not padding, and whether this store made both slots durable itself:
+        # the next save compares the file with them instead of parsing the whole document
+        # again, and writes in place only over bytes it knows are on the disk.
+        self._cache: dict[tuple[str, str], tuple[bytearray, _Gen, list[int], bool]] = {}
         if os.path.exists(self.root) and not os.path.isdir(self.root):
             raise ConfigError(f"{self.display}: {self.root} is not a directory; the file store needs one")
         if read_only:
@@ -608,7 +612,9 @@ class FileStore(Store):
                 bad_current = exc
             else:
                 if current.slot_size:
-                    self._remember((job, run), bytearray(current.data), gen)
+                    # Read, not written: what the page cache shows may be a write whose sync
+                    # failed (ours or a dead process's) and that the disk will never hold.
+                    self._remember((job, run), bytearray(current.data), gen, durable=False)
                 return gen
         # Here current is missing (no record, a version-1 crash between the two renames, a
         # delete cut short) or damaged.
@@ -705,14 +711,17 @@ class FileStore(Store):
             f"(store {self.display}) to start the run over."
         )
 
-    def _remember(self, key: tuple[str, str], image: bytearray, gen: _Gen, used: list[int] | None = None) -> None:
-        """Keep ``image`` (the whole version-2 file, as on disk now), its newest generation, and
-        per slot how many bytes are not padding (``used``; counted here when not given)."""
+    def _remember(
+        self, key: tuple[str, str], image: bytearray, gen: _Gen, used: list[int] | None = None, *, durable: bool
+    ) -> None:
+        """Keep ``image`` (the whole version-2 file, as on disk now), its newest generation,
+        per slot how many bytes are not padding (``used``; counted here when not given), and
+        whether this store synced both slots itself (``durable``)."""
         if used is None:
             size = len(image) // 2
             used = [_used(image, 0, size), _used(image, size, size)]
         self._cache.pop(key, None)
-        self._cache[key] = (image, gen, used)
+        self._cache[key] = (image, gen, used, durable)
         if len(self._cache) > _MAX_OPEN_LOCKS:
             del self._cache[next(iter(self._cache))]  # the least recently used run
 
@@ -771,13 +780,29 @@ class FileStore(Store):
         checked against the cache (-1: it cannot be written in place). Anything else
         (a new run, a version-1 run, a record larger than its slot, a hard-linked file)
         writes a whole new file through temp + fsync + rename + directory fsync.
+
+        In place only over a file whose two slots this store synced itself: ``base``, the
+        slot kept, must be on the disk. A file read instead (the first write of a process,
+        a file another process wrote) may show in its newest slot a write whose sync failed:
+        after an EIO from ``fdatasync`` Linux marks those pages clean, so the page cache
+        shows bytes the disk may never get ("fsyncgate"), and overwriting the other slot
+        in place could leave no good generation on the disk. Such a file is written anew
+        once (the slow path syncs both slots), and a failed in-place write forgets the
+        cache so that the next write is such a first write.
         """
         key = (rec.job, rec.run)
         seq = base.seq + 1 if base is not None else 1
         block = _slot_bytes(rec, history, seq, text)
         cached = self._cache.get(key)
-        if fd >= 0 and base is not None and base.slot is not None and cached is not None and cached[1] is base:
-            image, _, used = cached  # changed only once the write is durable
+        if (
+            fd >= 0
+            and base is not None
+            and base.slot is not None
+            and cached is not None
+            and cached[1] is base
+            and cached[3]
+        ):
+            image, _, used, _ = cached  # changed only once the write is durable
             size = len(image) // 2
             if len(block) <= size:
                 target = 1 - base.slot
@@ -788,13 +813,18 @@ class FileStore(Store):
                 if used[target] > end:
                     block += b"\n" * (used[target] - end)
                 view, done = memoryview(block), 0
-                while done < len(block):
-                    done += os.pwrite(fd, view[done:], offset + done)
-                # fdatasync: the data only; the size and the directory entry did not change.
-                os.fdatasync(fd)
+                try:
+                    while done < len(block):
+                        done += os.pwrite(fd, view[done:], offset + done)
+                    # fdatasync: the data only; the size and the directory entry did not change.
+                    os.fdatasync(fd)
+                except BaseException:
+                    # The slot is in doubt for good (see above): the next write starts anew.
+                    self._cache.pop(key, None)
+                    raise
                 image[offset : offset + len(block)] = block
                 used[target] = end
-                self._remember(key, image, _Gen(rec, history, seq, target), used)
+                self._remember(key, image, _Gen(rec, history, seq, target), used, durable=True)
                 return
         # The slow path: a whole new file. The other slot keeps the generation this one
         # follows (a copy of this one for a new run), so a later damage has a fallback.
@@ -819,7 +849,7 @@ class FileStore(Store):
         # A version-1 run's previous generation is inside the new file now.
         _unlink(p.prev)
         self._fsync_dir(p.job_dir)
-        self._remember(key, image, _Gen(rec, history, seq, target))
+        self._remember(key, image, _Gen(rec, history, seq, target), durable=True)
 
     def _fsync_dir(self, directory: str) -> None:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
