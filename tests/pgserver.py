@@ -72,8 +72,9 @@ class PgServer:
     ``host all pwuser 127.0.0.1/32 scram-sha-256`` to test password checks).
     """
 
-    def __init__(self, *, bindir: Path, template: Path, hba: Sequence[str] = ()) -> None:
+    def __init__(self, *, bindir: Path, template: Path, hba: Sequence[str] = (), listen: str = "127.0.0.1") -> None:
         self.bindir = bindir
+        self.listen = listen
         self.root = Path(tempfile.mkdtemp(prefix="rt-pg-"))
         self._chown(self.root)
         self.datadir = self.root / "data"
@@ -90,7 +91,7 @@ class PgServer:
 
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
-        opts = f"-c port={self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root}"
+        opts = f"-c port={self.port} -c listen_addresses={self.listen} -c unix_socket_directories={self.root}"
         self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.logfile), "-o", opts)
         self.running = True
 
@@ -111,9 +112,11 @@ class PgServer:
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def url(self, *, user: str = "postgres", password: str | None = None, dbname: str = "postgres") -> str:
+    def url(
+        self, *, user: str = "postgres", password: str | None = None, dbname: str = "postgres", host: str = "127.0.0.1"
+    ) -> str:
         auth = user if password is None else f"{user}:{password}"
-        return f"postgresql://{auth}@127.0.0.1:{self.port}/{dbname}"
+        return f"postgresql://{auth}@{host}:{self.port}/{dbname}"
 
     def execute(self, statement: str) -> None:
         """Run one statement as the superuser, in autocommit (e.g. CREATE ROLE)."""
@@ -176,7 +179,7 @@ def _template(bindir: Path) -> Path:
     return _template_dir
 
 
-def new_server(*, hba: Sequence[str] = ()) -> PgServer:
+def new_server(*, hba: Sequence[str] = (), listen: str = "127.0.0.1") -> PgServer:
     """A started private server, or skip/fail (via unavailable()) when it cannot be had."""
     bindir = find_bindir()
     if bindir is None:
@@ -191,7 +194,7 @@ def new_server(*, hba: Sequence[str] = ()) -> PgServer:
     except ImportError:
         _unavailable("psycopg is not installed (pip install 'restartable[postgres]')")
     assert bindir is not None
-    server = PgServer(bindir=bindir, template=_template(bindir), hba=hba)
+    server = PgServer(bindir=bindir, template=_template(bindir), hba=hba, listen=listen)
     try:
         server.start()
     except Exception:

@@ -31,6 +31,18 @@ and nothing happens to a connection from another thread. When it expires:
   ends this way is "outcome unknown" (``conn.broken``), which
   :func:`restartable._sources.transaction` resolves by reading the checkpoint back.
 
+The other side of a partition is the server's: a client host that vanishes (a node lost,
+a partition that does not heal) while its session holds row locks (an open
+``job.transaction()``) leaves the session "idle in transaction" until the server's TCP
+keepalive gives up on it, after the operating system's default: 2 h 11 min on Linux.
+Until then no runner can take the run over (its acquire waits on the row lock). So every
+session we open asks the server for keepalive probes after :data:`SERVER_KEEPALIVE`
+(60 s idle, then every 10 s, 6 unanswered: the session ends about 2 minutes after its
+client went silent) and a ``tcp_user_timeout`` (PostgreSQL 12+) for data the client
+never acknowledges; a client whose kernel still answers (a live process, however slow
+or stopped) is never cut off. A URL whose ``options`` set any ``tcp_keepalives_*`` or
+``tcp_user_timeout`` keeps its own values. On a Unix socket the settings are ignored.
+
 The deadline bounds one wait, so it also bounds a statement that is legitimately slow
 (a long query in ``job.transaction()``, a lock wait): raise ``read_timeout`` above your
 longest statement, or set ``0``. ``conn.notifies(timeout=...)`` keeps its own timeout.
@@ -46,6 +58,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import sql
 
 from .._url import parse_duration
 from ..errors import ConfigError, MissingDriver
@@ -117,6 +130,11 @@ class DeadlineConnection(psycopg.Connection):  # type: ignore[type-arg]  # rows 
 
 #: The session's own start, which with its pid names it uniquely (a pid is reused, the pair never).
 _BACKEND_START = "SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+#: The server's TCP keepalive for our sessions: idle seconds before the first probe, seconds
+#: between probes, unanswered probes before the server ends the session (see the module docstring).
+SERVER_KEEPALIVE: tuple[int, int, int] = (60, 10, 6)
+#: ``tcp_user_timeout`` (ms) asked of PostgreSQL 12 and newer: data unacknowledged this long ends the session.
+SERVER_USER_TIMEOUT_MS = 120_000
 #: Bounds of the attempt to end an abandoned session (seconds): it must never hold up the
 #: caller, who is already past its deadline, by more than a few seconds.
 _REAP_MAX = 5.0
@@ -159,24 +177,55 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300]
 
 
-def _note_session(conn: DeadlineConnection, conninfo: str, autocommit: bool) -> None:
-    """Remember what :func:`_end_abandoned` needs: how to reach the server, the session's start.
+def _keepalive_settings(server_version: int, options: str) -> list[tuple[str, str]]:
+    """The session settings that make the server notice a vanished client (module docstring)."""
+    if "tcp_keepalives" in options or "tcp_user_timeout" in options:
+        return []  # the URL's own choice
+    idle, interval, count = SERVER_KEEPALIVE
+    out = [
+        ("tcp_keepalives_idle", str(idle)),
+        ("tcp_keepalives_interval", str(interval)),
+        ("tcp_keepalives_count", str(count)),
+    ]
+    if server_version >= 120000:
+        out.append(("tcp_user_timeout", str(SERVER_USER_TIMEOUT_MS)))
+    return out
+
+
+def _prepare_session(
+    conn: DeadlineConnection, conninfo: str, autocommit: bool, *, remember: bool, options: str
+) -> None:
+    """Ask for the server's keepalive (:func:`_keepalive_settings`) and, when ``remember``,
+    remember what :func:`_end_abandoned` needs: how to reach the server, the session's start.
 
     One round trip per connection, never in a transaction (autocommit is switched on
-    around it, client side only). Without an answer (a pooler that hides
-    ``pg_stat_activity``) the session is simply not ended after a deadline.
+    around it, client side only). A server or pooler that refuses it (one that hides
+    ``pg_stat_activity``, or a setting) costs a second try with the keepalive alone; without
+    the session's start the session is simply not ended after a deadline.
     """
+    settings = _keepalive_settings(conn.info.server_version, options)
+    calls = [sql.SQL("set_config({}, {}, false)").format(name, value) for name, value in settings]
+    attempts = []
+    if remember:
+        attempts.append(sql.SQL("SELECT ({})").format(sql.SQL(_BACKEND_START)))
+        if calls:
+            attempts[0] = sql.SQL(", ").join([attempts[0], *calls])
+    if calls:
+        attempts.append(sql.SQL("SELECT NULL, ") + sql.SQL(", ").join(calls))
+    row = None
     try:
         conn.autocommit = True
-        row = conn.execute(_BACKEND_START).fetchone()
-    except psycopg.Error:
-        if conn.broken or conn.closed:
-            raise
-        row = None
+        for statement in attempts:
+            try:
+                row = conn.execute(statement).fetchone()
+                break
+            except psycopg.Error:
+                if conn.broken or conn.closed:
+                    raise
     finally:
         if not conn.closed and not conn.broken:
             conn.autocommit = autocommit
-    if row is not None and isinstance(row[0], dt.datetime):
+    if remember and row is not None and isinstance(row[0], dt.datetime):
         conn._backend_start = row[0]
         conn._reap_conninfo = conninfo
 
@@ -255,10 +304,10 @@ def connect(
     }
     conn = DeadlineConnection.connect(conninfo, autocommit=autocommit, **extra)
     conn.read_timeout = limit
-    if limit:  # without a deadline no session is ever abandoned: nothing to remember
-        try:
-            _note_session(conn, conninfo, autocommit)
-        except BaseException:
-            conn.close()
-            raise
+    try:
+        # Without a deadline no session is ever abandoned: nothing to remember.
+        _prepare_session(conn, conninfo, autocommit, remember=bool(limit), options=str(given.get("options", "")))
+    except BaseException:
+        conn.close()
+        raise
     return conn
