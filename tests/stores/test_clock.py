@@ -33,7 +33,7 @@ from restartable import _lease
 from restartable._checkpoint import COMPLETED, Owner
 from restartable.errors import Fenced, RunLocked, StoreUnavailable
 from restartable.stores import Store, open_store
-from restartable.stores.base import first_epoch
+from restartable.stores.base import EPOCH_STEP, first_epoch
 from restartable.stores.file import FileStore
 
 A = Owner(host="host-a", pid=111, token="a")
@@ -106,7 +106,7 @@ def test_a_clock_jump_allows_a_takeover_but_never_two_writers(url, holder_skew, 
         if theirs is None:
             assert _writes(holder, mine, "holder") == {"renew": True, "mark": True, "save": True}
             return
-        assert theirs.epoch == mine.epoch + 1 and theirs.owner == B
+        assert 0 < theirs.epoch - mine.epoch <= EPOCH_STEP and theirs.owner == B
         # The old holder is fenced on every write, and the store keeps the new holder's record.
         assert _writes(holder, mine, "holder") == {"renew": False, "mark": False, "save": False}
         stored = taker.load("job", run)
@@ -282,7 +282,7 @@ def test_a_completed_run_stays_completed_when_a_runner_with_a_fast_clock_takes_i
         rec = holder.acquire("job", "done", owner=A, lease_seconds=LEASE)
         holder.save(rec.replace(status=COMPLETED), lease_seconds=LEASE)  # completed, lease still held
         theirs = taker.acquire("job", "done", owner=B, lease_seconds=LEASE)
-        assert theirs.status == COMPLETED and theirs.epoch == rec.epoch + 1
+        assert theirs.status == COMPLETED and 0 < theirs.epoch - rec.epoch <= EPOCH_STEP
     finally:
         holder.close()
         taker.close()

@@ -19,6 +19,7 @@ from .._queue_types import Counts, Row
 from .._retry import call_with_retry
 from .._url import StoreURL
 from ..errors import MissingDriver, StoreUnavailable
+from ..stores.base import epoch_step
 from . import xact as _xact
 from .schema import check_schema, migrate
 
@@ -42,7 +43,7 @@ _SQL = {
             SELECT key FROM {{s}}.queue_tasks
             WHERE queue = %(q)s AND done_at IS NULL AND (lease_expires IS NULL OR NOT {_LIVE})
             ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED)
-        UPDATE {{s}}.queue_tasks t SET epoch = t.epoch + 1, owner = %(owner)s, attempts = t.attempts + 1,
+        UPDATE {{s}}.queue_tasks t SET epoch = t.epoch + %(step)s::bigint, owner = %(owner)s, attempts = t.attempts + 1,
             lease_expires = {_LEASE}
         FROM next WHERE t.queue = %(q)s AND t.key = next.key
         RETURNING t.key, t.payload, t.epoch, t.attempts, t."offset\"""",
@@ -141,7 +142,8 @@ class PostgresQueue:
         return int(self._call("fill", lambda c: c.execute(self._sql["fill"], params).rowcount))  # one statement
 
     def claim(self, owner: str, lease: float) -> Row | None:
-        row = self._one("claim", {"owner": owner, "lease": lease})
+        # A claim's epoch step is random (base.next_epoch): never the epoch a lost write gave.
+        row = self._one("claim", {"owner": owner, "lease": lease, "step": epoch_step()})
         return None if row is None else Row(row[0], row[1], int(row[2]), int(row[3]), int(row[4]))
 
     def renew(self, key: str, epoch: int, lease: float) -> bool:

@@ -57,7 +57,7 @@ from ..errors import (
     StoreNotFound,
     StoreUnavailable,
 )
-from ..stores.base import HISTORY_LIMIT, Store, Unreadable
+from ..stores.base import HISTORY_LIMIT, Store, Unreadable, epoch_step
 from . import schema as _pgschema
 from .errors import classify, scrub, secrets_of
 
@@ -95,7 +95,7 @@ VALUES (%(job)s, %(run)s,
     GREATEST(%(epoch)s::bigint, (SELECT f.epoch + 1 FROM {{s}}.epoch_floor f WHERE f.id = 0 FOR SHARE)),
     'running', %(owner)s, {_LEASE}, {_NOW}, {_NOW}, {_NOW}, %(record)s)
 ON CONFLICT (job, run) DO UPDATE SET
-    epoch = r.epoch + 1,
+    epoch = r.epoch + %(step)s::bigint,
     owner = excluded.owner,
     heartbeat = excluded.heartbeat,
     updated = excluded.updated,
@@ -374,7 +374,8 @@ class PostgresStore(Store):
         # the lease and takes it again (a second epoch bump), which the contract allows.
         for _ in range(5):
             new = self._new_record(job, run, owner, 0.0, lease_seconds)  # times are the server's
-            params.update(epoch=new.epoch, record=encode_record(new))
+            # A takeover's step is random (base.next_epoch): never the epoch a lost write gave.
+            params.update(epoch=new.epoch, record=encode_record(new), step=epoch_step())
             row = self._call("acquire", lambda c: c.execute(self._sql["acquire"], params).fetchone())
             if row is not None:
                 return self._decode(row)

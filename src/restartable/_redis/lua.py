@@ -238,7 +238,8 @@ end
 
 #: Take the lease. KEYS[5] the epoch floor. ARGV[5] first epoch (the client's clock seed;
 #: the floor + 1 when that is higher), [6] body of a new record, [7] owner,
-#: [8] lease ms, [9] steal epoch or "", [10] a fresh random id for the instance key.
+#: [8] lease ms, [9] steal epoch or "", [10] a fresh random id for the instance key,
+#: [11] a takeover's epoch step (random, 1 to 2**20: see base.next_epoch).
 #: Returns {"ok", instance id, run_id, field, value, ...} or {"locked", now, owner, heartbeat, lease}.
 ACQUIRE = (
     _PRELUDE
@@ -262,7 +263,7 @@ else
   -- The rule of Store._take_over: free, stolen from a proven-dead holder, or our own.
   local free = held_until == nil or held_until <= now or ARGV[9] == epoch or f[3] == owner
   if not free then return {'locked', num(now), f[3], ms_text(f[5], f[11]), ms_text(f[2], f[10])} end
-  epoch = num(redis.call('HINCRBY', run, 'epoch', 1))
+  epoch = num(redis.call('HINCRBY', run, 'epoch', tonumber(ARGV[11])))
   if f[4] == 'completed' then status = 'completed' end
   done, failed = f[6] or '0', f[7] or '0'
   redis.call('HSET', run, 'status', status, 'owner', owner, 'updated_at_s', at, 'heartbeat_at_s', at,

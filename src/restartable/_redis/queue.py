@@ -16,6 +16,7 @@ from .._queue_types import Counts, Row
 from .._retry import call_with_retry
 from .._url import StoreURL
 from ..errors import MissingDriver, UsageError
+from ..stores.base import epoch_step
 
 T = TypeVar("T")
 
@@ -54,7 +55,7 @@ local first = redis.call('ZRANGE', KEYS[1], 0, 0)
 if #first == 0 then return {0} end
 local k = first[1]
 redis.call('ZREM', KEYS[1], k)
-local epoch = redis.call('HINCRBY', KEYS[4], k, 1)
+local epoch = redis.call('HINCRBY', KEYS[4], k, tonumber(ARGV[3]))
 local attempts = redis.call('HINCRBY', KEYS[7], k, 1)
 redis.call('HSET', KEYS[6], k, ARGV[1])
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), k)
@@ -153,7 +154,8 @@ class RedisQueue:
         return added
 
     def claim(self, owner: str, lease: float) -> Row | None:
-        out = self._run("claim", owner, max(1, round(lease * 1000)))
+        # A claim's epoch step is random (base.next_epoch): never the epoch a lost write gave.
+        out = self._run("claim", owner, max(1, round(lease * 1000)), epoch_step())
         if int(out[0]) == 0:
             return None
         _, key, payload, epoch, attempts, offset = out

@@ -86,7 +86,7 @@ from ..errors import (
     PermissionDenied,
     StoreUnavailable,
 )
-from ..stores.base import HISTORY_LIMIT, Store, Unreadable, first_epoch
+from ..stores.base import HISTORY_LIMIT, Store, Unreadable, epoch_step, first_epoch
 from . import lua as _redis_lua
 
 if TYPE_CHECKING:
@@ -383,6 +383,7 @@ class RedisStore(Store):
             _ms(lease_seconds),
             "" if steal_epoch is None else str(steal_epoch),
             secrets.token_hex(16),
+            str(epoch_step()),  # a takeover's random step (base.next_epoch)
         ]
         keys = self._floored(job, run)
         res = self._call(f"acquiring job {job!r} run {run!r}", lambda: self._acquire(keys=keys, args=args))

@@ -25,7 +25,11 @@ The rules every store keeps (and ``tests/stores/test_contract.py`` checks):
   the clock and kept above a floor every store keeps: the highest epoch it deleted
   (memory, sqlite, file, PostgreSQL) or ever handed out or deleted (Redis, whose keys
   also expire), so a record deleted by ``reset`` and created again never reuses one,
-  even after the clock stepped back.
+  even after the clock stepped back. A takeover raises it by a random step
+  (:func:`next_epoch`), not by one: a store that forgets its last acknowledged writes
+  (a failover to a replica that lagged, Redis with ``appendfsync everysec`` after a
+  crash, a volume restored from a snapshot) would otherwise hand the next runner the
+  epoch it already gave to one that is still running, and both would write.
 * Lease times (``heartbeat``, ``lease_expires``, ``updated``) are read from the
   store's clock where it has one (``now()``).
 * A store is safe to share between threads (the heartbeat renews from a thread).
@@ -55,6 +59,7 @@ for commands that only look (``status``, ``show``, ``serve``):
 from __future__ import annotations
 
 import functools
+import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
@@ -64,7 +69,7 @@ from .._checkpoint import COMPLETED, RUNNING, Checkpoint, HistoryEntry, Owner
 from .._url import StoreURL
 from ..errors import CheckpointCorrupt, Fenced, RunLocked, UsageError
 
-__all__ = ["Store", "HISTORY_LIMIT", "Unreadable", "first_epoch"]
+__all__ = ["Store", "EPOCH_STEP", "HISTORY_LIMIT", "Unreadable", "first_epoch", "next_epoch"]
 
 _Raw = TypeVar("_Raw")
 
@@ -87,6 +92,30 @@ def first_epoch(floor: int = 0) -> int:
     survives any JSON reader.
     """
     return max(time.time_ns() // 1_000, floor + 1)
+
+
+#: A takeover raises the epoch by 1 to EPOCH_STEP (uniformly drawn; see :func:`next_epoch`).
+EPOCH_STEP = 1 << 20
+
+
+def next_epoch(epoch: int) -> int:
+    """The epoch a takeover gives: ``epoch`` plus a random step of 1 to :data:`EPOCH_STEP`.
+
+    Why not ``epoch + 1``: a store that loses acknowledged writes (failover to a lagging
+    replica, a crash of a Redis with ``appendfsync everysec``, a snapshot restored) can
+    forget that it handed ``epoch + 1`` to a runner that is still running; the next
+    takeover would hand the same number to a second runner, and both would pass every
+    compare-and-set. With a random step two such takeovers collide once in a million.
+    The step keeps epochs below 2**53 for billions of takeovers (first epochs are about
+    2**51). Stores that compute epochs in SQL or Lua take the step from the client:
+    :func:`epoch_step`.
+    """
+    return epoch + epoch_step()
+
+
+def epoch_step() -> int:
+    """A random step for :func:`next_epoch`, 1 to :data:`EPOCH_STEP`."""
+    return 1 + secrets.randbelow(EPOCH_STEP)
 
 
 class Store(ABC):
@@ -336,7 +365,7 @@ class Store(ABC):
         if not free:
             raise self._locked(rec, now)
         return rec.replace(
-            epoch=rec.epoch + 1,
+            epoch=next_epoch(rec.epoch),
             owner=owner,
             heartbeat=now,
             updated=now,
