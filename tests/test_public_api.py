@@ -69,6 +69,8 @@ NOT_EXPORTED = {
     "PostgresStore": "open_store",
     "RedisStore": "open_store",
     "first_epoch": "stores' internals",
+    "next_epoch": "stores' internals (a takeover's epoch)",
+    "EPOCH_STEP": "stores' internals (the bound of a takeover's epoch step)",
     # Internal: the entry point's parts behind entrypoint/run_main and `restartable run`.
     "report_error": "entrypoint",
     "install_excepthook": "Job installs it",
