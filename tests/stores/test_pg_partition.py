@@ -175,3 +175,20 @@ def test_every_session_asks_for_the_keepalive_unless_the_url_sets_its_own(postgr
     own = base + "?options=-c%20tcp_keepalives_idle%3D7"
     with _pgconn.connect(own, autocommit=True, display="t") as conn:
         assert shown(conn)[0] == "7" and shown(conn)[1] != "10"
+
+
+def test_a_refused_setting_costs_the_session_its_keepalive_only(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pooler or server that refuses a setting: the session's start is still remembered (and vice versa)."""
+    from restartable._postgres import conn as _pgconn
+
+    monkeypatch.setattr(_pgconn, "_keepalive_settings", lambda *args: [("no_such_setting", "1")])
+    with _pgconn.connect(postgres_url.split("?")[0], autocommit=False, display="t") as conn:
+        assert conn._backend_start is not None and conn.autocommit is False
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    monkeypatch.setattr(_pgconn, "_BACKEND_START", "SELECT no_such_column FROM pg_stat_activity")
+    monkeypatch.setattr(_pgconn, "_keepalive_settings", lambda *args: [("tcp_keepalives_idle", "61")])
+    with _pgconn.connect(postgres_url.split("?")[0], autocommit=True, display="t") as conn:
+        assert conn._backend_start is None
+        assert conn.execute("SHOW tcp_keepalives_idle").fetchone() == ("61",)

@@ -199,29 +199,33 @@ def _prepare_session(
     remember what :func:`_end_abandoned` needs: how to reach the server, the session's start.
 
     One round trip per connection, never in a transaction (autocommit is switched on
-    around it, client side only). A server or pooler that refuses it (one that hides
-    ``pg_stat_activity``, or a setting) costs a second try with the keepalive alone; without
-    the session's start the session is simply not ended after a deadline.
+    around it, client side only). When a server or pooler refuses it (one that hides
+    ``pg_stat_activity``, or refuses a setting), each half is tried alone; without the
+    session's start the session is simply not ended after a deadline.
     """
     settings = _keepalive_settings(conn.info.server_version, options)
     calls = [sql.SQL("set_config({}, {}, false)").format(name, value) for name, value in settings]
-    attempts = []
-    if remember:
-        attempts.append(sql.SQL("SELECT ({})").format(sql.SQL(_BACKEND_START)))
-        if calls:
-            attempts[0] = sql.SQL(", ").join([attempts[0], *calls])
-    if calls:
-        attempts.append(sql.SQL("SELECT NULL, ") + sql.SQL(", ").join(calls))
+    if not remember and not calls:
+        return
+    start = sql.SQL("(") + sql.SQL(_BACKEND_START) + sql.SQL(")") if remember else sql.SQL("NULL")
+    # One round trip; when it is refused, each half alone (so one refused part costs the other nothing).
+    attempts = [sql.SQL("SELECT ") + sql.SQL(", ").join([start, *calls])]
+    if remember and calls:
+        attempts += [sql.SQL("SELECT ") + start, sql.SQL("SELECT NULL, ") + sql.SQL(", ").join(calls)]
     row = None
     try:
         conn.autocommit = True
         for statement in attempts:
             try:
-                row = conn.execute(statement).fetchone()
-                break
+                got = conn.execute(statement).fetchone()
             except psycopg.Error:
                 if conn.broken or conn.closed:
                     raise
+                continue
+            if row is None or row[0] is None:
+                row = got
+            if len(attempts) == 1 or statement is attempts[0]:
+                break
     finally:
         if not conn.closed and not conn.broken:
             conn.autocommit = autocommit
